@@ -1,0 +1,250 @@
+"""The ``mambapro`` console script.
+
+Every sub-command that builds something takes ``--config FILE`` and trailing dotted overrides
+(``key.sub=value``). Heavy imports happen inside the handlers so ``mambapro --help`` is instant.
+Errors a user can fix (bad config, bad data, bad checkpoint) print one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mambapro import __version__
+from mambapro.config import ConfigError, dump_config, load_config
+
+__all__ = ["main", "build_parser"]
+
+
+class UserError(Exception):
+    """An error caused by user input; printed without a traceback."""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, default=None, help="YAML config file (may name a _base_)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def _cfg(args: argparse.Namespace, extra: dict | None = None):
+    return load_config(args.config, args.overrides, extra=extra)
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(dump_config(_cfg(args)), end="")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from mambapro.data import build_dataset
+    from mambapro.data.synth import generate
+
+    start = time.perf_counter()
+    root = generate(
+        args.layout,
+        args.out,
+        seed=args.seed,
+        ids=args.ids,
+        test_ids=args.test_ids,
+        cameras=args.cameras,
+        shots=args.shots,
+        scenes=args.scenes,
+        progress=not args.quiet,
+    )
+    took = time.perf_counter() - start
+    dataset = build_dataset(_LAYOUT_TO_DATASET[args.layout], args.out)
+    print(dataset)
+    print(f"synthetic {args.layout} dataset written to {root} in {took:.1f} s")
+    return 0
+
+
+_LAYOUT_TO_DATASET = {"rgbnt201": "RGBNT201", "rgbnt100": "RGBNT100", "msvr310": "MSVR310"}
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from mambapro.engine.report import flops_report, parameter_report
+
+    cfg = _cfg(args)
+    report = parameter_report(cfg)
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        from mambapro.engine.report import format_parameter_report
+
+        print(format_parameter_report(report))
+    if args.flops:
+        print(flops_report(cfg))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mambapro.engine.trainer import run_training
+
+    cfg = _cfg(args, extra=_path_flags(args))
+    run_training(cfg, resume=args.resume, quiet=args.quiet)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from mambapro.engine.inference import run_test
+
+    cfg_extra = _path_flags(args)
+    run_test(
+        checkpoint=args.checkpoint,
+        config=args.config,
+        overrides=args.overrides,
+        extra=cfg_extra,
+        missing=args.missing,
+        rerank=args.rerank,
+        output=args.output,
+        quiet=args.quiet,
+    )
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from mambapro.engine.inference import run_extract
+
+    run_extract(
+        checkpoint=args.checkpoint,
+        data_root=args.data_root,
+        split=args.split,
+        out=args.out,
+        config=args.config,
+        overrides=args.overrides,
+        quiet=args.quiet,
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from mambapro.engine.search import run_search
+
+    run_search(
+        checkpoint=args.checkpoint,
+        query=args.query,
+        gallery=args.gallery,
+        k=args.k,
+        out=args.out,
+        config=args.config,
+        overrides=args.overrides,
+        quiet=args.quiet,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mambapro.engine.demo import run_demo
+
+    run_demo(config=args.config, overrides=args.overrides, output=args.output, quiet=args.quiet)
+    return 0
+
+
+def _path_flags(args: argparse.Namespace) -> dict:
+    extra: dict = {}
+    if getattr(args, "data_root", None):
+        extra.setdefault("data", {})["root"] = str(args.data_root)
+    if getattr(args, "clip_weights", None):
+        extra.setdefault("model", {})["weights"] = str(args.clip_weights)
+    if getattr(args, "output", None) and args.command == "train":
+        extra.setdefault("train", {})["output"] = str(args.output)
+    return extra
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mambapro",
+        description="MambaPro multi-modal (RGB/NIR/TIR) object re-identification toolkit.",
+    )
+    parser.add_argument("--version", action="version", version=f"mambapro {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        return p
+
+    p = add("demo", cmd_demo, "synthetic data -> evaluate untrained -> train tiny model -> evaluate (CPU)")
+    p.add_argument("--output", "-o", type=Path, default=None, help="output folder (default runs/demo)")
+    _add_config_args(p)
+
+    p = add("train", cmd_train, "train a model")
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--clip-weights", type=Path, default=None, help="local OpenAI CLIP ViT-B-16.pt")
+    p.add_argument("--output", "-o", type=Path, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.ckpt")
+    _add_config_args(p)
+
+    p = add("test", cmd_test, "evaluate a checkpoint (mAP, CMC, mINP)")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--missing", default=None, help="all|R|N|T|RN|RT|NT: missing-modality evaluation")
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    p.add_argument("--output", "-o", type=Path, default=None, help="where to write results (default: next to the checkpoint)")
+    _add_config_args(p)
+
+    p = add("extract", cmd_extract, "extract features of a split to an .npz file")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data-root", type=Path, required=True)
+    p.add_argument("--split", choices=["query", "gallery", "train"], required=True)
+    p.add_argument("--out", type=Path, required=True)
+    _add_config_args(p)
+
+    p = add("search", cmd_search, "rank a gallery for a query triplet")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--query", type=Path, required=True, help="a triplet folder or a sample file")
+    p.add_argument("--gallery", type=Path, required=True, help="a dataset split folder or features .npz")
+    p.add_argument("-k", dest="k", type=int, default=10)
+    p.add_argument("--out", type=Path, default=Path("ranklist.png"))
+    _add_config_args(p)
+
+    p = add("params", cmd_params, "trainable and total parameters per part")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--flops", action="store_true", help="also print per-sample MACs of the aggregators")
+    _add_config_args(p)
+
+    p = add("synth", cmd_synth, "write the embedded synthetic tri-modal dataset in a dataset's layout")
+    p.add_argument("--layout", choices=sorted(_LAYOUT_TO_DATASET), default="rgbnt201")
+    p.add_argument("--out", type=Path, default=Path("data/synthetic"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ids", type=int, default=40, help="identities in total")
+    p.add_argument("--test-ids", type=int, default=20, help="of which test identities")
+    p.add_argument("--cameras", type=int, default=4)
+    p.add_argument("--shots", type=int, default=3, help="captures per identity and camera")
+    p.add_argument("--scenes", type=int, default=3, help="scenes (msvr310 layout)")
+
+    p = add("config", cmd_config, "print the resolved configuration")
+    _add_config_args(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args)
+    except (ConfigError, UserError, FileNotFoundError) as err:
+        print(f"mambapro {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mambapro {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
