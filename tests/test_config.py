@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mambapro.cli import main
-from mambapro.config import ConfigError, load_config
+from mambapro.config import PRESETS_DIR, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,6 +82,10 @@ def test_bad_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+    # a file that names a missing base names the base
+    (tmp_path / "orphan.yaml").write_text("_base_: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_config(tmp_path / "orphan.yaml")
     (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
     (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
@@ -90,6 +94,7 @@ def test_bad_file_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_every_shipped_config_loads() -> None:
     files = sorted((REPO / "configs").rglob("*.yaml"))
+    assert (REPO / "configs").resolve() == PRESETS_DIR
     assert len(files) >= 4
     for f in files:
         load_config(f)
@@ -101,3 +106,11 @@ def test_config_command_prints_the_resolved_tree(capsys: pytest.CaptureFixture[s
     assert "prompt: ip" in out and "epochs: 5" in out and "dataset: RGBNT201" in out
     assert main(["config", "model.nope=1"]) == 2
     assert "unknown key 'model.nope'" in capsys.readouterr().err
+
+
+def test_presets_resolve_by_name() -> None:
+    cfg = load_config("demo")
+    assert cfg.model.backbone == "tiny" and cfg.data.synthetic
+    assert load_config("rgbnt100").img_size() == (128, 256)
+    with pytest.raises(ConfigError, match="presets: .*demo"):
+        load_config("no_such_preset")

@@ -32,6 +32,8 @@ __all__ = [
     "config_to_dict",
     "dump_config",
     "DATASET_GEOMETRY",
+    "PRESETS_DIR",
+    "resolve_config_path",
 ]
 
 
@@ -326,6 +328,22 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
+#: The presets shipped with the package (``configs/`` in the repository links here).
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the name of a shipped preset (``demo``, ``ablations/table4_ip``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for candidate in (PRESETS_DIR / p, PRESETS_DIR / f"{p}.yaml"):
+        if candidate.is_file():
+            return candidate
+    presets = sorted(str(f.relative_to(PRESETS_DIR).with_suffix("")) for f in PRESETS_DIR.rglob("*.yaml"))
+    raise ConfigError(f"config file not found: {p} (nor a shipped preset; presets: {', '.join(presets)})")
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -335,7 +353,8 @@ def load_config(
     ``extra`` (a nested dict, e.g. from command-line flags), then ``overrides``."""
     cfg = Config()
     if path is not None:
-        _apply(cfg, _read_yaml(Path(path)), "", str(path))
+        path = resolve_config_path(path)
+        _apply(cfg, _read_yaml(path), "", str(path))
     if extra:
         _apply(cfg, extra, "", "command line")
     for text in overrides or []:

@@ -1,0 +1,76 @@
+"""``mambapro params``: trainable and total parameters per part, and aggregator MACs."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from mambapro.config import Config
+
+__all__ = ["PUBLISHED_SIZES", "parameter_report", "format_parameter_report", "flops_report"]
+
+#: (training identities, cameras) of the published datasets (SPEC §1); the classifier width and
+#: the camera embedding depend on them.
+PUBLISHED_SIZES: dict[str, tuple[int, int]] = {
+    "RGBNT201": (171, 4),
+    "RGBNT100": (50, 8),
+    "MSVR310": (155, 8),
+}
+
+PART_ORDER = ("backbone", "adapters", "prompts", "camera", "aggregator", "heads")
+
+
+def _count(params: list[torch.nn.Parameter]) -> dict[str, int]:
+    return {
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "total": sum(p.numel() for p in params),
+    }
+
+
+def parameter_report(cfg: Config, num_classes: int | None = None, num_cameras: int | None = None) -> dict[str, Any]:
+    """Per-part parameter counts of the model ``cfg`` describes (built on the meta device).
+
+    Without explicit sizes the published dataset's identities and cameras are used.
+    """
+    from mambapro.engine.model import build_model
+
+    classes, cams = PUBLISHED_SIZES[cfg.data.dataset]
+    weights = cfg.model.weights
+    cfg.model.weights = None  # counting needs no weights: do not read a large file
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # the "randomly initialised" notice means nothing here
+            model = build_model(cfg, num_classes or classes, num_cameras or cams)
+    finally:
+        cfg.model.weights = weights
+    parts = model.parameter_parts()
+    report = {"parts": {name: _count(parts.get(name, [])) for name in PART_ORDER}}
+    everything = [p for name in PART_ORDER for p in parts.get(name, [])]
+    if len({id(p) for p in everything}) != len(list(model.parameters())):
+        raise RuntimeError("parameter parts overlap or miss parameters; this is a bug in parameter_parts()")
+    report.update(_count(everything))
+    report["geometry"] = list(cfg.img_size())
+    report["num_classes"] = num_classes or classes
+    report["num_cameras"] = num_cameras or cams
+    return report
+
+
+def format_parameter_report(report: dict[str, Any]) -> str:
+    h, w = report["geometry"]
+    lines = [
+        f"parameters at {h}x{w}, {report['num_classes']} classes, {report['num_cameras']} cameras",
+        f"{'part':<12}{'trainable':>15}{'total':>15}",
+    ]
+    for name, c in report["parts"].items():
+        lines.append(f"{name:<12}{c['trainable']:>15,}{c['total']:>15,}")
+    lines.append(f"{'all':<12}{report['trainable']:>15,}{report['total']:>15,}")
+    return "\n".join(lines)
+
+
+def flops_report(cfg: Config) -> str:
+    """Per-sample MACs of the aggregators at the paper's sizes (3 x 128 tokens, C = 512)."""
+    from mambapro.aggregation import aggregator_flops_table
+
+    return aggregator_flops_table(dim=512, grid=(16, 8))

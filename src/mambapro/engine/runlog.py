@@ -1,0 +1,91 @@
+"""What every run records in its output folder: resolved config, seed, versions, metrics.
+
+``config.yaml`` is the full resolved configuration (reloadable with ``--config``),
+``meta.json`` the seed, package versions, device and command line, ``metrics.jsonl`` one JSON
+object per epoch/evaluation, and ``tb/`` TensorBoard scalars.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mambapro.config import Config, config_to_dict, dump_config
+
+__all__ = ["RunLogger", "package_versions"]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages that decide the numbers."""
+    out = {"python": platform.python_version()}
+    for pkg in ("mambapro", "torch", "torchvision", "timm", "numpy", "pillow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+class RunLogger:
+    """Writes the run record; a no-op on non-zero distributed ranks."""
+
+    def __init__(self, out_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.out = Path(out_dir)
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tb"))
+            except ImportError:  # tensorboard is a declared dependency; stay usable without it
+                self._tb = None
+
+    def write_run_info(self, cfg: Config, extra: dict[str, Any] | None = None) -> None:
+        if not self.enabled:
+            return
+        (self.out / "config.yaml").write_text(dump_config(cfg))
+        meta = {
+            "seed": cfg.train.seed,
+            "versions": package_versions(),
+            "platform": platform.platform(),
+            "argv": sys.argv,
+            **(extra or {}),
+        }
+        (self.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    def log(self, record: dict[str, Any], step: int | None = None, prefix: str = "") -> None:
+        """Append one record to metrics.jsonl and its numbers to TensorBoard."""
+        if not self.enabled:
+            return
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        if self._tb is not None and step is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step"):
+                    self._tb.add_scalar(f"{prefix}{k}", v, step)
+            self._tb.flush()
+
+    def truncate_after(self, epoch: int) -> None:
+        """On resume: drop records of epochs after ``epoch`` (they belong to the lost future)."""
+        path = self.out / "metrics.jsonl"
+        if not self.enabled or not path.exists():
+            return
+        keep = [line for line in path.read_text().splitlines() if json.loads(line).get("epoch", 0) <= epoch]
+        path.write_text("".join(line + "\n" for line in keep))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def as_plain(cfg: Config) -> dict[str, Any]:
+    return config_to_dict(cfg)

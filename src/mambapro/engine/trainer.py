@@ -1,0 +1,446 @@
+"""Training orchestration: data, model, optimiser, loop, evaluation, checkpoints, run record.
+
+The trainer only orchestrates; the pieces live in ``mambapro.data``, ``mambapro.engine.model``,
+``losses``, ``optim``, ``checkpoint`` and ``mambapro.evaluation``.
+
+Reproducibility: the training batches and every augmentation decision are a pure function of
+(seed, epoch, position) (see ``mambapro.data``), the model is initialised under the seed, and a
+checkpoint stores the position inside the epoch, so an interrupted run resumed with
+``--resume`` produces the same metrics as an uninterrupted one on CPU.
+
+Model selection: by default the final epoch is reported (honest). ``train.select_best=val``
+keeps the best checkpoint by the mAP of a validation split held out from the training
+identities; ``train.select_best=test_set_optimistic`` selects on the test set as the published
+recipes do, and every report of such a run says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mambapro.config import Config, config_to_dict
+from mambapro.engine.checkpoint import load_checkpoint, save_checkpoint
+from mambapro.engine.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+    resolve_device,
+)
+from mambapro.engine.losses import ReIDLoss
+from mambapro.engine.model import MambaPro, build_model
+from mambapro.engine.optim import build_optimizer, build_scheduler
+from mambapro.engine.runlog import RunLogger
+
+__all__ = ["TrainingError", "DataBundle", "prepare_data", "run_training", "amp_dtype", "seed_everything"]
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite loss, nothing to train, ...); the message says why."""
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` (``auto``: bf16 on CUDA when supported, none on CPU)."""
+    if name == "off" or (name == "auto" and device.type != "cuda"):
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataBundle:
+    """Everything the engine needs to know about the data of a run."""
+
+    name: str
+    train: list
+    num_classes: int
+    num_cameras: int
+    query: list
+    gallery: list
+    val_query: list = field(default_factory=list)
+    val_gallery: list = field(default_factory=list)
+    summary: str = ""
+
+    @property
+    def use_scenes(self) -> bool:
+        """MSVR310 junk rule: same pid and same scene (SPEC §2)."""
+        return self.name == "MSVR310"
+
+
+def ensure_synthetic_data(cfg: Config, quiet: bool = True) -> Path | None:
+    """Generate the embedded synthetic dataset under ``data.root`` when it is absent."""
+    from mambapro.data import dataset_dir
+    from mambapro.data.synth import generate
+
+    target = dataset_dir(cfg.data.dataset, cfg.data.root)
+    if target.exists():
+        return None
+    s = cfg.data.synth
+    return generate(
+        cfg.data.dataset.lower(),
+        cfg.data.root,
+        seed=s.seed,
+        ids=s.ids,
+        test_ids=s.test_ids,
+        cameras=s.cameras,
+        shots=s.shots,
+        scenes=s.scenes,
+        progress=not quiet,
+    )
+
+
+def prepare_data(cfg: Config, dist_info: DistInfo | None = None, quiet: bool = True) -> DataBundle:
+    """Parse the dataset (generating the synthetic one first if configured)."""
+    from mambapro.data import build_dataset, split_validation
+
+    dist_info = dist_info or DistInfo()
+    if cfg.data.synthetic:
+        if dist_info.is_main:
+            ensure_synthetic_data(cfg, quiet=quiet)
+        barrier(dist_info)
+    ds = build_dataset(cfg.data.dataset, cfg.data.root, skip_broken=cfg.data.skip_broken)
+    train, val_query, val_gallery = ds.train, [], []
+    if cfg.train.select_best == "val":
+        train, val_query, val_gallery = split_validation(ds.train, cfg.data.val_ids, cfg.train.seed)
+    num_classes = len({s.pid for s in train})
+    return DataBundle(
+        name=ds.name,
+        train=train,
+        num_classes=num_classes,
+        num_cameras=ds.num_train_cams,
+        query=ds.query,
+        gallery=ds.gallery,
+        val_query=val_query,
+        val_gallery=val_gallery,
+        summary=str(ds),
+    )
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the module/optimiser states."""
+
+    epoch: int = 0  # epoch in progress (0-based)
+    iteration: int = 0  # batches of ``epoch`` already done
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    count: int = 0
+    best_metric: float = -1.0
+    best_epoch: int = -1
+
+
+class Trainer:
+    """Runs the training loop of one configuration in one output folder."""
+
+    def __init__(self, cfg: Config, dist_info: DistInfo, quiet: bool = False) -> None:
+        from mambapro.data import build_train_loader
+
+        self.cfg = cfg
+        self.dist = dist_info
+        self.quiet = quiet or not dist_info.is_main
+        self.device = resolve_device(cfg.train.device, dist_info.local_rank)
+        self.out = Path(cfg.train.output)
+        self.logger = RunLogger(self.out, enabled=dist_info.is_main)
+
+        seed_everything(cfg.train.seed)
+        self.data = prepare_data(cfg, dist_info, quiet=self.quiet)
+        self.model: MambaPro = build_model(cfg, self.data.num_classes, self.data.num_cameras).to(self.device)
+        self.train_loader = build_train_loader(
+            cfg.data,
+            self.data.train,
+            self.data.name,
+            cfg.img_size(),
+            seed=cfg.train.seed,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+            iters_per_epoch=cfg.train.iters_per_epoch,
+        )
+        backbone_ids = {id(p) for p in self.model.parameter_parts()["backbone"]}
+        self.optimizer = build_optimizer(self.model.named_parameters(), cfg.train, backbone_ids)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.amp = amp_dtype(cfg.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.loss_fn = ReIDLoss(
+            cfg.train.ce_weight, cfg.train.label_smoothing, cfg.train.triplet_weight, cfg.train.triplet_margin
+        )
+        self.ddp: nn.Module = self.model
+        if dist_info.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.state = TrainState()
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": s.epoch,
+            "iteration": s.iteration,
+            "sums": dict(s.sums),
+            "count": s.count,
+            "best_metric": s.best_metric,
+            "best_epoch": s.best_epoch,
+            "config": config_to_dict(self.cfg),
+            "num_classes": self.data.num_classes,
+            "num_cameras": self.data.num_cameras,
+            "dataset": self.data.name,
+        }
+
+    def save(self, name: str = "last.ckpt") -> Path | None:
+        if not self.dist.is_main:
+            return None
+        return save_checkpoint(self.checkpoint_state(), self.out / name)
+
+    def resume(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt["config"] != config_to_dict(self.cfg):
+            raise TrainingError(
+                f"{path} was written with a different configuration; resume with the same config "
+                f"(compare {self.out / 'config.yaml'})"
+            )
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.state = TrainState(
+            epoch=ckpt["epoch"],
+            iteration=ckpt["iteration"],
+            sums=defaultdict(float, ckpt["sums"]),
+            count=ckpt["count"],
+            best_metric=ckpt["best_metric"],
+            best_epoch=ckpt["best_epoch"],
+        )
+        self.logger.truncate_after(self.state.epoch - 1)
+
+    # ----------------------------------------------------------------- loop
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        s = self.state
+        self.ddp.train()
+        self.scheduler.step(epoch)
+        self.train_loader.batch_sampler.set_epoch(epoch)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        bar = tqdm(
+            total=len(self.train_loader),
+            initial=s.iteration,
+            desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+            disable=self.quiet,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        self.train_loader.batch_sampler.start_batch = s.iteration
+        try:
+            for batch in self.train_loader:
+                batch = self._to_device(batch)
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    outputs = self.ddp(batch)
+                    terms = self.loss_fn(outputs, batch["pids"])
+                loss = terms["loss"]
+                mean_loss = all_reduce_mean(loss.detach(), self.dist)
+                if not torch.isfinite(mean_loss):
+                    raise TrainingError(
+                        f"non-finite loss ({mean_loss.item()}) at epoch {epoch + 1}, iteration "
+                        f"{s.iteration + 1}; the last good checkpoint is {self.out / 'last.ckpt'} "
+                        "(try a lower train.lr, train.grad_clip, or train.amp=off)"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if self.cfg.train.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                # Count the batch as done right after the update so that an interrupt never
+                # replays an applied step on resume.
+                s.iteration += 1
+                s.count += 1
+                with torch.no_grad():
+                    for k, v in terms.items():
+                        s.sums[k] += float(all_reduce_mean(v.detach().float(), self.dist))
+                    logits = outputs["fuse"][1] if "fuse" in outputs else outputs["ori"][1]
+                    acc = (logits.argmax(1) == batch["pids"]).float().mean()
+                    s.sums["acc"] += float(all_reduce_mean(acc, self.dist))
+                bar.update(1)
+                bar.set_postfix(loss=f"{s.sums['loss'] / s.count:.3f}")
+        finally:
+            bar.close()
+            self.train_loader.batch_sampler.start_batch = 0
+        record = {k: v / max(s.count, 1) for k, v in s.sums.items()}
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        return record
+
+    def evaluate(self, split: str) -> Any:
+        """mAP/CMC on ``test`` or ``val`` (rank 0 only; other ranks get None)."""
+        from mambapro.engine.inference import evaluate_model
+
+        if not self.dist.is_main:
+            return None
+        if split == "val":
+            query, gallery = self.data.val_query, self.data.val_gallery
+        else:
+            query, gallery = self.data.query, self.data.gallery
+        return evaluate_model(
+            self.model,
+            self.cfg,
+            self.data.name,
+            query,
+            gallery,
+            self.device,
+            amp=self.amp,
+            quiet=self.quiet,
+        )
+
+    def fit(self) -> dict[str, Any]:
+        cfg, s = self.cfg, self.state
+        select = cfg.train.select_best
+        last_eval = None
+        while s.epoch < cfg.train.epochs:
+            epoch = s.epoch
+            t0 = time.perf_counter()
+            record = self.train_epoch(epoch)
+            record.update(epoch=epoch + 1, seconds=round(time.perf_counter() - t0, 3))
+            s.epoch, s.iteration, s.sums, s.count = epoch + 1, 0, defaultdict(float), 0
+            is_last = s.epoch == cfg.train.epochs
+            periodic = cfg.train.eval_period > 0 and s.epoch % cfg.train.eval_period == 0
+            if select != "final" and (periodic or is_last):
+                split = "val" if select == "val" else "test"
+                res = self.evaluate(split)
+                if res is not None:
+                    record.update({f"{split}_{k}": v for k, v in res.as_dict().items()})
+                    if res.mAP > s.best_metric:
+                        s.best_metric, s.best_epoch = res.mAP, s.epoch
+                        self.save("best.ckpt")
+                    last_eval = res
+            elif periodic and not is_last:
+                res = self.evaluate("test")
+                if res is not None:
+                    record.update({f"test_{k}": v for k, v in res.as_dict().items()})
+            if self.dist.is_main:
+                self.logger.log(record, step=s.epoch, prefix="train/")
+                if not self.quiet:
+                    shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch",))
+                    print(f"epoch {s.epoch}/{cfg.train.epochs}: {shown}", flush=True)
+            if s.epoch % max(cfg.train.checkpoint_period, 1) == 0 or is_last:
+                self.save()
+        del last_eval
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Final test-set evaluation of the selected model and the run report (rank 0)."""
+        from mambapro.engine.inference import write_report
+
+        barrier(self.dist)
+        if not self.dist.is_main:
+            return {}
+        select = self.cfg.train.select_best
+        label = "final epoch"
+        if select != "final" and (self.out / "best.ckpt").exists():
+            self.model.load_state_dict(load_checkpoint(self.out / "best.ckpt")["model"])
+            label = (
+                f"best epoch {self.state.best_epoch} by validation mAP"
+                if select == "val"
+                else f"best epoch {self.state.best_epoch} SELECTED ON THE TEST SET (optimistic)"
+            )
+        res = self.evaluate("test")
+        summary = write_report(self.out, {f"MambaPro ({label})": res}, title=f"{self.data.name} test set")
+        self.logger.log({"epoch": self.cfg.train.epochs, "selection": label, **{f"test_{k}": v for k, v in res.as_dict().items()}})
+        return {"result": res, "label": label, "summary": summary}
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C so schedulers that stop jobs also get a resumable checkpoint."""
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_training(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` (optionally resuming ``train.output/last.ckpt``) and evaluate on the test set."""
+    dist_info = init_distributed(cfg.train.device)
+    try:
+        trainer = Trainer(cfg, dist_info, quiet=quiet)
+        last = trainer.out / "last.ckpt"
+        if resume:
+            if not last.exists():
+                raise TrainingError(f"--resume: no checkpoint at {last}")
+            trainer.resume(last)
+        elif dist_info.is_main and last.exists():
+            raise TrainingError(
+                f"{trainer.out} already holds a run (last.ckpt); pass --resume to continue it "
+                "or choose another --output"
+            )
+        if dist_info.is_main:
+            trainer.logger.write_run_info(
+                cfg,
+                {
+                    "world_size": dist_info.world_size,
+                    "device": str(trainer.device),
+                    "num_classes": trainer.data.num_classes,
+                    "num_cameras": trainer.data.num_cameras,
+                    "resumed_from_epoch": trainer.state.epoch if resume else None,
+                },
+            )
+            if not trainer.quiet:
+                print(trainer.data.summary, flush=True)
+        with _sigterm_as_interrupt():
+            try:
+                return trainer.fit()
+            except KeyboardInterrupt:
+                path = trainer.save()
+                if path is not None:
+                    where = f"epoch {trainer.state.epoch + 1}, batch {trainer.state.iteration}"
+                    print(f"\ninterrupted at {where}: resumable checkpoint saved to {path} (use --resume)")
+                raise
+    finally:
+        if "trainer" in locals():
+            trainer.logger.close()
+        cleanup(dist_info)
