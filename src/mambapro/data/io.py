@@ -1,0 +1,103 @@
+"""Image decoding for the three modalities.
+
+Every modality is decoded once into an RGB-mode PIL image (NI and TI are stored as three-channel
+JPEGs by the datasets, and a grey image is expanded to three channels, which keeps one code path
+for the pretrained three-channel patch embedding). RGBNT100 stores a sample as one image with the
+RGB, NI and TI panels side by side; it is decoded once and cropped into three equal panels.
+
+A file that cannot be decoded completely raises :class:`ImageReadError` naming the file. Pillow
+raises on truncated JPEGs only when the data is actually decoded, so ``load()`` is forced here
+instead of relying on the lazy decode in a later transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "DatasetError",
+    "ImageReadError",
+    "Sample",
+    "read_image",
+    "read_triplet",
+    "is_side_by_side",
+]
+
+#: Datasets that store the three modalities side by side in one file.
+SIDE_BY_SIDE = ("RGBNT100",)
+
+
+class DatasetError(ValueError):
+    """A dataset folder, file name or image is invalid; the message names it."""
+
+
+class ImageReadError(DatasetError):
+    """An image file is missing, unreadable, truncated or has the wrong geometry."""
+
+
+class Sample(NamedTuple):
+    """One tri-modal capture.
+
+    ``paths`` is the ``(RGB, NI, TI)`` file triple, or for RGBNT100 a 1-tuple with the file that
+    holds the three panels side by side (split rule: three equal panels, left to right RGB, NI,
+    TI; see :func:`read_triplet`). ``camid`` is 0-based; ``sceneid`` is -1 where the dataset has
+    no scenes (all but MSVR310).
+    """
+
+    paths: tuple[str, ...]
+    pid: int
+    camid: int
+    sceneid: int
+
+
+def is_side_by_side(dataset_name: str) -> bool:
+    return dataset_name.upper() in SIDE_BY_SIDE
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` fully into an RGB-mode PIL image, or raise :class:`ImageReadError`."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise ImageReadError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        # Truncated JPEGs raise OSError("image file is truncated ...") from load().
+        raise ImageReadError(f"cannot read image {path}: {err}") from err
+
+
+def split_panels(img: Image.Image, path: str | Path = "<image>") -> tuple[Image.Image, ...]:
+    """Crop a side-by-side image (H, 3W) into its three (H, W) panels, left to right."""
+    w, h = img.size
+    if w % 3 != 0 or w < 3:
+        raise ImageReadError(
+            f"{path}: expected three modality panels side by side (width a multiple of 3, "
+            f"768 for RGBNT100), got {w}x{h}"
+        )
+    p = w // 3
+    return tuple(img.crop((i * p, 0, (i + 1) * p, h)) for i in range(3))
+
+
+def read_triplet(
+    sample: Sample | Sequence[str], dataset_name: str
+) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """Decode a sample into ``(RGB, NI, TI)`` RGB-mode PIL images.
+
+    ``sample`` is a :class:`Sample` or its ``paths``. For RGBNT100 the single file is cropped
+    into its three 256-px panels; for the other datasets each modality is its own file.
+    """
+    paths = tuple(sample.paths if isinstance(sample, Sample) else sample)
+    if is_side_by_side(dataset_name):
+        if len(paths) != 1:
+            raise DatasetError(f"{dataset_name} samples have one side-by-side file, got paths {paths}")
+        rgb, ni, ti = split_panels(read_image(paths[0]), paths[0])
+        return rgb, ni, ti
+    if len(paths) != 3:
+        raise DatasetError(f"{dataset_name} samples have three files (RGB, NI, TI), got paths {paths}")
+    rgb, ni, ti = (read_image(p) for p in paths)
+    return rgb, ni, ti

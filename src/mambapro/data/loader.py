@@ -1,0 +1,164 @@
+"""Torch datasets, collation and the train/test loaders.
+
+The train loader is reproducible whatever ``num_workers``: its batch sampler yields
+``(index, item_seed)`` pairs (see :mod:`~mambapro.data.sampler`) and :class:`TripletDataset`
+runs the transform under ``torch.random.fork_rng()`` seeded with the item seed, so the decoding
+worker, the worker count and the order in which workers finish never change a tensor. The
+global RNG of the caller is left untouched.
+
+Batches are dicts (docs/CONTRACTS.md): ``{"RGB": (B, 3, H, W), "NI": ..., "TI": ..., "pids": (B,)
+long, "camids": (B,) long, "sceneids": (B,) long, "paths": list[str]}``; ``paths`` holds each
+sample's first file (the RGB file, or RGBNT100's side-by-side file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import DataConfig
+from . import synth
+from .datasets import ReIDDataset, build_dataset
+from .io import Sample, read_triplet
+from .sampler import RandomIdentitySampler
+from .transforms import (
+    MODALITIES,
+    apply_missing,
+    build_test_transform,
+    build_train_transform,
+    missing_modalities,
+)
+
+__all__ = [
+    "TripletDataset",
+    "build_test_loader",
+    "build_train_loader",
+    "collate_triplets",
+    "dataset_from_config",
+]
+
+
+class TripletDataset(Dataset):
+    """Decodes and transforms samples; ``dataset[i]`` or ``dataset[(i, item_seed)]``."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        dataset_name: str,
+        transform: Callable[[Sequence[Any]], Sequence[torch.Tensor]],
+    ) -> None:
+        self.samples = list(samples)
+        self.dataset_name = dataset_name
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, item_seed = key if isinstance(key, tuple) else (key, None)
+        s = self.samples[index]
+        images = read_triplet(s, self.dataset_name)
+        if item_seed is None:
+            tensors = self.transform(images)
+        else:
+            # torchvision draws from the global torch RNG: fork it so the caller's state is kept.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(item_seed)
+                tensors = self.transform(images)
+        out: dict[str, Any] = dict(zip(MODALITIES, tensors))
+        out.update(pid=s.pid, camid=s.camid, sceneid=s.sceneid, path=s.paths[0])
+        return out
+
+
+def collate_triplets(items: list[dict[str, Any]], missing: str = "full") -> dict[str, Any]:
+    """Stack items into the batch dict; zero the ``missing`` modalities (after normalisation)."""
+    batch: dict[str, Any] = {m: torch.stack([it[m] for it in items]) for m in MODALITIES}
+    batch["pids"] = torch.tensor([it["pid"] for it in items], dtype=torch.long)
+    batch["camids"] = torch.tensor([it["camid"] for it in items], dtype=torch.long)
+    batch["sceneids"] = torch.tensor([it["sceneid"] for it in items], dtype=torch.long)
+    batch["paths"] = [it["path"] for it in items]
+    return apply_missing(batch, missing) if missing != "full" else batch  # type: ignore[return-value]
+
+
+def build_train_loader(
+    data_cfg: DataConfig,
+    dataset: ReIDDataset,
+    img_size: tuple[int, int],
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    iters_per_epoch: int | None = None,
+) -> DataLoader:
+    """P x K train loader over ``dataset.train``; call ``loader.batch_sampler.set_epoch(e)``.
+
+    ``data_cfg.batch_size`` is the global batch; each rank gets ``batch_size / world_size``.
+    To train without held-out validation ids, pass ``dataclasses.replace(dataset, train=...)``.
+    """
+    sampler = RandomIdentitySampler(
+        dataset.train,
+        batch_size=data_cfg.batch_size,
+        num_instances=data_cfg.num_instances,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        iters_per_epoch=iters_per_epoch,
+    )
+    ds = TripletDataset(dataset.train, dataset.name, build_train_transform(data_cfg, img_size))
+    return DataLoader(
+        ds,
+        batch_sampler=sampler,
+        num_workers=data_cfg.num_workers,
+        collate_fn=collate_triplets,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=data_cfg.num_workers > 0,
+        # Its own generator: the loader's worker base seed must not consume the global RNG.
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def build_test_loader(
+    data_cfg: DataConfig,
+    samples: Sequence[Sample],
+    dataset_name: str,
+    img_size: tuple[int, int],
+    batch_size: int,
+    missing: str = "full",
+) -> DataLoader:
+    """Loader over ``samples`` in order (resize + normalise), with ``missing`` modalities zeroed."""
+    missing_modalities(missing)  # fail here, naming the value, not inside a worker
+    ds = TripletDataset(samples, dataset_name, build_test_transform(data_cfg, img_size))
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=data_cfg.num_workers,
+        collate_fn=functools.partial(collate_triplets, missing=missing),
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def dataset_from_config(data_cfg: DataConfig, verify: bool = False, progress: bool = False) -> ReIDDataset:
+    """Parse ``data_cfg.dataset`` under ``data_cfg.root``.
+
+    With ``data.synthetic=true`` the embedded synthetic dataset is generated there first when the
+    dataset folder is absent, or when it holds a synthetic tree made with other ``data.synth``
+    parameters; a real (non-synthetic) dataset folder is used as it is.
+    """
+    if data_cfg.synthetic:
+        layout = data_cfg.dataset.lower()
+        folder = synth.dataset_dir(layout, data_cfg.root)
+        wanted = dataclasses.asdict(data_cfg.synth)
+        stale = False
+        if (Path(folder) / synth.META_FILE).is_file():
+            meta = synth.load_meta(layout, data_cfg.root)
+            stale = meta.get("params") != wanted or meta.get("generator_version") != synth.GENERATOR_VERSION
+        if not folder.exists() or stale:
+            synth.generate(layout, data_cfg.root, progress=progress, **wanted)
+    return build_dataset(data_cfg.dataset, data_cfg.root, skip_broken=data_cfg.skip_broken, verify=verify)

@@ -1,0 +1,141 @@
+"""Joint train/test transforms of a pixel-aligned (RGB, NI, TI) triplet, and missing modalities.
+
+Built on ``torchvision.transforms.v2``: a v2 transform called on several images draws its random
+parameters once and applies them to all of them, so by default the three modalities get the same
+flip, crop and erasing (they are pixel-aligned, and the paper's recipe applies the same geometry).
+``independent=True`` calls the transform once per modality instead (each draw is separate), which
+is what the official code does by accident of applying the pipeline per image.
+
+Train pipeline (SPEC §4, the official recipe): resize (bicubic), horizontal flip ``flip_prob``, pad
+``padding`` with zeros + random crop back to size, scale to [0, 1], normalise with mean = std =
+``data.mean``/``data.std`` per channel, random erasing ``erase_prob`` filled with per-pixel
+N(0, 1) noise (timm's ``mode='pixel'``, which the official code uses; after normalisation this is
+noise of the data's own scale). Test: resize + normalise.
+
+Randomness comes from the global torch RNG (as in torchvision); :class:`TripletDataset` seeds it
+per item, so every decision is a pure function of the item seed.
+
+Missing-modality evaluation (SPEC §2): :func:`apply_missing` replaces the missing modalities by
+all-zero tensors *after* normalisation (mid-grey for mean = std = 0.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from ..config import MISSING, DataConfig
+
+__all__ = [
+    "MODALITIES",
+    "TripletTransform",
+    "apply_missing",
+    "build_test_transform",
+    "build_train_transform",
+    "missing_modalities",
+]
+
+MODALITIES = ("RGB", "NI", "TI")
+_LETTER = {"R": "RGB", "N": "NI", "T": "TI"}
+
+
+class TripletTransform:
+    """Maps ``(rgb, ni, ti)`` PIL images to three ``(3, H, W)`` float tensors.
+
+    With ``independent=False`` one random draw of ``transform`` applies to the three images.
+    """
+
+    def __init__(self, transform: v2.Transform, independent: bool = False) -> None:
+        self.transform = transform
+        self.independent = independent
+
+    def __call__(self, images: Sequence[Image.Image | torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if len(images) != 3:
+            raise ValueError(f"expected an (RGB, NI, TI) triplet, got {len(images)} images")
+        if self.independent:
+            out = [self.transform(img) for img in images]
+        else:
+            out = list(self.transform(*images))
+        # Plain tensors: tv_tensors.Image wrappers would leak into collate and the model.
+        return tuple(t.as_subclass(torch.Tensor) for t in out)
+
+    def __repr__(self) -> str:
+        return f"TripletTransform(independent={self.independent}, {self.transform!r})"
+
+
+def _normalise(data_cfg: DataConfig) -> list[v2.Transform]:
+    return [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=[data_cfg.mean] * 3, std=[data_cfg.std] * 3),
+    ]
+
+
+def _resize(img_size: tuple[int, int]) -> v2.Transform:
+    return v2.Resize(tuple(img_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+
+
+def build_train_transform(
+    data_cfg: DataConfig, img_size: tuple[int, int], independent: bool | None = None
+) -> TripletTransform:
+    """Train transform of a triplet; ``independent=None`` takes ``data_cfg.independent_aug``."""
+    h, w = (int(x) for x in img_size)
+    steps: list[v2.Transform] = [v2.ToImage(), _resize((h, w))]
+    if data_cfg.flip_prob > 0:
+        steps.append(v2.RandomHorizontalFlip(p=data_cfg.flip_prob))
+    if data_cfg.padding > 0:
+        steps += [v2.Pad(data_cfg.padding, fill=0), v2.RandomCrop((h, w))]
+    steps += _normalise(data_cfg)
+    if data_cfg.erase_prob > 0:
+        steps.append(v2.RandomErasing(p=data_cfg.erase_prob, value="random"))
+    ind = data_cfg.independent_aug if independent is None else independent
+    return TripletTransform(v2.Compose(steps), independent=ind)
+
+
+def build_test_transform(data_cfg: DataConfig, img_size: tuple[int, int]) -> TripletTransform:
+    """Test transform of a triplet: resize + normalise (deterministic)."""
+    h, w = (int(x) for x in img_size)
+    return TripletTransform(v2.Compose([v2.ToImage(), _resize((h, w)), *_normalise(data_cfg)]))
+
+
+def missing_modalities(missing: str) -> tuple[str, ...]:
+    """Modality keys removed by a missing-modality setting (``full``, ``R``, ``-NT``, ...)."""
+    key = str(missing).strip()
+    if key.lower() == "full":
+        return ()
+    letters = key.lstrip("-").upper()
+    canon = "".join(c for c in "RNT" if c in letters)
+    if len(canon) != len(letters) or canon not in MISSING:
+        raise ValueError(
+            f"unknown missing-modality setting {missing!r}; choose one of: {', '.join(MISSING)} "
+            "(letters name the missing modalities: R = RGB, N = NI, T = TI; a leading '-' is allowed)"
+        )
+    return tuple(_LETTER[c] for c in canon)
+
+
+def apply_missing(
+    batch_or_images: Mapping[str, Any] | Sequence[torch.Tensor], missing: str
+) -> dict[str, Any] | tuple[torch.Tensor, ...]:
+    """Zero the missing modalities (after normalisation) of a batch dict or an (RGB, NI, TI) triple.
+
+    A dict (returned as a new dict) keeps its other entries (pids, paths, ...); a sequence must
+    hold three tensors in ``MODALITIES`` order and comes back as a tuple. The input is not modified.
+    """
+    gone = missing_modalities(missing)
+    if isinstance(batch_or_images, Mapping):
+        absent = [m for m in MODALITIES if m not in batch_or_images]
+        if absent:
+            raise KeyError(
+                f"apply_missing: batch has no {', '.join(absent)} entry (keys: {list(batch_or_images)})"
+            )
+        out = dict(batch_or_images)
+        for m in gone:
+            out[m] = torch.zeros_like(out[m])
+        return out
+    images = list(batch_or_images)
+    if len(images) != 3:
+        raise ValueError(f"apply_missing: expected (RGB, NI, TI) tensors, got {len(images)} items")
+    return tuple(torch.zeros_like(x) if m in gone else x for m, x in zip(MODALITIES, images))
