@@ -1,0 +1,39 @@
+"""Evaluation: exact ReID metrics, distances, k-reciprocal re-ranking and reports (SPEC §2).
+
+``evaluate`` ranks a (Q, G) distance matrix under the market protocol (junk: same pid and
+camera) or the MSVR310 protocol (junk: same pid and scene); ``compute_distmat`` builds the
+matrix from features (squared Euclidean on L2-normalised features by default); ``re_ranking``
+replaces it by the k-reciprocal distance; ``report`` prints, saves and plots results and runs
+the missing-modality table.
+"""
+
+from mambapro.evaluation.distance import METRICS, compute_distmat
+from mambapro.evaluation.metrics import REPORT_RANKS, EvalResult, evaluate
+from mambapro.evaluation.report import (
+    COLUMNS,
+    MISSING_SETTINGS,
+    MissingModalityTable,
+    format_table,
+    missing_label,
+    missing_modality_table,
+    plot_cmc,
+    save_results_json,
+)
+from mambapro.evaluation.rerank import re_ranking
+
+__all__ = [
+    "COLUMNS",
+    "METRICS",
+    "MISSING_SETTINGS",
+    "REPORT_RANKS",
+    "EvalResult",
+    "MissingModalityTable",
+    "compute_distmat",
+    "evaluate",
+    "format_table",
+    "missing_label",
+    "missing_modality_table",
+    "plot_cmc",
+    "re_ranking",
+    "save_results_json",
+]
