@@ -1,0 +1,49 @@
+"""Image encoders, weight loading, adapters, prompts and the multi-modal backbone (SPEC §3).
+
+Entry points: :func:`build_backbone` (the configured multi-modal backbone) and
+:func:`clip_image_encoder` (the plain CLIP ViT-B/16 image encoder). The registries
+``BACKBONES``, ``ADAPTERS`` and ``PROMPTS`` hold one constructor per config value.
+"""
+
+from mambapro.models.adapters import ADAPTERS, LoRAAdapter, MlpAdapter
+from mambapro.models.backbone import (
+    BACKBONES,
+    MODALITIES,
+    MultiModalBackbone,
+    build_backbone,
+    clip_image_encoder,
+)
+from mambapro.models.clip_vit import QuickGELU, ResidualAttentionBlock, VisionTransformer
+from mambapro.models.prompts import PROMPTS, MultiModalPrompts, PromptLayer
+from mambapro.models.vit_imagenet import imagenet_vit, load_timm_vit_state_dict
+from mambapro.models.weights import (
+    load_clip_state_dict,
+    load_encoder_state_dict,
+    read_checkpoint,
+    read_torchscript_tensors,
+    resize_pos_embed,
+)
+
+__all__ = [
+    "ADAPTERS",
+    "BACKBONES",
+    "MODALITIES",
+    "PROMPTS",
+    "LoRAAdapter",
+    "MlpAdapter",
+    "MultiModalBackbone",
+    "MultiModalPrompts",
+    "PromptLayer",
+    "QuickGELU",
+    "ResidualAttentionBlock",
+    "VisionTransformer",
+    "build_backbone",
+    "clip_image_encoder",
+    "imagenet_vit",
+    "load_clip_state_dict",
+    "load_encoder_state_dict",
+    "load_timm_vit_state_dict",
+    "read_checkpoint",
+    "read_torchscript_tensors",
+    "resize_pos_embed",
+]

@@ -1,0 +1,97 @@
+"""Adapters that transfer a frozen encoder to ReID: PFA (the paper's), BNA and LoRA (Table 5).
+
+An adapter is a small module ``(B, L, D) -> (B, L, D)`` that a block adds to one of its
+sub-layers (the block decides where: ``clip_vit.ResidualAttentionBlock``). Sizes scale with the
+width D so that the tiny preset gets the same shapes in miniature:
+
+- ``pfa``: Parallel Feed-Forward Adapter, Linear(D -> 2D) -> act -> Linear(2D -> D) with
+  biases (ascending then descending: 768 -> 1536 -> 768, 2,361,600 parameters);
+- ``bna``: bottleneck adapter, Linear(D -> D/2) -> act -> Linear(D/2 -> D) with biases
+  (768 -> 384 -> 768, 590,976 parameters); the paper uses it sequentially, i.e. with
+  ``model.adapter_position`` ``behind_ffn`` (``configs/ablations/table5_bna.yaml``);
+- ``lora``: Linear(D -> r) -> Linear(r -> D), no bias, no activation (rank 64: 98,304).
+
+Initialisation: PFA and BNA as the authors' release (trunc-normal std 0.02, zero bias). LoRA
+as its paper: the down projection trunc-normal, the up projection zero, so that a LoRA adapter
+starts as the identity of the pre-trained block.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import Tensor, nn
+
+from mambapro.models.clip_vit import make_act
+from mambapro.registry import Registry
+
+__all__ = ["ADAPTERS", "AdapterFactory", "LoRAAdapter", "MlpAdapter", "init_linear"]
+
+
+def init_linear(module: nn.Module) -> None:
+    """Trunc-normal (std 0.02) weights and zero biases for every ``nn.Linear`` in ``module``."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class MlpAdapter(nn.Module):
+    """Linear(dim -> hidden) -> act -> Linear(hidden -> dim), with biases: PFA and BNA."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "quick_gelu") -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = make_act(act)
+        self.fc2 = nn.Linear(hidden, dim)
+        init_linear(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, L, D)`` -> ``(B, L, D)``."""
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LoRAAdapter(nn.Module):
+    """Low-rank linear branch ``x -> up(down(x))`` of rank ``rank``, without bias or activation."""
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        if rank <= 0:
+            raise ValueError(f"model.lora_rank = {rank} must be a positive integer")
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim, bias=False)
+        nn.init.trunc_normal_(self.down.weight, std=0.02)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, L, D)`` -> ``(B, L, D)``."""
+        return self.up(self.down(x))
+
+
+class AdapterFactory(Protocol):
+    def __call__(self, dim: int, *, act: str, lora_rank: int) -> nn.Module | None: ...
+
+
+#: ``model.adapter`` values: constructors ``(dim, *, act, lora_rank) -> module`` (None for ``none``).
+ADAPTERS: Registry[AdapterFactory] = Registry("adapters")
+
+
+@ADAPTERS.register("none")
+def _no_adapter(dim: int, *, act: str, lora_rank: int) -> None:
+    return None
+
+
+@ADAPTERS.register("pfa")
+def _pfa(dim: int, *, act: str, lora_rank: int) -> nn.Module:
+    return MlpAdapter(dim, 2 * dim, act)
+
+
+@ADAPTERS.register("bna")
+def _bna(dim: int, *, act: str, lora_rank: int) -> nn.Module:
+    return MlpAdapter(dim, dim // 2, act)
+
+
+@ADAPTERS.register("lora")
+def _lora(dim: int, *, act: str, lora_rank: int) -> nn.Module:
+    return LoRAAdapter(dim, lora_rank)

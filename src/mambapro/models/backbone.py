@@ -1,0 +1,277 @@
+"""The multi-modal backbone: one shared encoder for RGB, NI and TI with adapters and prompts.
+
+The three modalities share every weight of the encoder, and their sequences have the same
+length (prompt groups included), so they run as one ``(3B, L, D)`` batch through each block:
+one pass instead of three, with better use of matrix kernels. The prompt exchange between
+modalities happens between blocks, on the prompt slice of that batch (``prompts.py``).
+
+Order in the batch: modality-major, ``[RGB_1..RGB_B, NI_1..NI_B, TI_1..TI_B]``; modality index
+0, 1, 2 is r, n, t everywhere (also the prompt group order).
+
+Camera embedding (SIE, as the authors' release): a learnable ``(num_cameras, D)`` table
+(trunc-normal std 0.02) times ``model.camera_coef``, added to the cls token only, before the
+positional embedding, the same for the three modalities of a sample.
+
+Freezing (``model.freeze``): ``frozen`` (CLIP(L)) trains only adapters, prompts and the camera
+embedding (the encoder's ``ln_post``, ``proj`` and positional embedding stay frozen too);
+``finetune`` (CLIP(F)) trains everything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mambapro.config import ModelConfig
+from mambapro.models.adapters import ADAPTERS
+from mambapro.models.clip_vit import VisionTransformer
+from mambapro.models.prompts import NUM_MODALITIES, PROMPTS, MultiModalPrompts
+from mambapro.models.vit_imagenet import imagenet_vit, load_timm_vit_state_dict
+from mambapro.models.weights import load_clip_state_dict, load_encoder_state_dict
+from mambapro.registry import Registry
+
+__all__ = [
+    "BACKBONES",
+    "MODALITIES",
+    "MultiModalBackbone",
+    "build_backbone",
+    "clip_image_encoder",
+]
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("RGB", "NI", "TI")
+
+EncoderFactory = Callable[[tuple[int, int], "str | Path | None"], VisionTransformer]
+
+#: ``model.backbone`` values: constructors ``(img_size, weights) -> VisionTransformer``.
+BACKBONES: Registry[EncoderFactory] = Registry("backbones")
+
+
+def _build(
+    make: Callable[[], VisionTransformer],
+    weights: str | Path | None,
+    reader: Callable[..., dict[str, Tensor]],
+) -> VisionTransformer:
+    if weights is None:
+        return make()
+    # With weights, build on the meta device and take the file's tensors: no random init of
+    # 86M parameters that would be overwritten anyway.
+    with torch.device("meta"):
+        encoder = make()
+    load_encoder_state_dict(encoder, reader(weights, grid=encoder.grid), weights)
+    return encoder
+
+
+@BACKBONES.register("clip_vit_b16")
+def clip_vit_b16(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
+    """CLIP ViT-B/16 image encoder (D = 768, 12 layers, 12 heads, C = 512), OpenAI weights."""
+    return _build(
+        lambda: VisionTransformer(img_size, patch_size=16, width=768, layers=12, heads=12, output_dim=512),
+        weights,
+        load_clip_state_dict,
+    )
+
+
+@BACKBONES.register("vit_b16_imagenet")
+def vit_b16_imagenet(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
+    """ImageNet ViT-B/16 (Table 9) from a timm checkpoint; no projection, so C = D = 768."""
+    return _build(lambda: imagenet_vit(img_size), weights, load_timm_vit_state_dict)
+
+
+@BACKBONES.register("tiny")
+def tiny(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
+    """CLIP-style tiny encoder for CPU demos and tests: D = 192, 4 layers, 3 heads, C = 128."""
+    return _build(
+        lambda: VisionTransformer(img_size, patch_size=16, width=192, layers=4, heads=3, output_dim=128),
+        weights,
+        load_clip_state_dict,
+    )
+
+
+def _announce_random_init(name: str) -> None:
+    # The tiny preset is meant to train from scratch; for pre-trained presets a random encoder
+    # is almost always a forgotten ``model.weights``, so it is a warning there.
+    level = logging.INFO if name == "tiny" else logging.WARNING
+    logger.log(level, "model.backbone=%s: no model.weights given, the encoder is randomly initialised", name)
+
+
+def clip_image_encoder(
+    weights: str | Path | None = None, img_size: tuple[int, int] = (224, 224)
+) -> VisionTransformer:
+    """The plain CLIP ViT-B/16 image encoder; ``encode(images)`` gives the ``(B, 512)`` embedding
+    equal to open_clip's ``encode_image`` on the same weights."""
+    if weights is None:
+        _announce_random_init("clip_vit_b16")
+    return clip_vit_b16(tuple(img_size), weights)
+
+
+def _check_layers(field: str, layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(num_layers))
+    bad = [i for i in layers if not 0 <= int(i) < num_layers]
+    if bad:
+        raise ValueError(
+            f"model.{field} = {list(layers)}: index {bad[0]} is outside the backbone's "
+            f"{num_layers} layers (0..{num_layers - 1})"
+        )
+    return sorted(set(int(i) for i in layers))
+
+
+class MultiModalBackbone(nn.Module):
+    """Shared encoder for the three modalities, with adapters (in its blocks) and prompts.
+
+    Args:
+        encoder: a :class:`VisionTransformer`, adapters already attached to its blocks.
+        prompts: the prompt layers, or None.
+        num_cameras: rows of the camera embedding table.
+        camera_embedding: learn a camera embedding (SIE).
+        camera_coef: its coefficient.
+        freeze: ``frozen`` or ``finetune``.
+
+    Attributes: ``out_dim`` (C), ``grid`` ((H/16, W/16)), ``num_layers``, ``img_size``.
+    """
+
+    modalities = MODALITIES
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        prompts: MultiModalPrompts | None,
+        num_cameras: int,
+        camera_embedding: bool = True,
+        camera_coef: float = 1.0,
+        freeze: str = "frozen",
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.prompts = prompts
+        self.out_dim = encoder.out_dim
+        self.grid = encoder.grid
+        self.img_size = encoder.img_size
+        self.num_layers = encoder.num_layers
+        self.num_cameras = num_cameras
+        self.camera_coef = camera_coef
+        if camera_embedding:
+            if num_cameras <= 0:
+                raise ValueError(f"the camera embedding needs num_cameras >= 1, got {num_cameras}")
+            self.camera_embedding: nn.Parameter | None = nn.Parameter(torch.zeros(num_cameras, encoder.width))
+            nn.init.trunc_normal_(self.camera_embedding, std=0.02)
+        else:
+            self.camera_embedding = None
+        self.set_freeze(freeze)
+
+    # ------------------------------------------------------------------ parameters
+
+    def parameter_parts(self) -> dict[str, list[nn.Parameter]]:
+        """Disjoint lists covering every parameter: ``backbone`` (the encoder's own weights),
+        ``adapters``, ``prompts`` (prompt tokens, transfer and residual blocks), ``camera``."""
+        adapters = [p for b in self.encoder.blocks if b.adapter is not None for p in b.adapter.parameters()]
+        prompts = list(self.prompts.parameters()) if self.prompts is not None else []
+        camera = [self.camera_embedding] if self.camera_embedding is not None else []
+        taken = {id(p) for p in (*adapters, *prompts, *camera)}
+        backbone = [p for p in self.parameters() if id(p) not in taken]
+        return {"backbone": backbone, "adapters": adapters, "prompts": prompts, "camera": camera}
+
+    def set_freeze(self, mode: str) -> None:
+        """``frozen``: only adapters, prompts and camera train; ``finetune``: everything trains."""
+        if mode not in ("frozen", "finetune"):
+            raise ValueError(f"model.freeze = '{mode}' is not one of: frozen, finetune")
+        for name, params in self.parameter_parts().items():
+            for p in params:
+                p.requires_grad_(mode == "finetune" or name != "backbone")
+        self.freeze = mode
+
+    # ------------------------------------------------------------------ forward
+
+    def _check_inputs(self, images: dict[str, Tensor], camids: Tensor | None) -> int:
+        missing = [m for m in MODALITIES if m not in images]
+        if missing:
+            raise KeyError(f"backbone input lacks modality {missing[0]} (got keys: {', '.join(images)})")
+        shape = tuple(images["RGB"].shape)
+        for m in MODALITIES:
+            s = tuple(images[m].shape)
+            if len(s) != 4 or s[1] != 3 or s[2:] != self.img_size or s != shape:
+                raise ValueError(
+                    f"images['{m}'] has shape {s}; expected (B, 3, {self.img_size[0]}, {self.img_size[1]}), "
+                    f"the same B for RGB, NI and TI (RGB: {shape})"
+                )
+        batch = shape[0]
+        if camids is not None and self.camera_embedding is not None:
+            if tuple(camids.shape) != (batch,):
+                raise ValueError(f"camids has shape {tuple(camids.shape)}, expected ({batch},)")
+            if batch and (int(camids.min()) < 0 or int(camids.max()) >= self.num_cameras):
+                raise ValueError(
+                    f"camids range {int(camids.min())}..{int(camids.max())} is outside the camera "
+                    f"embedding's 0..{self.num_cameras - 1}"
+                )
+        return batch
+
+    def forward(self, images: dict[str, Tensor], camids: Tensor | None = None) -> dict[str, Tensor]:
+        """Projected tokens of each modality.
+
+        Args:
+            images: ``{"RGB", "NI", "TI"}`` -> ``(B, 3, H, W)``.
+            camids: ``(B,)`` 0-based camera ids; None: no camera term (unknown cameras).
+
+        Returns:
+            ``{"RGB", "NI", "TI"}`` -> ``(B, 1 + H/16 * W/16, C)``: ``ln_post`` then ``proj`` of
+            every token, cls first, prompt tokens removed.
+        """
+        batch = self._check_inputs(images, camids)
+        x = torch.cat([images[m] for m in MODALITIES], dim=0)  # (3B, 3, H, W)
+        cls_offset = None
+        if self.camera_embedding is not None and camids is not None:
+            cls_offset = (self.camera_coef * self.camera_embedding[camids]).repeat(NUM_MODALITIES, 1)
+        x = self.encoder.embed(x, cls_offset)  # (3B, 1 + HW, D)
+
+        previous: Tensor | None = None
+        for index, block in enumerate(self.encoder.blocks):
+            layer_prompts = self.prompts.get(index) if self.prompts is not None else None
+            if layer_prompts is None:
+                x = block(x)
+                continue
+            groups = layer_prompts(batch, previous)  # (3, B, G, N, D)
+            n = groups.shape[2] * groups.shape[3]
+            x = torch.cat([x, groups.reshape(NUM_MODALITIES * batch, n, -1).to(x.dtype)], dim=1)
+            x = block(x)
+            previous = x[:, -n:].reshape(groups.shape)
+            x = x[:, :-n]
+
+        tokens = self.encoder.project(x)  # (3B, 1 + HW, C)
+        return dict(zip(MODALITIES, tokens.chunk(NUM_MODALITIES, dim=0)))
+
+
+def build_backbone(model_cfg: ModelConfig, img_size: tuple[int, int], num_cameras: int) -> MultiModalBackbone:
+    """The multi-modal backbone that ``model_cfg`` describes, for inputs of ``img_size`` (H, W)."""
+    img_size = (int(img_size[0]), int(img_size[1]))
+    encoder = BACKBONES.build(model_cfg.backbone, img_size, model_cfg.weights)
+    if model_cfg.weights is None:
+        _announce_random_init(model_cfg.backbone)
+
+    n = encoder.num_layers
+    for index in _check_layers("adapter_layers", model_cfg.adapter_layers, n):
+        adapter = ADAPTERS.build(
+            model_cfg.adapter, encoder.width, act=model_cfg.adapter_act, lora_rank=model_cfg.lora_rank
+        )
+        encoder.blocks[index].set_adapter(adapter, model_cfg.adapter_position)
+
+    prompts = PROMPTS.build(
+        model_cfg.prompt,
+        encoder.width,
+        layers=_check_layers("prompt_layers", model_cfg.prompt_layers, n),
+        num_tokens=model_cfg.prompt_tokens,
+        act=model_cfg.prompt_act,
+    )
+    return MultiModalBackbone(
+        encoder,
+        prompts,
+        num_cameras=num_cameras,
+        camera_embedding=model_cfg.camera_embedding,
+        camera_coef=model_cfg.camera_coef,
+        freeze=model_cfg.freeze,
+    )

@@ -1,0 +1,174 @@
+"""Multi-modal prompts (Table 4): IP, SP, SRP-Separation and SRP-Fusion (the default).
+
+Per prompted layer l, each modality m ∈ (r, n, t) owns ``N_pr`` learnable prompts ``p_l^m``
+(zeros at init). Before layer l the prompt tokens are appended to every modality's sequence;
+after it they are taken off again, and the outputs feed the next prompted layer's residual
+prompt. The semantics follow the authors' release, which refines the paper's eqs. 5-12 (SPEC §3):
+
+- **transfer** (SP and SRP): one transfer block per *source* modality,
+  ``T_l^m = Linear(D -> D/2) -> act -> Linear(D/2 -> D)``, used residually:
+  ``p_l^{m->k} = p_l^m + T_l^m(p_l^m)`` for every target k ≠ m;
+- modality k's sequence is ``[cls, patches, group_r, group_n, group_t]``: the groups always in
+  r, n, t order, with k's own (possibly residual-refined) prompt ``p_l^k'`` in its own slot;
+- **residual, Fusion**: ``p̂`` = mean of the three prompt groups that the previous prompted layer
+  output in modality k's sequence; ``p_l^k' = p_l^k + p̂ + RP_l(p̂)`` with one
+  ``RP_l = Linear(D -> D/2) -> act -> Linear(D/2 -> D)`` per layer, shared by the modalities;
+- **residual, Separation**: one RP per prompt group (slot g ∈ r, n, t), applied to that group's
+  output ``p̂_g`` rather than to the mean, then averaged:
+  ``p_l^k' = p_l^k + mean_g(p̂_g + RP_l^g(p̂_g))``. The paper only says the residual comes from
+  "the prompts of separate modalities" instead of "the fusion of them"; three RP blocks per layer
+  is what its 3.55M parameters per layer imply (3 T + 3 RP blocks of 590,976 + 9,216 prompts).
+  Averaging keeps the identity part equal to Fusion's (``mean_g p̂_g = p̂``), so the two differ
+  only in where RP sees the groups;
+- **IP**: modality k's sequence gets only its own ``N_pr`` prompts (no transfer, no residual).
+
+At the first prompted layer (and for SP/IP at every layer) ``p' = p``. With non-contiguous
+``model.prompt_layers`` the residual input is the output of the most recent prompted layer.
+Prompts get no positional embedding and no ``ln_pre``. Parameters per layer at D = 768, N_pr = 4:
+IP 9,216; SP 1,782,144; SRP-Separation 3,555,072; SRP-Fusion 2,373,120.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from mambapro.models.adapters import MlpAdapter
+from mambapro.registry import Registry
+
+__all__ = ["PROMPTS", "MultiModalPrompts", "PromptLayer", "PromptFactory", "NUM_MODALITIES"]
+
+NUM_MODALITIES = 3
+RESIDUALS = (None, "fusion", "separation")
+
+
+def _bottleneck(dim: int, act: str) -> nn.Module:
+    # Transfer and residual blocks share PFA's structure at half width: D -> D/2 -> D.
+    return MlpAdapter(dim, dim // 2, act)
+
+
+class PromptLayer(nn.Module):
+    """The prompt tokens that one layer appends to the three modalities' sequences.
+
+    Args:
+        dim: token width D.
+        num_tokens: prompts per modality, ``N_pr``.
+        act: activation of the transfer and residual blocks.
+        transfer: exchange prompts between modalities (SP, SRP); False: IP.
+        residual: ``None``, ``"fusion"`` or ``"separation"``.
+    """
+
+    def __init__(self, dim: int, num_tokens: int, act: str, transfer: bool, residual: str | None) -> None:
+        super().__init__()
+        if residual not in RESIDUALS:
+            raise ValueError(f"residual prompt '{residual}' is not one of: {RESIDUALS}")
+        if residual is not None and not transfer:
+            raise ValueError("a residual prompt needs the transfer (three prompt groups per sequence)")
+        self.num_tokens = num_tokens
+        self.groups = NUM_MODALITIES if transfer else 1
+        self.prompts = nn.Parameter(torch.zeros(NUM_MODALITIES, num_tokens, dim))
+        self.transfer = (
+            nn.ModuleList([_bottleneck(dim, act) for _ in range(NUM_MODALITIES)]) if transfer else None
+        )
+        n_rp = {None: 0, "fusion": 1, "separation": NUM_MODALITIES}[residual]
+        self.residual_kind = residual
+        self.residual = nn.ModuleList([_bottleneck(dim, act) for _ in range(n_rp)]) if n_rp else None
+        # Which group slot of which modality's sequence holds that modality's own prompt.
+        self.register_buffer("_own_slot", torch.eye(NUM_MODALITIES, dtype=torch.bool), persistent=False)
+
+    def _own(self, batch: int, previous: Tensor | None) -> Tensor:
+        """Each modality's own prompt ``p^k'``: ``(3, B, N, D)``."""
+        p = self.prompts.unsqueeze(1)  # (3, 1, N, D)
+        if self.residual is None or previous is None:
+            return p.expand(-1, batch, -1, -1)
+        if self.residual_kind == "fusion":
+            hat = previous.mean(dim=2)  # (3, B, N, D)
+            return p + hat + self.residual[0](hat)
+        refined = [previous[:, :, g] + rp(previous[:, :, g]) for g, rp in enumerate(self.residual)]
+        return p + torch.stack(refined, dim=2).mean(dim=2)
+
+    def forward(self, batch: int, previous: Tensor | None = None) -> Tensor:
+        """The prompt groups of every modality's sequence: ``(3, B, G, N, D)``.
+
+        ``previous``: the prompt outputs of the last prompted layer, ``(3, B, G, N, D)``, or None.
+        Index 0 is the modality whose sequence it is (r, n, t), index 2 the group slot.
+        """
+        own = self._own(batch, previous)
+        if self.transfer is None:
+            return own.unsqueeze(2)
+        transferred = torch.stack(
+            [self.prompts[m] + t(self.prompts[m]) for m, t in enumerate(self.transfer)]
+        )  # (3, N, D): p^{m->k}, the same for every target k ≠ m
+        mask = self._own_slot[:, None, :, None, None]  # (3, 1, 3, 1, 1)
+        return torch.where(mask, own.unsqueeze(2), transferred[None, None])
+
+
+class MultiModalPrompts(nn.Module):
+    """The prompt layers of one variant, keyed by the (0-based) block index they precede."""
+
+    def __init__(
+        self,
+        dim: int,
+        layers: Sequence[int],
+        num_tokens: int,
+        act: str,
+        transfer: bool,
+        residual: str | None,
+    ) -> None:
+        super().__init__()
+        if num_tokens <= 0:
+            raise ValueError(f"model.prompt_tokens = {num_tokens} must be a positive integer")
+        self.layer_indices = tuple(sorted(set(int(i) for i in layers)))
+        self.num_tokens = num_tokens
+        self.groups = NUM_MODALITIES if transfer else 1
+        self.layers = nn.ModuleDict(
+            {str(i): PromptLayer(dim, num_tokens, act, transfer, residual) for i in self.layer_indices}
+        )
+
+    @property
+    def tokens_per_sequence(self) -> int:
+        """Prompt tokens appended to one modality's sequence: ``G * N_pr``."""
+        return self.groups * self.num_tokens
+
+    def get(self, layer: int) -> PromptLayer | None:
+        """The prompts that enter before block ``layer``, or None."""
+        key = str(layer)
+        return self.layers[key] if key in self.layers else None  # type: ignore[return-value]
+
+
+class PromptFactory(Protocol):
+    def __call__(
+        self, dim: int, *, layers: Sequence[int], num_tokens: int, act: str
+    ) -> MultiModalPrompts | None: ...
+
+
+#: ``model.prompt`` values: constructors ``(dim, *, layers, num_tokens, act)`` (None for ``none``).
+PROMPTS: Registry[PromptFactory] = Registry("prompts")
+
+
+@PROMPTS.register("none")
+def _no_prompts(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> None:
+    return None
+
+
+@PROMPTS.register("ip")
+def _ip(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+    return MultiModalPrompts(dim, layers, num_tokens, act, transfer=False, residual=None)
+
+
+@PROMPTS.register("sp")
+def _sp(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+    return MultiModalPrompts(dim, layers, num_tokens, act, transfer=True, residual=None)
+
+
+@PROMPTS.register("srp_separation")
+def _srp_separation(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+    return MultiModalPrompts(dim, layers, num_tokens, act, transfer=True, residual="separation")
+
+
+@PROMPTS.register("srp_fusion")
+def _srp_fusion(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+    return MultiModalPrompts(dim, layers, num_tokens, act, transfer=True, residual="fusion")
