@@ -1,0 +1,124 @@
+"""What every aggregator shares: the registry, the token-shape check and the readout head.
+
+An aggregator maps the three modalities' projected tokens ``(B, 1 + H·W, C)`` (cls first, then the
+H×W patch grid in row-major order) to one feature ``(B, 3·C)``. All of them except ``none`` are
+"mix the patch tokens, then read out": a mixer (sum, concat, Transformer, MA, ...) transforms the
+patch tokens, and the readout of SPEC §3 / eq. 18 turns each modality's
+``[cls_m, mean(patches_m)]`` into ``Linear(LayerNorm(·))`` of width C. The readout is the same for
+every aggregator, which is how the paper's parameter counts decompose: each row of SPEC §5
+includes the three readout heads, 3 · (2·2C + 2C·C + C) = 1,580,544 at C = 512.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from mambapro.registry import Registry
+
+__all__ = [
+    "AGGREGATORS",
+    "MODALITIES",
+    "ModalityReadout",
+    "PatchAggregator",
+    "TriModalReadout",
+    "check_grid",
+    "init_linear_",
+    "split_tokens",
+]
+
+#: Aggregator constructors by ``model.aggregator`` name; each takes the keyword arguments of
+#: :func:`mambapro.aggregation.build_aggregator` (dim, grid, depth, d_state, dt_rank, expand,
+#: bidirectional, scan_backend).
+AGGREGATORS: Registry = Registry("aggregators")
+
+#: Order of the three modalities in every aggregator's input and output.
+MODALITIES = ("RGB", "NI", "TI")
+
+
+def check_grid(grid: tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Validate an (H, W) token grid and return it as a tuple of ints."""
+    if len(grid) != 2 or any(int(g) != g or g <= 0 for g in grid):
+        raise ValueError(f"token grid must be two positive integers (H, W), got {grid!r}")
+    return int(grid[0]), int(grid[1])
+
+
+def split_tokens(
+    tokens: tuple[Tensor, Tensor, Tensor], dim: int, grid: tuple[int, int]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Check three (B, 1 + H·W, C) token tensors; return their cls tokens (B, C) and patches (B, H·W, C)."""
+    h, w = grid
+    expected = 1 + h * w
+    batch = tokens[0].shape[0] if tokens[0].dim() > 0 else None
+    for name, x in zip(MODALITIES, tokens):
+        if x.dim() != 3 or x.shape[1] != expected or x.shape[2] != dim or x.shape[0] != batch:
+            raise ValueError(
+                f"aggregator input '{name}' has shape {tuple(x.shape)}; expected (B, 1 + H*W, C) = "
+                f"({batch}, {expected}, {dim}) for the {h}x{w} token grid (cls token first)"
+            )
+    return [x[:, 0] for x in tokens], [x[:, 1:] for x in tokens]
+
+
+class ModalityReadout(nn.Module):
+    """f = Linear(LayerNorm([cls, mean(patches)])): (B, C) and (B, L, C) -> (B, C) (paper eq. 18)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(2 * dim)
+        self.proj = nn.Linear(2 * dim, dim)
+
+    def forward(self, cls: Tensor, patches: Tensor) -> Tensor:
+        return self.proj(self.norm(torch.cat([cls, patches.mean(dim=1)], dim=-1)))
+
+
+class TriModalReadout(nn.Module):
+    """One :class:`ModalityReadout` per modality, concatenated to (B, 3·C) (paper eq. 19)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(ModalityReadout(dim) for _ in MODALITIES)
+
+    def forward(self, cls: list[Tensor], patches: list[Tensor]) -> Tensor:
+        return torch.cat([head(c, p) for head, c, p in zip(self.heads, cls, patches)], dim=-1)
+
+
+def init_linear_(*modules: nn.Module) -> None:
+    """Truncated-normal (std 0.02) weights and zero biases for every nn.Linear in ``modules``,
+    the init timm's ViT and the authors' release use for their heads."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+
+class PatchAggregator(nn.Module):
+    """Base of the mixing aggregators: check the tokens, mix the patches, read out (B, 3·C).
+
+    Subclasses implement :meth:`mix`, which maps the three (B, H·W, C) patch tensors (and the
+    (H, W) grid they lie on) to three (B, H·W, C) tensors for the readout.
+    """
+
+    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        if dim <= 0:
+            raise ValueError(f"aggregator dim must be positive, got {dim}")
+        self.dim = dim
+        self.grid = check_grid(grid)
+        self.out_dim = 3 * dim
+        self.readout = TriModalReadout(dim)
+        init_linear_(self.readout)
+
+    def mix(self, patches: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:
+        raise NotImplementedError
+
+    def forward(self, r: Tensor, n: Tensor, t: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """(B, 1 + H·W, C) × 3 -> (B, 3·C); ``grid`` overrides the built (H, W) token grid."""
+        grid = self.grid if grid is None else check_grid(grid)
+        cls, patches = split_tokens((r, n, t), self.dim, grid)
+        return self.readout(cls, self.mix(patches, grid))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, grid={self.grid}"
