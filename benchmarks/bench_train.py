@@ -1,0 +1,122 @@
+"""Training-step throughput and peak memory of the full paper model (ViT-B/16, random weights).
+
+Times forward + backward + optimiser steps on synthetic tensors at RGBNT201 geometry
+(3 x 256x128 per sample) for three configurations of Table 3 and reports each one's
+samples/s and peak memory, with ratios against the CLIP(L)-only baseline (row A) measured
+in the same run. On CUDA it uses bf16 autocast and fused attention (SDPA); on CPU fp32.
+
+    python benchmarks/bench_train.py                 # CPU, batch 4
+    python benchmarks/bench_train.py --device cuda --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+
+from mambapro.config import load_config
+from mambapro.engine.losses import ReIDLoss
+from mambapro.engine.model import build_model
+from mambapro.engine.optim import build_optimizer
+from mambapro.engine.trainer import amp_dtype
+
+ROWS = {
+    "A: CLIP(L) only": ["model.adapter=none", "model.prompt=none", "model.aggregator=none"],
+    "F: MambaPro (CLIP(L)+PFA+SRP+MA)": [],
+    "G: CLIP(F)+PFA+SRP+MA": ["model.freeze=finetune"],
+}
+
+
+def _rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def bench(overrides: list[str], batch: int, steps: int, device: torch.device) -> dict[str, float]:
+    cfg = load_config("rgbnt201", [*overrides, f"data.batch_size={batch}", "data.num_instances=4"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg, num_classes=171, num_cameras=4).to(device)
+    opt = build_optimizer(model.named_parameters(), cfg.train)
+    loss_fn = ReIDLoss()
+    amp = amp_dtype("auto", device)
+    h, w = cfg.img_size()
+    g = torch.Generator().manual_seed(0)
+    inputs = {m: torch.randn(batch, 3, h, w, generator=g).to(device) for m in ("RGB", "NI", "TI")}
+    inputs["camids"] = torch.randint(0, 4, (batch,), generator=g).to(device)
+    labels = torch.arange(batch, device=device) // 4
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = loss_fn(model(inputs), labels)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    model.train()
+    step()  # warm-up (allocations, kernels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    took = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else _rss_gib()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"samples_s": batch * steps / took, "peak_gib": peak, "trainable_m": trainable / 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: one row, JSON out
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if args.row is not None:
+        print(json.dumps(bench(ROWS[args.row], args.batch, args.steps, device)))
+        return
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    threads = torch.get_num_threads()
+    print(f"device: {device} ({name}), threads {threads}, batch {args.batch}, steps {args.steps}")
+    print("peak memory: CUDA max allocated on GPU; process max RSS on CPU (each row in its own process)")
+    results = {}
+    for label in ROWS:
+        # A fresh process per row so each peak-memory figure is that configuration's own.
+        cmd = [
+            sys.executable,
+            __file__,
+            "--device",
+            args.device,
+            "--batch",
+            str(args.batch),
+            "--steps",
+            str(args.steps),
+            "--row",
+            label,
+        ]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[label] = json.loads(out.strip().splitlines()[-1])
+    base = results["A: CLIP(L) only"]
+    print(f"{'configuration':<36}{'trainable M':>12}{'samples/s':>11}{'x A':>7}{'peak GiB':>10}{'x A':>7}")
+    for label, r in results.items():
+        print(
+            f"{label:<36}{r['trainable_m']:>12.2f}{r['samples_s']:>11.2f}"
+            f"{r['samples_s'] / base['samples_s']:>7.2f}"
+            f"{r['peak_gib']:>10.2f}{r['peak_gib'] / base['peak_gib']:>7.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
