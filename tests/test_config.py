@@ -46,7 +46,12 @@ def test_file_with_base_overrides_only_what_differs(tmp_path: Path) -> None:
 
 def test_overrides_parse_yaml_values() -> None:
     cfg = load_config(
-        overrides=["model.weights=null", "train.grad_clip=5", "model.adapter_layers=[0, 3]", "data.skip_broken=true"]
+        overrides=[
+            "model.weights=null",
+            "train.grad_clip=5",
+            "model.adapter_layers=[0, 3]",
+            "data.skip_broken=true",
+        ]
     )
     assert cfg.model.weights is None
     assert cfg.train.grad_clip == 5.0 and isinstance(cfg.train.grad_clip, float)

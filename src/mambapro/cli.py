@@ -192,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--missing", default=None, help="all|R|N|T|RN|RT|NT: missing-modality evaluation")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
-    p.add_argument("--output", "-o", type=Path, default=None, help="where to write results (default: next to the checkpoint)")
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=None,
+        help="where to write results (default: next to the checkpoint)",
+    )
     _add_config_args(p)
 
     p = add("extract", cmd_extract, "extract features of a split to an .npz file")
@@ -230,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by what the user handed us: printed as one line, exit status 2.
+
+    Imported only when an error happens, so that start-up stays light.
+    """
+    from mambapro.data.io import DatasetError
+    from mambapro.engine.checkpoint import CheckpointError
+    from mambapro.engine.trainer import TrainingError
+
+    return (ConfigError, UserError, FileNotFoundError, DatasetError, CheckpointError, TrainingError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -238,7 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.handler(args)
-    except (ConfigError, UserError, FileNotFoundError) as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
         print(f"mambapro {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

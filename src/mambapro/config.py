@@ -262,9 +262,7 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str, source: str) -> None:
             # Names are matched case-insensitively so 'rgbnt201' and 'RGBNT201' both work.
             match = [c for c in choices if c.lower() == str(value).lower()]
             if not match:
-                raise ConfigError(
-                    f"{source}: '{key}' = {value!r} is not one of: {', '.join(choices)}"
-                )
+                raise ConfigError(f"{source}: '{key}' = {value!r} is not one of: {', '.join(choices)}")
             value = match[0]
         setattr(obj, name, value)
 

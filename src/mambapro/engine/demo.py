@@ -32,10 +32,10 @@ def run_demo(
     output: str | Path | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
+    from mambapro.engine.distributed import resolve_device
     from mambapro.engine.inference import evaluate_model, write_report
     from mambapro.engine.model import build_model
     from mambapro.engine.trainer import ensure_synthetic_data, prepare_data, run_training, seed_everything
-    from mambapro.engine.distributed import resolve_device
 
     start = time.perf_counter()
     cfg = load_config(config or "demo", overrides)
@@ -61,7 +61,10 @@ def run_demo(
     untrained = evaluate_model(model, cfg, data.name, data.query, data.gallery, device, quiet=quiet)
     del model
 
-    print(f"[3/4] training the '{cfg.model.backbone}' preset for {cfg.train.epochs} epochs on CPU ...", flush=True)
+    print(
+        f"[3/4] training the '{cfg.model.backbone}' preset for {cfg.train.epochs} epochs on CPU ...",
+        flush=True,
+    )
     trained = run_training(cfg, quiet=quiet)["result"]
 
     print("[4/4] report")
@@ -71,5 +74,7 @@ def run_demo(
     took = time.perf_counter() - start
     print(table)
     print(f"trained mAP / untrained mAP = {ratio:.2f}x; total time {took / 60:.1f} min")
-    print(f"report, CMC curve, metrics and checkpoints: {out}/ (report.txt, cmc.png, metrics.jsonl, last.ckpt)")
+    print(
+        f"report, CMC curve, metrics and checkpoints: {out}/ (report.txt, cmc.png, metrics.jsonl, last.ckpt)"
+    )
     return {"untrained": untrained, "trained": trained, "ratio": ratio, "output": out, "seconds": took}

@@ -97,7 +97,9 @@ def extract_features(
     )
 
 
-def evaluate_features(q: FeatureSet, g: FeatureSet, cfg: Config, use_scenes: bool, rerank: bool | None = None):
+def evaluate_features(
+    q: FeatureSet, g: FeatureSet, cfg: Config, use_scenes: bool, rerank: bool | None = None
+):
     """Distances (optionally re-ranked) and the ReID metrics of one query/gallery pair."""
     from mambapro.evaluation import compute_distmat, evaluate, re_ranking
 
@@ -142,7 +144,9 @@ def evaluate_model(
     """Extract query and gallery features and evaluate them (market or MSVR310 protocol)."""
     missing = missing or cfg.test.missing
     qf = extract_features(model, _test_loader(cfg, query, dataset_name, missing), device, amp, quiet, "query")
-    gf = extract_features(model, _test_loader(cfg, gallery, dataset_name, missing), device, amp, quiet, "gallery")
+    gf = extract_features(
+        model, _test_loader(cfg, gallery, dataset_name, missing), device, amp, quiet, "gallery"
+    )
     return evaluate_features(qf, gf, cfg, use_scenes=dataset_name == "MSVR310", rerank=rerank)
 
 

@@ -29,7 +29,9 @@ def _count(params: list[torch.nn.Parameter]) -> dict[str, int]:
     }
 
 
-def parameter_report(cfg: Config, num_classes: int | None = None, num_cameras: int | None = None) -> dict[str, Any]:
+def parameter_report(
+    cfg: Config, num_classes: int | None = None, num_cameras: int | None = None
+) -> dict[str, Any]:
     """Per-part parameter counts of the model ``cfg`` describes (built on the meta device).
 
     Without explicit sizes the published dataset's identities and cameras are used.

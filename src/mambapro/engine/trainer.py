@@ -248,7 +248,9 @@ class Trainer:
     # ----------------------------------------------------------------- loop
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        return {
+            k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
+        }
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from tqdm.auto import tqdm
@@ -363,13 +365,36 @@ class Trainer:
         del last_eval
         return self.finish()
 
+    def check_ranks_in_sync(self) -> bool:
+        """All ranks hold identical weights (DDP keeps them so); a mismatch is an error."""
+        if not self.dist.enabled:
+            return True
+        import torch.distributed as tdist
+
+        fp = torch.stack(
+            [
+                torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                for p in self.model.parameters()
+            ]
+        ).to(self.device)  # NCCL gathers CUDA tensors, gloo CPU ones
+        gathered = [torch.zeros_like(fp) for _ in range(self.dist.world_size)]
+        tdist.all_gather(gathered, fp)
+        if not all(torch.equal(g, fp) for g in gathered):
+            raise TrainingError("distributed ranks ended with different weights; the run is not trustworthy")
+        return True
+
     def finish(self) -> dict[str, Any]:
         """Final test-set evaluation of the selected model and the run report (rank 0)."""
         from mambapro.engine.inference import write_report
 
+        in_sync = self.check_ranks_in_sync()
         barrier(self.dist)
         if not self.dist.is_main:
             return {}
+        if self.dist.enabled:
+            self.logger.log(
+                {"epoch": self.cfg.train.epochs, "ranks_in_sync": in_sync, "world_size": self.dist.world_size}
+            )
         select = self.cfg.train.select_best
         label = "final epoch"
         if select != "final" and (self.out / "best.ckpt").exists():
@@ -381,7 +406,13 @@ class Trainer:
             )
         res = self.evaluate("test")
         summary = write_report(self.out, {f"MambaPro ({label})": res}, title=f"{self.data.name} test set")
-        self.logger.log({"epoch": self.cfg.train.epochs, "selection": label, **{f"test_{k}": v for k, v in res.as_dict().items()}})
+        self.logger.log(
+            {
+                "epoch": self.cfg.train.epochs,
+                "selection": label,
+                **{f"test_{k}": v for k, v in res.as_dict().items()},
+            }
+        )
         return {"result": res, "label": label, "summary": summary}
 
 
