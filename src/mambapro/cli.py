@@ -14,12 +14,9 @@ from pathlib import Path
 
 from mambapro import __version__
 from mambapro.config import ConfigError, dump_config, load_config
+from mambapro.errors import UserError
 
 __all__ = ["main", "build_parser"]
-
-
-class UserError(Exception):
-    """An error caused by user input; printed without a traceback."""
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

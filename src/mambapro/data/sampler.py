@@ -80,6 +80,9 @@ class RandomIdentitySampler(Sampler[list[tuple[int, int]]]):
         self.world_size = world_size
         self.iters_per_epoch = iters_per_epoch
         self.epoch = 0
+        # First batch of the epoch to yield: a run resumed mid-epoch skips the batches it has done.
+        # ``len()`` stays the full epoch length.
+        self.start_batch = 0
         self.index_of_pid: dict[int, list[int]] = defaultdict(list)
         for i, s in enumerate(samples):
             self.index_of_pid[int(getattr(s, "pid", s))].append(i)
@@ -141,7 +144,7 @@ class RandomIdentitySampler(Sampler[list[tuple[int, int]]]):
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        yield from self._batches()
+        yield from self._batches()[self.start_batch :]
 
     def __len__(self) -> int:
         return len(self._batches())

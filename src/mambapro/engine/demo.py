@@ -35,25 +35,20 @@ def run_demo(
     from mambapro.engine.distributed import resolve_device
     from mambapro.engine.inference import evaluate_model, write_report
     from mambapro.engine.model import build_model
-    from mambapro.engine.trainer import ensure_synthetic_data, prepare_data, run_training, seed_everything
+    from mambapro.engine.trainer import prepare_data, run_training, seed_everything
 
     start = time.perf_counter()
     cfg = load_config(config or "demo", overrides)
     cfg.train.output = str(fresh_output_dir(output or cfg.train.output))
     out = Path(cfg.train.output)
 
-    if cfg.data.synthetic:
-        t0 = time.perf_counter()
-        made = ensure_synthetic_data(cfg, quiet=quiet)
-        if made is not None:
-            print(f"[1/4] generated the synthetic dataset at {made} in {time.perf_counter() - t0:.1f} s")
-        else:
-            print(f"[1/4] using the synthetic dataset under {cfg.data.root}")
-
+    t0 = time.perf_counter()
+    data = prepare_data(cfg, quiet=quiet)
+    what = "the embedded synthetic" if cfg.data.synthetic else "the"
+    print(f"[1/4] {what} {data.name} dataset is ready ({time.perf_counter() - t0:.1f} s)")
     # The same seed gives the same initial weights as the model run_training builds below,
     # so this row is the starting point of the training run.
     seed_everything(cfg.train.seed)
-    data = prepare_data(cfg)
     print(data.summary)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, data.num_classes, data.num_cameras).to(device)

@@ -13,6 +13,7 @@ from torch import nn
 
 from mambapro.config import Config, config_to_dict, load_config
 from mambapro.engine.checkpoint import CheckpointError, load_checkpoint
+from mambapro.errors import UserError
 
 __all__ = [
     "FeatureSet",
@@ -209,9 +210,6 @@ def load_model(
     return model.to(device).eval(), cfg, ckpt
 
 
-MISSING_SETTINGS = ("full", "R", "N", "T", "RN", "RT", "NT")
-
-
 def run_test(
     checkpoint: str | Path,
     config: str | Path | None = None,
@@ -225,7 +223,7 @@ def run_test(
     """The ``mambapro test`` command: result table, optional missing-modality table."""
     from mambapro.data import build_dataset
     from mambapro.engine.trainer import amp_dtype
-    from mambapro.evaluation import missing_modality_table
+    from mambapro.evaluation import MISSING_SETTINGS, missing_label, missing_modality_table, save_results_json
 
     model, cfg, _ = load_model(checkpoint, config, overrides, extra)
     if rerank:
@@ -236,9 +234,9 @@ def run_test(
     out = Path(output) if output is not None else Path(checkpoint).parent / "test"
     use_scenes = ds.name == "MSVR310"
     if missing is not None and missing != "all" and missing not in MISSING_SETTINGS:
-        raise ValueError(f"--missing {missing!r}: choose all or one of {', '.join(MISSING_SETTINGS)}")
+        raise UserError(f"--missing {missing!r}: choose all or one of {', '.join(MISSING_SETTINGS)}")
     setting = missing if missing not in (None, "all") else cfg.test.missing
-    label = "full" if setting == "full" else f"-{setting}"
+    label = missing_label(setting)
     res = evaluate_model(model, cfg, ds.name, ds.query, ds.gallery, device, amp, quiet, missing=setting)
     title = f"{ds.name} test set" + (" (re-ranked)" if cfg.test.rerank else "")
     table = write_report(out, {label: res}, title=title)
@@ -253,18 +251,22 @@ def run_test(
             f = extract_features(model, loader, device, amp, quiet)
             return f.feats, f.pids, f.camids, f.sceneids
 
+        t = cfg.test
         rows, mm_table = missing_modality_table(
             extract_fn,
             loader_factory,
             use_scenes=use_scenes,
-            metric=cfg.test.distance,
-            max_rank=cfg.test.max_rank,
+            metric=t.distance,
+            max_rank=t.max_rank,
+            rerank=t.rerank,
+            k1=t.rerank_k1,
+            k2=t.rerank_k2,
+            lambda_value=t.rerank_lambda,
+            title=f"{ds.name} test set, missing modalities" + (" (re-ranked)" if t.rerank else ""),
         )
         print(mm_table)
         (out / "missing_modality.txt").write_text(mm_table + "\n")
-        (out / "missing_modality.json").write_text(
-            json.dumps({k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in rows.items()}, indent=2)
-        )
+        save_results_json(out / "missing_modality.json", rows)
         result["missing"] = rows
     print(f"results written to {out}")
     return result

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from mambapro.config import Config, config_to_dict
+from mambapro.data.datasets import ReIDDataset
 from mambapro.engine.checkpoint import load_checkpoint, save_checkpoint
 from mambapro.engine.distributed import (
     DistInfo,
@@ -76,14 +77,23 @@ class DataBundle:
     """Everything the engine needs to know about the data of a run."""
 
     name: str
-    train: list
+    dataset: ReIDDataset  # train split without the held-out validation identities
     num_classes: int
     num_cameras: int
-    query: list
-    gallery: list
     val_query: list = field(default_factory=list)
     val_gallery: list = field(default_factory=list)
-    summary: str = ""
+
+    @property
+    def query(self) -> list:
+        return self.dataset.query
+
+    @property
+    def gallery(self) -> list:
+        return self.dataset.gallery
+
+    @property
+    def summary(self) -> str:
+        return str(self.dataset)
 
     @property
     def use_scenes(self) -> bool:
@@ -91,52 +101,32 @@ class DataBundle:
         return self.name == "MSVR310"
 
 
-def ensure_synthetic_data(cfg: Config, quiet: bool = True) -> Path | None:
-    """Generate the embedded synthetic dataset under ``data.root`` when it is absent."""
-    from mambapro.data import dataset_dir
-    from mambapro.data.synth import generate
-
-    target = dataset_dir(cfg.data.dataset, cfg.data.root)
-    if target.exists():
-        return None
-    s = cfg.data.synth
-    return generate(
-        cfg.data.dataset.lower(),
-        cfg.data.root,
-        seed=s.seed,
-        ids=s.ids,
-        test_ids=s.test_ids,
-        cameras=s.cameras,
-        shots=s.shots,
-        scenes=s.scenes,
-        progress=not quiet,
-    )
-
-
 def prepare_data(cfg: Config, dist_info: DistInfo | None = None, quiet: bool = True) -> DataBundle:
-    """Parse the dataset (generating the synthetic one first if configured)."""
-    from mambapro.data import build_dataset, split_validation
+    """Parse the dataset, generating the embedded synthetic one first when ``data.synthetic``.
+
+    Under DDP rank 0 generates (if needed) while the other ranks wait, then every rank parses.
+    """
+    import dataclasses
+
+    from mambapro.data import dataset_from_config, split_validation
 
     dist_info = dist_info or DistInfo()
-    if cfg.data.synthetic:
-        if dist_info.is_main:
-            ensure_synthetic_data(cfg, quiet=quiet)
-        barrier(dist_info)
-    ds = build_dataset(cfg.data.dataset, cfg.data.root, skip_broken=cfg.data.skip_broken)
-    train, val_query, val_gallery = ds.train, [], []
+    if cfg.data.synthetic and dist_info.is_main:
+        dataset_from_config(cfg.data, progress=not quiet)
+    barrier(dist_info)
+    ds = dataset_from_config(cfg.data)
+    val_query: list = []
+    val_gallery: list = []
     if cfg.train.select_best == "val":
         train, val_query, val_gallery = split_validation(ds.train, cfg.data.val_ids, cfg.train.seed)
-    num_classes = len({s.pid for s in train})
+        ds = dataclasses.replace(ds, train=train)
     return DataBundle(
         name=ds.name,
-        train=train,
-        num_classes=num_classes,
+        dataset=ds,
+        num_classes=ds.num_train_pids,
         num_cameras=ds.num_train_cams,
-        query=ds.query,
-        gallery=ds.gallery,
         val_query=val_query,
         val_gallery=val_gallery,
-        summary=str(ds),
     )
 
 
@@ -173,8 +163,7 @@ class Trainer:
         self.model: MambaPro = build_model(cfg, self.data.num_classes, self.data.num_cameras).to(self.device)
         self.train_loader = build_train_loader(
             cfg.data,
-            self.data.train,
-            self.data.name,
+            self.data.dataset,
             cfg.img_size(),
             seed=cfg.train.seed,
             rank=dist_info.rank,
@@ -195,6 +184,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.state = TrainState()
+        self._step_snapshot: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -243,9 +233,28 @@ class Trainer:
             best_metric=ckpt["best_metric"],
             best_epoch=ckpt["best_epoch"],
         )
-        self.logger.truncate_after(self.state.epoch - 1)
+        self.logger.truncate_after(self.state.epoch)  # epochs 1..state.epoch are done
 
     # ----------------------------------------------------------------- loop
+
+    def _snapshot(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """RNG state and buffers (BatchNorm statistics) before a step.
+
+        A forward pass already changes them; if the step is interrupted before the optimiser
+        update, :meth:`rollback_partial_step` puts them back so that a resumed run replays the
+        step from exactly the state an uninterrupted run had.
+        """
+        return torch.get_rng_state(), {k: v.detach().clone() for k, v in self.model.named_buffers()}
+
+    def rollback_partial_step(self) -> None:
+        if self._step_snapshot is None:
+            return
+        rng, buffers = self._step_snapshot
+        torch.set_rng_state(rng)
+        with torch.no_grad():
+            for k, v in self.model.named_buffers():
+                v.copy_(buffers[k])
+        self._step_snapshot = None
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -271,6 +280,7 @@ class Trainer:
         self.train_loader.batch_sampler.start_batch = s.iteration
         try:
             for batch in self.train_loader:
+                self._step_snapshot = self._snapshot()
                 batch = self._to_device(batch)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     outputs = self.ddp(batch)
@@ -294,6 +304,7 @@ class Trainer:
                 # replays an applied step on resume.
                 s.iteration += 1
                 s.count += 1
+                self._step_snapshot = None
                 with torch.no_grad():
                     for k, v in terms.items():
                         s.sums[k] += float(all_reduce_mean(v.detach().float(), self.dist))
@@ -466,6 +477,7 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False) -> dict
             try:
                 return trainer.fit()
             except KeyboardInterrupt:
+                trainer.rollback_partial_step()
                 path = trainer.save()
                 if path is not None:
                     where = f"epoch {trainer.state.epoch + 1}, batch {trainer.state.iteration}"
