@@ -300,3 +300,29 @@ def test_split_validation() -> None:
     assert split_validation(samples, 5, seed=0) == (train, query, gallery)
     with pytest.raises(ValueError, match="val_ids = 6 must be in 1..5"):
         split_validation(samples, 6, seed=0)
+
+
+@pytest.mark.parametrize("layout", list(NAMES))
+def test_samples_at_a_split_folder_and_a_single_file(trees: Path, layout: str) -> None:
+    from mambapro.data import samples_at, triplet_paths
+
+    name = NAMES[layout]
+    ds = build_dataset(name, trees)
+    split_dir = Path(ds.query[0].paths[0]).parent
+    split_dir = {"RGBNT201": split_dir.parent, "RGBNT100": split_dir}.get(name, split_dir.parent.parent)
+    assert samples_at(split_dir, name) == ds.query
+    target = ds.query[-1]
+    assert triplet_paths(target.paths[-1], name) == target.paths  # any modality file names the triplet
+    assert samples_at(target.paths[-1], name) == [target]
+
+
+def test_samples_at_errors_name_the_path(trees: Path, tmp_path: Path) -> None:
+    from mambapro.data import samples_at, triplet_paths
+
+    with pytest.raises(DatasetError, match="does_not_exist"):
+        samples_at(tmp_path / "does_not_exist", "RGBNT201")
+    stray = tmp_path / "elsewhere" / "x.jpg"
+    stray.parent.mkdir()
+    stray.write_bytes(b"")
+    with pytest.raises(DatasetError, match="x.jpg is not a RGBNT201 modality file"):
+        triplet_paths(stray, "rgbnt201")

@@ -121,3 +121,13 @@ def test_invalid_arguments() -> None:
         RandomIdentitySampler(samples, 16, 4, seed=0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="has 12 identities, fewer than the 16 per batch"):
         RandomIdentitySampler(samples, 64, 4, seed=0)
+
+
+def test_start_batch_resumes_inside_an_epoch() -> None:
+    pids = [i // 3 for i in range(30)]
+    s = RandomIdentitySampler(pids, batch_size=8, num_instances=2, seed=4)
+    s.set_epoch(2)
+    full = list(s)
+    s.start_batch = 3
+    assert list(s) == full[3:]
+    assert len(s) == len(full)  # the epoch's length does not shrink

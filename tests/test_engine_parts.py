@@ -129,3 +129,25 @@ def test_checkpoint_loading_never_unpickles_code(tmp_path: Path) -> None:
     (tmp_path / "foreign.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="foreign.ckpt"):
         load_checkpoint(tmp_path / "foreign.ckpt")
+
+
+def test_rank_gallery_orders_stably_and_leaves_out_the_query_itself() -> None:
+    import numpy as np
+
+    from mambapro.engine.inference import FeatureSet
+    from mambapro.engine.search import rank_gallery
+
+    paths = ["g0", "q", "g2", "g3", "g4"]
+    gallery = FeatureSet(
+        feats=np.zeros((5, 2), np.float32),
+        pids=np.array([7, 7, 3, 7, 3]),
+        camids=np.array([0, 1, 0, 1, 0]),
+        sceneids=np.full(5, -1),
+        paths=paths,
+    )
+    dist = np.array([0.5, 0.0, 0.2, 0.5, 0.9])  # g0 and g3 tie: the lower index ranks first
+    matches = rank_gallery(dist, "q", 7, gallery, k=3)
+    assert [m.path for m in matches] == ["g2", "g0", "g3"]
+    assert [m.rank for m in matches] == [1, 2, 3]
+    assert [m.same_identity for m in matches] == [False, True, True]
+    assert len(rank_gallery(dist, "q", 7, gallery, k=10)) == 4  # fewer entries than k

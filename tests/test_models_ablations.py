@@ -1,4 +1,4 @@
-"""The shipped ablation presets (Tables 3, 4, 5, 8, 9) load, quote their paper row, and build
+"""The shipped ablation presets (Tables 3, 4, 5, 6, 8, 9, 11) load, quote their paper row, and build
 backbones whose trainable parameters are the exact integers of SPEC §5."""
 
 from __future__ import annotations
@@ -42,6 +42,15 @@ EXPECTED = {
     "table9_vit_f": ("ma", VIT_F + PFA_12 + SRP_12),
     "table9_clip_l": ("ma", PFA_12 + SRP_12),
     "table9_clip_f": ("ma", CLIP_F + PFA_12 + SRP_12),
+    # Tables 6 and 11 vary only the aggregator (its counts are tested in test_aggregation.py).
+    "table6_sum": ("sum", PFA_12 + SRP_12),
+    "table6_concat": ("concat", PFA_12 + SRP_12),
+    "table6_transformer": ("transformer", PFA_12 + SRP_12),
+    "table6_intra_ma": ("intra_ma", PFA_12 + SRP_12),
+    "table6_inter_ma": ("inter_ma", PFA_12 + SRP_12),
+    "table6_ma": ("ma", PFA_12 + SRP_12),
+    "table11_ma_mamba": ("ma", PFA_12 + SRP_12),
+    "table11_ma_trans": ("ma_transformer", PFA_12 + SRP_12),
 }
 
 

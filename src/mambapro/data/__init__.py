@@ -2,7 +2,7 @@
 P x K identity sampler and the loaders (see docs/CONTRACTS.md for the batch format)."""
 
 from . import synth
-from .datasets import DATASETS, ReIDDataset, build_dataset, split_validation
+from .datasets import DATASETS, ReIDDataset, build_dataset, samples_at, split_validation, triplet_paths
 from .io import DatasetError, ImageReadError, Sample, read_image, read_triplet
 from .loader import (
     TripletDataset,
@@ -42,6 +42,8 @@ __all__ = [
     "missing_modalities",
     "read_image",
     "read_triplet",
+    "samples_at",
     "split_validation",
     "synth",
+    "triplet_paths",
 ]

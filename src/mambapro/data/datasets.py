@@ -35,7 +35,9 @@ __all__ = [
     "DATASETS",
     "ReIDDataset",
     "build_dataset",
+    "samples_at",
     "split_validation",
+    "triplet_paths",
     "verify_samples",
 ]
 
@@ -419,3 +421,67 @@ def split_validation(
         gallery += g
     train = _relabel([s for s in train_samples if s.pid not in held])
     return train, query, gallery
+
+
+# --------------------------------------------------------------------------- single folders and files
+
+#: Modality folder names, (RGB, NI, TI), of the datasets that keep one file per modality.
+_MODALITY_FOLDERS = {"RGBNT201": ("RGB", "NI", "TI"), "MSVR310": ("vis", "ni", "th")}
+
+
+def _dataset_name(name: str) -> str:
+    if str(name).lower() not in DATASETS:
+        raise DatasetError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(n.upper() for n in DATASETS.names())}"
+        )
+    return {"rgbnt201": "RGBNT201", "rgbnt100": "RGBNT100", "msvr310": "MSVR310"}[str(name).lower()]
+
+
+def triplet_paths(file: str | Path, dataset_name: str) -> tuple[str, ...]:
+    """The ``Sample.paths`` of the capture that ``file`` (any of its modality files) belongs to.
+
+    RGBNT201 ``.../{RGB,NI,TI}/NAME`` and MSVR310 ``.../VID/{vis,ni,th}/NAME`` give the three
+    files with the same NAME; an RGBNT100 file is its own 1-tuple. Existence is not checked.
+    """
+    name = _dataset_name(dataset_name)
+    file = Path(file)
+    if name not in _MODALITY_FOLDERS:
+        return (str(file),)
+    folders = _MODALITY_FOLDERS[name]
+    if file.parent.name not in folders:
+        raise DatasetError(
+            f"{file} is not a {name} modality file: its folder should be one of {', '.join(folders)}"
+        )
+    return tuple(str(file.parent.parent / m / file.name) for m in folders)
+
+
+def samples_at(path: str | Path, dataset_name: str, skip_broken: bool = False) -> list[Sample]:
+    """Samples of one split folder, or the one sample a file belongs to (original pids).
+
+    ``path`` is a split folder in the dataset's layout (``RGBNT201/test``,
+    ``RGBNT100/rgbir/query``, ``msvr310/query3``) or one file of a capture (any modality). The
+    pid, camera and scene come from the names, by the same rules as :func:`build_dataset`.
+    """
+    name = _dataset_name(dataset_name)
+    path = Path(path)
+    problems = _Problems(name, skip_broken)
+    if path.is_dir():
+        split_dir, wanted = path, None
+    elif path.is_file():
+        first = Path(triplet_paths(path, name)[0])
+        split_dir = {"RGBNT201": first.parent.parent, "RGBNT100": first.parent}.get(name, first.parents[2])
+        wanted = str(first)
+    else:
+        raise DatasetError(f"{path} does not exist")
+    if name == "RGBNT201":
+        samples = _parse_rgbnt201(split_dir, problems)
+    elif name == "RGBNT100":
+        samples = _parse_rgbnt100(split_dir, problems, [])
+    else:
+        samples = _parse_msvr310(split_dir, problems)
+    problems.finish()
+    if wanted is not None:
+        samples = [s for s in samples if s.paths[0] == wanted]
+        if not samples:
+            raise DatasetError(f"{path}: no {name} triplet of that name parses in {split_dir}")
+    return _non_empty(samples, split_dir, name)

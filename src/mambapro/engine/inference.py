@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ __all__ = [
     "write_report",
     "run_test",
     "run_extract",
+    "eval_loader",
 ]
 
 
@@ -122,7 +122,8 @@ def evaluate_features(
     )
 
 
-def _test_loader(cfg: Config, samples: list, dataset_name: str, missing: str = "full"):
+def eval_loader(cfg: Config, samples: list, dataset_name: str, missing: str = "full") -> Any:
+    """Test-time loader (resize + normalise) over ``samples`` with the configured batch size."""
     from mambapro.data import build_test_loader
 
     return build_test_loader(
@@ -144,9 +145,9 @@ def evaluate_model(
 ):
     """Extract query and gallery features and evaluate them (market or MSVR310 protocol)."""
     missing = missing or cfg.test.missing
-    qf = extract_features(model, _test_loader(cfg, query, dataset_name, missing), device, amp, quiet, "query")
+    qf = extract_features(model, eval_loader(cfg, query, dataset_name, missing), device, amp, quiet, "query")
     gf = extract_features(
-        model, _test_loader(cfg, gallery, dataset_name, missing), device, amp, quiet, "gallery"
+        model, eval_loader(cfg, gallery, dataset_name, missing), device, amp, quiet, "gallery"
     )
     return evaluate_features(qf, gf, cfg, use_scenes=dataset_name == "MSVR310", rerank=rerank)
 
@@ -245,7 +246,7 @@ def run_test(
     if missing == "all":
 
         def loader_factory(m: str):
-            return (_test_loader(cfg, ds.query, ds.name, m), _test_loader(cfg, ds.gallery, ds.name, m))
+            return (eval_loader(cfg, ds.query, ds.name, m), eval_loader(cfg, ds.gallery, ds.name, m))
 
         def extract_fn(loader):
             f = extract_features(model, loader, device, amp, quiet)
@@ -290,7 +291,7 @@ def run_extract(
     ds = build_dataset(cfg.data.dataset, cfg.data.root, skip_broken=cfg.data.skip_broken)
     samples = {"query": ds.query, "gallery": ds.gallery, "train": ds.train}[split]
     feats = extract_features(
-        model, _test_loader(cfg, samples, ds.name), device, amp_dtype(cfg.train.amp, device), quiet, split
+        model, eval_loader(cfg, samples, ds.name), device, amp_dtype(cfg.train.amp, device), quiet, split
     )
     feats.save(out)
     print(f"{len(feats.paths)} {split} features of dimension {feats.feats.shape[1]} written to {out}")

@@ -180,8 +180,13 @@ class Trainer:
         )
         self.ddp: nn.Module = self.model
         if dist_info.enabled:
+            # static_graph: the same parameters are used at every step, but a few never are
+            # (the first layer's residual-prompt block RP_1 exists, as in the paper's parameter
+            # count, yet p' = p at l = 1), which plain DDP treats as an error.
             self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                static_graph=True,
             )
         self.state = TrainState()
         self._step_snapshot: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None

@@ -1,0 +1,197 @@
+"""``mambapro search``: rank a gallery for query triplets and draw the rank list.
+
+The query is one capture (any of its modality files) or a split folder of queries; the gallery
+is a split folder (its features are extracted with the same model) or an ``.npz`` written by
+``mambapro extract``. Distances follow ``test.distance`` on L2-normalised features, as in
+evaluation. A gallery entry that *is* the query file is left out of its ranking (RGBNT201 uses
+the same folder for query and gallery); nothing else is filtered, since a search user wants to
+see same-camera matches too.
+
+Outputs: the ranked list printed per query, a JSON file with every ranking, and a rank-list
+image per query: one row per modality (RGB, NI, TI), the query then the top-k, with green or
+red borders when the gallery identity equals or differs from the query's (the identities come
+from the file names of the dataset layout, or from the ``.npz``).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mambapro.errors import UserError
+
+__all__ = ["Match", "rank_gallery", "draw_rank_list", "run_search"]
+
+_THUMB_HEIGHT = 96
+_BORDER = 4
+_COLOURS = {"query": (40, 90, 220), "match": (20, 170, 60), "other": (220, 40, 40)}
+
+
+@dataclass(frozen=True)
+class Match:
+    """One ranked gallery entry."""
+
+    rank: int  # 1-based
+    index: int  # row in the gallery features
+    distance: float
+    path: str
+    pid: int
+    camid: int
+    same_identity: bool
+
+
+def rank_gallery(distances: np.ndarray, query_path: str, query_pid: int, gallery: Any, k: int) -> list[Match]:
+    """Top-``k`` gallery entries of one query by ascending distance (ties: lower gallery index).
+
+    ``distances`` is the query's (G,) row; ``gallery`` a FeatureSet. The query's own file is
+    left out.
+    """
+    order = np.argsort(distances, kind="stable")
+    out: list[Match] = []
+    for j in order:
+        if gallery.paths[j] == query_path:
+            continue
+        pid = int(gallery.pids[j])
+        out.append(
+            Match(
+                rank=len(out) + 1,
+                index=int(j),
+                distance=float(distances[j]),
+                path=gallery.paths[j],
+                pid=pid,
+                camid=int(gallery.camids[j]),
+                same_identity=pid == int(query_pid),
+            )
+        )
+        if len(out) == k:
+            break
+    return out
+
+
+def _thumbnails(first_path: str, dataset_name: str) -> list[Any]:
+    """(RGB, NI, TI) thumbnails of a capture, or grey placeholders (with a warning) if unreadable."""
+    from PIL import Image
+
+    from mambapro.data import read_triplet, triplet_paths
+    from mambapro.data.io import DatasetError
+
+    try:
+        images = read_triplet(triplet_paths(first_path, dataset_name), dataset_name)
+    except DatasetError as err:
+        warnings.warn(f"rank list: drawing a placeholder for {first_path}: {err}", stacklevel=2)
+        images = tuple(Image.new("RGB", (64, 64), (128, 128, 128)) for _ in range(3))
+    out = []
+    for img in images:
+        w = max(1, round(img.width * _THUMB_HEIGHT / img.height))
+        out.append(img.resize((w, _THUMB_HEIGHT)))
+    return out
+
+
+def draw_rank_list(
+    query_path: str, matches: list[Match], dataset_name: str, out: str | Path, query_pid: int | None = None
+) -> Path:
+    """Save a rank-list image: rows RGB/NI/TI, columns query + matches, coloured borders."""
+    from PIL import Image, ImageDraw
+
+    columns = [(query_path, "query", _COLOURS["query"])]
+    for m in matches:
+        colour = _COLOURS["match"] if m.same_identity else _COLOURS["other"]
+        columns.append((m.path, f"{m.rank}: {m.distance:.3f}", colour))
+    thumbs = [_thumbnails(p, dataset_name) for p, _, _ in columns]
+    cell_w = max(t.width for col in thumbs for t in col) + 2 * _BORDER
+    cell_h = _THUMB_HEIGHT + 2 * _BORDER
+    label_h, gap = 14, 6
+    width = len(columns) * (cell_w + gap) + gap + 28
+    height = label_h + 3 * (cell_h + gap) + gap
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, name in enumerate(("RGB", "NI", "TI")):
+        draw.text((2, label_h + gap + r * (cell_h + gap) + cell_h // 2 - 5), name, fill=(0, 0, 0))
+    for c, ((_, label, colour), col) in enumerate(zip(columns, thumbs)):
+        x = 28 + gap + c * (cell_w + gap)
+        draw.text((x, 1), label, fill=(0, 0, 0))
+        for r, thumb in enumerate(col):
+            y = label_h + gap + r * (cell_h + gap)
+            draw.rectangle([x, y, x + thumb.width + 2 * _BORDER - 1, y + cell_h - 1], fill=colour)
+            canvas.paste(thumb, (x + _BORDER, y + _BORDER))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
+def _gallery_features(gallery: Path, model, cfg, device, amp, quiet: bool):
+    from mambapro.data import samples_at
+    from mambapro.engine.inference import FeatureSet, eval_loader, extract_features
+
+    if gallery.suffix == ".npz":
+        try:
+            return FeatureSet.load(gallery)
+        except ValueError as err:
+            raise UserError(str(err)) from err
+    samples = samples_at(gallery, cfg.data.dataset, skip_broken=cfg.data.skip_broken)
+    return extract_features(model, eval_loader(cfg, samples, cfg.data.dataset), device, amp, quiet, "gallery")
+
+
+def run_search(
+    checkpoint: str | Path,
+    query: str | Path,
+    gallery: str | Path,
+    k: int = 10,
+    out: str | Path = "ranklist.png",
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+) -> dict[str, list[Match]]:
+    """The ``search`` command; returns ``{query path: matches}``."""
+    from mambapro.data import samples_at
+    from mambapro.engine.inference import eval_loader, extract_features, load_model
+    from mambapro.engine.trainer import amp_dtype
+    from mambapro.evaluation import compute_distmat
+
+    if k < 1:
+        raise UserError(f"-k {k}: must be at least 1")
+    model, cfg, _ = load_model(checkpoint, config, overrides)
+    device = next(model.parameters()).device
+    amp = amp_dtype(cfg.train.amp, device)
+    name = cfg.data.dataset
+    q_samples = samples_at(query, name, skip_broken=cfg.data.skip_broken)
+    qf = extract_features(model, eval_loader(cfg, q_samples, name), device, amp, quiet, "query")
+    gf = _gallery_features(Path(gallery), model, cfg, device, amp, quiet)
+    if gf.feats.ndim != 2 or gf.feats.shape[1] != qf.feats.shape[1]:
+        raise UserError(
+            f"{gallery}: gallery features have shape {gf.feats.shape}, but this checkpoint gives "
+            f"{qf.feats.shape[1]}-d features; extract them with the same checkpoint"
+        )
+    dist = compute_distmat(qf.feats, gf.feats, metric=cfg.test.distance)
+    out = Path(out)
+    results: dict[str, list[Match]] = {}
+    for i, qpath in enumerate(qf.paths):
+        matches = rank_gallery(dist[i], qpath, int(qf.pids[i]), gf, k)
+        results[qpath] = matches
+        print(f"query {qpath} (id {int(qf.pids[i])}, camera {int(qf.camids[i]) + 1}):")
+        for m in matches:
+            verdict = "same id" if m.same_identity else "other id"
+            print(f"  rank {m.rank:>3}  distance {m.distance:.4f}  id {m.pid:>6}  {verdict:<8}  {m.path}")
+        image = out if len(qf.paths) == 1 else out.with_name(f"{out.stem}-{Path(qpath).stem}{out.suffix}")
+        draw_rank_list(qpath, matches, name, image)
+    ranks_json = out.with_suffix(".json")
+    ranks_json.write_text(
+        json.dumps(
+            {
+                "checkpoint": str(checkpoint),
+                "gallery": str(gallery),
+                "distance": cfg.test.distance,
+                "queries": {q: [m.__dict__ for m in ms] for q, ms in results.items()},
+            },
+            indent=1,
+        )
+    )
+    where = out if len(qf.paths) == 1 else f"{out.parent}/{out.stem}-*{out.suffix}"
+    print(f"rank-list image(s): {where}; rankings: {ranks_json}")
+    return results
