@@ -119,14 +119,20 @@ def _pixel_features(images: list, size: tuple[int, int]) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def default_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import dataclasses
+
+    from mambapro.config import load_config
+
     root = tmp_path_factory.mktemp("synth_default")
-    synth.generate("rgbnt201", root)  # the demo's default size
+    synth.generate("rgbnt201", root, **dataclasses.asdict(load_config("demo").data.synth))  # the demo's
     return root
 
 
 def test_raw_pixels_do_not_solve_it_and_fusion_helps_at_night(default_tree: Path) -> None:
     ds = build_dataset("RGBNT201", default_tree)
-    assert len(ds.train) == 240 and len(ds.gallery) == 240
+    p = synth.load_meta("rgbnt201", default_tree)["params"]
+    per_id = p["cameras"] * p["shots"]
+    assert len(ds.train) == (p["ids"] - p["test_ids"]) * per_id and len(ds.gallery) == p["test_ids"] * per_id
     meta = synth.load_meta("rgbnt201", default_tree)
     night_of = {c["name"]: c["night"] for c in meta["captures"]}
     triplets = [read_triplet(s, ds.name) for s in ds.gallery]

@@ -115,6 +115,19 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(
                 assert rb[k] == pytest.approx(ra[k], rel=1e-6, abs=1e-7), k
 
 
+def test_same_metrics_whatever_the_number_of_loader_workers(
+    data_root: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "workers"
+    run_training(small_cfg(data_root, out, "data.num_workers=2"), quiet=True)
+    a, b = _records(trained_run), _records(out)
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        for k in ("loss", "acc", "test_mAP", "test_Rank-1"):
+            if k in ra:
+                assert rb[k] == ra[k], k
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -646,7 +646,7 @@ def generate(
     if progress:
         from tqdm import tqdm
 
-        it = iter(tqdm(jobs, desc=f"synth {layout}", unit="capture"))
+        it = iter(tqdm(jobs, desc=f"synth {layout}", unit="capture", disable=None))
     captures = []
     for ident, cam, shot in it:
         rgb, nir, tir, cap = render_capture(ident, layout, cam, shot, seed=seed, scenes=scenes)

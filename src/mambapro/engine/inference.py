@@ -78,7 +78,9 @@ def extract_features(
     model.eval()
     feats, pids, camids, sceneids, paths = [], [], [], [], []
     try:
-        for batch in tqdm(loader, desc=desc, disable=quiet, leave=False, dynamic_ncols=True):
+        # disable=None: no bar when stderr is not a terminal (logs, CI).
+        bar = tqdm(loader, desc=desc, disable=True if quiet else None, leave=False, dynamic_ncols=True)
+        for batch in bar:
             inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 f = model(inputs)

@@ -278,7 +278,7 @@ class Trainer:
             total=len(self.train_loader),
             initial=s.iteration,
             desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
-            disable=self.quiet,
+            disable=True if self.quiet else None,  # None: no bar when not a terminal
             leave=False,
             dynamic_ncols=True,
         )
