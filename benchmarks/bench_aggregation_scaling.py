@@ -132,7 +132,7 @@ def main() -> None:
     p.add_argument("--tokens", default="128,256,512,1024,2048", help="tokens per modality")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS / "bench_aggregation_scaling.txt")
     p.add_argument("--plot", type=Path, default=RESULTS / "aggregation_scaling.png")

@@ -60,7 +60,7 @@ def run_demo(
         f"[3/4] training the '{cfg.model.backbone}' preset for {cfg.train.epochs} epochs on CPU ...",
         flush=True,
     )
-    trained = run_training(cfg, quiet=quiet)["result"]
+    trained = run_training(cfg, quiet=quiet, show_data=False)["result"]
 
     print("[4/4] report")
     rows = {"untrained": untrained, "trained": trained}

@@ -450,8 +450,13 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_training(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` (optionally resuming ``train.output/last.ckpt``) and evaluate on the test set."""
+def run_training(
+    cfg: Config, resume: bool = False, quiet: bool = False, show_data: bool = True
+) -> dict[str, Any]:
+    """Train ``cfg`` (optionally resuming ``train.output/last.ckpt``) and evaluate on the test set.
+
+    ``show_data=False`` skips printing the dataset table (the demo has printed it already).
+    """
     dist_info = init_distributed(cfg.train.device)
     try:
         trainer = Trainer(cfg, dist_info, quiet=quiet)
@@ -476,7 +481,7 @@ def run_training(cfg: Config, resume: bool = False, quiet: bool = False) -> dict
                     "resumed_from_epoch": trainer.state.epoch if resume else None,
                 },
             )
-            if not trainer.quiet:
+            if show_data and not trainer.quiet:
                 print(trainer.data.summary, flush=True)
         with _sigterm_as_interrupt():
             try:
