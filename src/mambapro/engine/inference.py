@@ -226,7 +226,13 @@ def run_test(
     """The ``mambapro test`` command: result table, optional missing-modality table."""
     from mambapro.data import build_dataset
     from mambapro.engine.trainer import amp_dtype
-    from mambapro.evaluation import MISSING_SETTINGS, missing_label, missing_modality_table, save_results_json
+    from mambapro.evaluation import (
+        MISSING_SETTINGS,
+        format_table,
+        missing_label,
+        missing_modality_table,
+        save_results_json,
+    )
 
     model, cfg, _ = load_model(checkpoint, config, overrides, extra)
     if rerank:
@@ -255,9 +261,12 @@ def run_test(
             return f.feats, f.pids, f.camids, f.sceneids
 
         t = cfg.test
-        rows, mm_table = missing_modality_table(
+        # The row already evaluated above is reused rather than extracted again.
+        done = {label: res}
+        rows, _ = missing_modality_table(
             extract_fn,
             loader_factory,
+            settings=[m for m in MISSING_SETTINGS if missing_label(m) not in done],
             use_scenes=use_scenes,
             metric=t.distance,
             max_rank=t.max_rank,
@@ -265,7 +274,10 @@ def run_test(
             k1=t.rerank_k1,
             k2=t.rerank_k2,
             lambda_value=t.rerank_lambda,
-            title=f"{ds.name} test set, missing modalities" + (" (re-ranked)" if t.rerank else ""),
+        )
+        rows = {lab: done[lab] if lab in done else rows[lab] for lab in map(missing_label, MISSING_SETTINGS)}
+        mm_table = format_table(
+            rows, title=f"{ds.name} test set, missing modalities" + (" (re-ranked)" if t.rerank else "")
         )
         print(mm_table)
         (out / "missing_modality.txt").write_text(mm_table + "\n")
