@@ -290,3 +290,13 @@ def test_two_process_distributed_run(data_root: Path, tmp_path: Path) -> None:
     assert any(r.get("ranks_in_sync") is True and r.get("world_size") == 2 for r in recs)
     assert (out / "results.json").exists() and (out / "last.ckpt").exists()
     assert not list(out.glob("*.tmp"))
+
+
+def test_a_refused_run_leaves_no_output_folder(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "never"
+    code = main(
+        ["train", "--config", "rgbnt201", "--data-root", str(tmp_path / "nodata"), "--output", str(out)]
+    )
+    assert code == 2
+    assert "RGBNT201 dataset folder not found" in capsys.readouterr().err
+    assert not out.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -41,12 +42,17 @@ def parameter_report(
     classes, cams = PUBLISHED_SIZES[cfg.data.dataset]
     weights = cfg.model.weights
     cfg.model.weights = None  # counting needs no weights: do not read a large file
+    # The "randomly initialised" notice (a log record) means nothing when only counting.
+    models_log = logging.getLogger("mambapro.models")
+    level = models_log.level
+    models_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")  # the "randomly initialised" notice means nothing here
+            warnings.simplefilter("ignore")
             model = build_model(cfg, num_classes or classes, num_cameras or cams)
     finally:
         cfg.model.weights = weights
+        models_log.setLevel(level)
     parts = model.parameter_parts()
     report = {"parts": {name: _count(parts.get(name, [])) for name in PART_ORDER}}
     everything = [p for name in PART_ORDER for p in parts.get(name, [])]

@@ -156,7 +156,6 @@ class Trainer:
         self.quiet = quiet or not dist_info.is_main
         self.device = resolve_device(cfg.train.device, dist_info.local_rank)
         self.out = Path(cfg.train.output)
-        self.logger = RunLogger(self.out, enabled=dist_info.is_main)
 
         seed_everything(cfg.train.seed)
         self.data = prepare_data(cfg, dist_info, quiet=self.quiet)
@@ -170,6 +169,8 @@ class Trainer:
             world_size=dist_info.world_size,
             iters_per_epoch=cfg.train.iters_per_epoch,
         )
+        # Created only now, so that a run refused for bad data or config leaves no output folder.
+        self.logger = RunLogger(self.out, enabled=dist_info.is_main)
         backbone_ids = {id(p) for p in self.model.parameter_parts()["backbone"]}
         self.optimizer = build_optimizer(self.model.named_parameters(), cfg.train, backbone_ids)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
@@ -459,17 +460,18 @@ def run_training(
     """
     dist_info = init_distributed(cfg.train.device)
     try:
-        trainer = Trainer(cfg, dist_info, quiet=quiet)
-        last = trainer.out / "last.ckpt"
-        if resume:
-            if not last.exists():
-                raise TrainingError(f"--resume: no checkpoint at {last}")
-            trainer.resume(last)
-        elif dist_info.is_main and last.exists():
+        # Checked before anything is built or written, so a refused run leaves the folder as it was.
+        last = Path(cfg.train.output) / "last.ckpt"
+        if resume and not last.exists():
+            raise TrainingError(f"--resume: no checkpoint at {last}")
+        if not resume and last.exists():
             raise TrainingError(
-                f"{trainer.out} already holds a run (last.ckpt); pass --resume to continue it "
+                f"{last.parent} already holds a run (last.ckpt); pass --resume to continue it "
                 "or choose another --output"
             )
+        trainer = Trainer(cfg, dist_info, quiet=quiet)
+        if resume:
+            trainer.resume(last)
         if dist_info.is_main:
             trainer.logger.write_run_info(
                 cfg,
