@@ -358,6 +358,15 @@ def msvr310(root: str | Path, skip_broken: bool = False, verify: bool = False) -
 # --------------------------------------------------------------------------- public API
 
 
+def _dataset_name(name: str) -> str:
+    """The canonical (upper-case) benchmark name of ``name`` in any case, or a DatasetError."""
+    if str(name).lower() not in DATASETS:
+        raise DatasetError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(n.upper() for n in DATASETS.names())}"
+        )
+    return str(name).upper()
+
+
 def build_dataset(
     name: str, root: str | Path, skip_broken: bool = False, verify: bool = False
 ) -> ReIDDataset:
@@ -366,11 +375,7 @@ def build_dataset(
     ``verify=True`` decodes every image up front (slow on the real datasets); otherwise an
     unreadable image raises :class:`~mambapro.data.io.ImageReadError` when it is loaded.
     """
-    if str(name).lower() not in DATASETS:
-        raise DatasetError(
-            f"unknown dataset {name!r}; choose one of: {', '.join(n.upper() for n in DATASETS.names())}"
-        )
-    return DATASETS.get(name)(root, skip_broken=skip_broken, verify=verify)
+    return DATASETS.get(_dataset_name(name))(root, skip_broken=skip_broken, verify=verify)
 
 
 def split_validation(
@@ -427,14 +432,6 @@ def split_validation(
 
 #: Modality folder names, (RGB, NI, TI), of the datasets that keep one file per modality.
 _MODALITY_FOLDERS = {"RGBNT201": ("RGB", "NI", "TI"), "MSVR310": ("vis", "ni", "th")}
-
-
-def _dataset_name(name: str) -> str:
-    if str(name).lower() not in DATASETS:
-        raise DatasetError(
-            f"unknown dataset {name!r}; choose one of: {', '.join(n.upper() for n in DATASETS.names())}"
-        )
-    return {"rgbnt201": "RGBNT201", "rgbnt100": "RGBNT100", "msvr310": "MSVR310"}[str(name).lower()]
 
 
 def triplet_paths(file: str | Path, dataset_name: str) -> tuple[str, ...]:

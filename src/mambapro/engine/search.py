@@ -92,9 +92,7 @@ def _thumbnails(first_path: str, dataset_name: str) -> list[Any]:
     return out
 
 
-def draw_rank_list(
-    query_path: str, matches: list[Match], dataset_name: str, out: str | Path, query_pid: int | None = None
-) -> Path:
+def draw_rank_list(query_path: str, matches: list[Match], dataset_name: str, out: str | Path) -> Path:
     """Save a rank-list image: rows RGB/NI/TI, columns query + matches, coloured borders."""
     from PIL import Image, ImageDraw
 

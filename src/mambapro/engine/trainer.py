@@ -104,17 +104,18 @@ class DataBundle:
 def prepare_data(cfg: Config, dist_info: DistInfo | None = None, quiet: bool = True) -> DataBundle:
     """Parse the dataset, generating the embedded synthetic one first when ``data.synthetic``.
 
-    Under DDP rank 0 generates (if needed) while the other ranks wait, then every rank parses.
+    Under DDP rank 0 parses first (generating if needed) while the other ranks wait, then they
+    parse the finished tree.
     """
     import dataclasses
 
     from mambapro.data import dataset_from_config, split_validation
 
     dist_info = dist_info or DistInfo()
-    if cfg.data.synthetic and dist_info.is_main:
-        dataset_from_config(cfg.data, progress=not quiet)
+    ds = dataset_from_config(cfg.data, progress=not quiet) if dist_info.is_main else None
     barrier(dist_info)
-    ds = dataset_from_config(cfg.data)
+    if ds is None:
+        ds = dataset_from_config(cfg.data)
     val_query: list = []
     val_gallery: list = []
     if cfg.train.select_best == "val":
