@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from pathlib import Path
@@ -73,10 +74,16 @@ def test_optimizer_groups_bias_and_backbone_learning_rates() -> None:
     opt = build_optimizer(named, cfg, backbone_param_ids={id(net[0].weight), id(net[0].bias)})
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert lr_of[id(net[0].weight)] == pytest.approx(1e-5)
-    assert lr_of[id(net[0].bias)] == pytest.approx(2e-5)
+    # The release gives the fine-tuned encoder's biases the encoder rate, undoubled.
+    assert lr_of[id(net[0].bias)] == pytest.approx(1e-5)
     assert lr_of[id(net[1].weight)] == pytest.approx(1e-3)
     assert lr_of[id(net[1].bias)] == pytest.approx(2e-3)
     assert id(frozen.weight) not in lr_of  # frozen parameters are not optimised
+    # The doubling of encoder biases stays available as a value.
+    doubled = dataclasses.replace(cfg, backbone_bias_lr_factor=2.0)
+    opt = build_optimizer(named, doubled, backbone_param_ids={id(net[0].weight), id(net[0].bias)})
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(net[0].bias)] == pytest.approx(2e-5)
 
 
 def test_schedule_warms_up_linearly_then_follows_cosine() -> None:

@@ -85,11 +85,14 @@ class DataConfig:
     batch_size: int = 64  # P x K with K = num_instances
     num_instances: int = 4
     num_workers: int = 0
-    # Same random flip/crop/erase for the three pixel-aligned modalities unless true.
-    independent_aug: bool = False
+    # Draw flip/crop/erase separately per modality (the authors' release); false: one draw
+    # shared by the three pixel-aligned modalities.
+    independent_aug: bool = True
     flip_prob: float = 0.5
     padding: int = 10
     erase_prob: float = 0.5
+    # Test-time resize filter (the release: PIL bilinear); training always resizes bicubic.
+    test_interpolation: str = _choices("bilinear", "bicubic", default="bilinear")
     mean: float = 0.5
     std: float = 0.5
     # Skip triplets with a missing/unreadable modality (counted warning) instead of failing.
@@ -107,6 +110,8 @@ class ModelConfig:
     adapter_position: str = _choices(*ADAPTER_POSITIONS, default="side_ffn")
     adapter_act: str = _choices(*ACTIVATIONS, default="quick_gelu")
     lora_rank: int = 64
+    # LoRA's update is scaled by lora_alpha / lora_rank (the release's LoRA_Linear, alpha = 1).
+    lora_alpha: float = 1.0
     # Layer indices (0-based) that get an adapter / prompts; null means every layer.
     adapter_layers: list[int] | None = None
     prompt: str = _choices(*PROMPTS, default="srp_fusion")
@@ -115,27 +120,47 @@ class ModelConfig:
     prompt_act: str = _choices(*ACTIVATIONS, default="quick_gelu")
     camera_embedding: bool = True
     camera_coef: float = 1.0
+    # Tokens the camera embedding is added to: the cls token (the release's CLIP) or every
+    # token (the release's ImageNet ViT, Table 9).
+    camera_tokens: str = _choices("cls", "all", default="cls")
+    # Stochastic depth of the encoder's blocks (linearly rising to this rate; the release's
+    # ImageNet ViT uses 0.1, its CLIP none).
+    drop_path: float = 0.0
+    # Supervision of the backbone's cls features: one BNNeck head on their concatenation
+    # (the release's MODEL.DIRECT = 1) or one head shared by the three modalities, each
+    # modality's feature supervised separately (DIRECT = 0, the vehicle datasets).
+    ori_head: str = _choices("concat", "per_modality", default="concat")
     aggregator: str = _choices(*AGGREGATORS, default="ma")
     ma_depth: int = 2
     ma_d_state: int = 16
     ma_dt_rank: int = 32
     ma_expand: int = 2
     ma_bidirectional: bool = False
+    # MA initialisation: ``release`` re-initialises every Linear of the aggregator trunc-normal
+    # (std 0.02, zero bias; dt_proj included, so the initial step is softplus(0)) as the
+    # authors' AAM does; ``mamba`` keeps Mamba's dt_proj init (steps in 1e-3..1e-1).
+    ma_init: str = _choices("release", "mamba", default="release")
     # Selective-scan implementation: pure PyTorch, or mamba-ssm's CUDA kernel when importable.
     scan_backend: str = _choices("auto", "torch", "mamba_ssm", default="torch")
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 1
+    seed: int = 1111  # the release's SOLVER.SEED
     epochs: int = 60
     warmup_epochs: int = 10
     lr: float = 3.5e-4
     backbone_lr: float = 5e-6
     weight_decay: float = 1e-4
-    bias_lr_factor: float = 2.0
+    bias_lr_factor: float = 2.0  # for biases outside the fine-tuned encoder
+    # The encoder's biases get backbone_lr x this when fine-tuning (the release: 1, no doubling).
+    backbone_bias_lr_factor: float = 1.0
     warmup_lr_factor: float = 0.01
     min_lr_factor: float = 0.001
+    # Scheduler index of the first epoch: the release calls scheduler.step(epoch) with epochs
+    # counted from 1, so its first epoch already runs one warm-up step in; 0 starts at the
+    # warm-up's initial rate.
+    schedule_start: int = 1
     ce_weight: float = 0.25
     label_smoothing: float = 0.1
     triplet_weight: float = 1.0
@@ -165,6 +190,10 @@ class TestConfig:
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
     max_rank: int = 50
+    # Autocast at test time (train.amp's dtype); off: fp32 features, as the release evaluates.
+    amp: bool = False
+    # The test feature before its BNNeck's BatchNorm (the release) or after it.
+    neck_feat: str = _choices("before", "after", default="before")
     # Which feature is evaluated: the MA feature when an aggregator exists, else the ori concat.
     feature: str = _choices("auto", "ori", "fuse", default="auto")
 
@@ -376,6 +405,8 @@ def _check(cfg: Config) -> None:
         )
     if cfg.train.select_best == "val" and d.val_ids <= 0:
         raise ConfigError("'train.select_best' = val needs 'data.val_ids' > 0 held-out training identities")
+    if cfg.train.schedule_start not in (0, 1):
+        raise ConfigError(f"'train.schedule_start' = {cfg.train.schedule_start} must be 0 or 1")
     for name in ("adapter_layers", "prompt_layers"):
         layers = getattr(cfg.model, name)
         if layers is not None and any(i < 0 for i in layers):

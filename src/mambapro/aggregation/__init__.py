@@ -91,6 +91,7 @@ def _ma(mode: str):
         expand: int,
         bidirectional: bool,
         scan_backend: str,
+        ma_init: str,
     ) -> nn.Module:
         return MambaAggregator(
             dim,
@@ -102,6 +103,7 @@ def _ma(mode: str):
             expand=expand,
             bidirectional=bidirectional,
             scan_backend=scan_backend,
+            init=ma_init,
         )
 
     return build
@@ -127,6 +129,7 @@ def build_aggregator(
     expand: int = 2,
     bidirectional: bool = False,
     scan_backend: str = "torch",
+    ma_init: str = "release",
 ) -> nn.Module:
     """Build the aggregator registered as ``name`` (a value of ``model.aggregator``).
 
@@ -140,6 +143,8 @@ def build_aggregator(
         d_state, dt_rank, expand, bidirectional: the SSM's N, Δ rank, width factor and scan
             direction(s) (MA variants only).
         scan_backend: selective-scan implementation, ``torch``, ``mamba_ssm`` or ``auto``.
+        ma_init: ``release`` (every Linear trunc-normal, zero bias, as the authors' AAM) or
+            ``mamba`` (Mamba's Δ initialisation); MA variants only.
 
     Returns:
         An nn.Module with ``forward(r, n, t) -> (B, 3·dim)`` and ``out_dim = 3·dim``.
@@ -163,4 +168,5 @@ def build_aggregator(
         expand=expand,
         bidirectional=bool(bidirectional),
         scan_backend=scan_backend,
+        ma_init=ma_init,
     )

@@ -22,9 +22,17 @@ Parameter counts (C = 512, E = 1024, N = 16, R = dt_rank = 32), which match SPEC
   MA (2 blocks, the default) 17,358,336.
 
 The structure follows the authors' release (``SS2D_intra`` / ``SS2D_inter``): Δ's bias lives in
-``dt_proj.bias`` and is passed to the scan as ``delta_bias`` with softplus, dt_proj keeps Mamba's
-initialisation (Δ between 1e-3 and 1e-1 at init, S4D-real A), and a bidirectional scan adds a
-second SSM per sequence run on the time-reversed tokens, summed with the forward one.
+``dt_proj.bias`` and is passed to the scan as ``delta_bias`` with softplus, A is S4D-real, and a
+bidirectional scan adds a second SSM per sequence run on the time-reversed tokens, summed with
+the forward one.
+
+Initialisation (``init``): each SSM is built with Mamba's Δ initialisation (softplus(dt_proj.bias)
+log-uniform in 1e-3..1e-1), but the release's aggregator then calls ``self.apply(_init_weights)``
+over everything it holds (``modeling/fusion_part/AAM.py``), which re-initialises every
+``nn.Linear`` trunc-normal (std 0.02) with zero bias, dt_proj included: the initial step is
+softplus(0) ≈ 0.69 for every channel. ``init="release"`` (the default) does the same;
+``init="mamba"`` keeps Mamba's Δ init. A_log, D, the depth-wise convs and the norms keep their
+own initialisation either way.
 """
 
 from __future__ import annotations
@@ -242,9 +250,12 @@ class MambaAggregator(PatchAggregator):
         depth: number of stacked blocks (the paper's default MA has 2; its Table 6 rows have 1).
         mode: ``both`` (intra then inter per block, the paper's MA), ``intra`` or ``inter``.
         d_state, dt_rank, expand, bidirectional, scan_backend: the SSM's hyper-parameters.
+        init: ``release`` (every Linear trunc-normal std 0.02, zero bias) or ``mamba`` (see the
+            module docstring).
     """
 
     MODES = ("both", "intra", "inter")
+    INITS = ("release", "mamba")
 
     def __init__(
         self,
@@ -257,10 +268,13 @@ class MambaAggregator(PatchAggregator):
         expand: int = 2,
         bidirectional: bool = False,
         scan_backend: str = "torch",
+        init: str = "release",
     ) -> None:
         super().__init__(dim, grid)
         if mode not in self.MODES:
             raise ValueError(f"MA mode = {mode!r} is not one of: {', '.join(self.MODES)}")
+        if init not in self.INITS:
+            raise ValueError(f"MA init = {init!r} is not one of: {', '.join(self.INITS)}")
         kw = dict(d_state=d_state, dt_rank=dt_rank, expand=expand, bidirectional=bidirectional)
         kw["scan_backend"] = scan_backend
         kinds = {
@@ -270,6 +284,9 @@ class MambaAggregator(PatchAggregator):
         }
         self.mode = mode
         self.blocks = nn.ModuleList(MABlock([kind(dim, **kw) for kind in kinds[mode]]) for _ in range(depth))
+        self.init = init
+        if init == "release":
+            init_linear_(self.blocks)
 
     def mix(self, patches: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:
         for block in self.blocks:

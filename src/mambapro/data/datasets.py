@@ -14,8 +14,10 @@ Each parser walks one dataset folder under the data root and returns a :class:`R
 * RGBNT100 samples keep their single side-by-side file (``paths`` is a 1-tuple); the panel split
   happens when decoding (:func:`~mambapro.data.io.read_triplet`). Market-style junk images
   (``pid == -1``) are left out of RGBNT100 as the official protocol does, with a counted warning.
-* ``num_train_cams`` is the size of the camera-embedding table: ``1 + max camid`` over all splits,
-  so that a query camera never indexes past the table.
+* ``num_train_cams`` is the size of the camera-embedding table: the number of distinct training
+  cameras, as the release counts it (``data/datasets/bases.py``). A test camera id outside
+  ``0..num_train_cams - 1`` cannot be embedded; :func:`check_cameras` names it before any
+  feature is extracted.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "DATASETS",
     "ReIDDataset",
     "build_dataset",
+    "check_cameras",
     "samples_at",
     "split_validation",
     "triplet_paths",
@@ -65,8 +68,8 @@ class ReIDDataset:
 
     @property
     def num_train_cams(self) -> int:
-        """Camera-embedding table size: 1 + the largest camid over all splits."""
-        return 1 + max(s.camid for s in (*self.train, *self.query, *self.gallery))
+        """Camera-embedding table size: the number of distinct training cameras."""
+        return len({s.camid for s in self.train})
 
     @property
     def has_scenes(self) -> bool:
@@ -91,6 +94,19 @@ class ReIDDataset:
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} broken or junk triplet(s)")
         return "\n".join(lines)
+
+
+def check_cameras(samples: list[Sample], num_cameras: int, what: str) -> None:
+    """Raise :class:`DatasetError` when a sample's camera id has no row in a camera-embedding
+    table of ``num_cameras`` rows (ids ``0..num_cameras - 1``)."""
+    bad = [s for s in samples if not 0 <= s.camid < num_cameras]
+    if bad:
+        ids = sorted({s.camid for s in bad})
+        raise DatasetError(
+            f"{what}: camera id {ids[0]} of {bad[0].paths[0]} (and {len(bad) - 1} more samples, camera ids "
+            f"{ids}) is outside the model's camera table 0..{num_cameras - 1}, sized by the "
+            "training cameras; train with these cameras or set model.camera_embedding=false"
+        )
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,16 +1,18 @@
 """Joint train/test transforms of a pixel-aligned (RGB, NI, TI) triplet, and missing modalities.
 
-Built on ``torchvision.transforms.v2``: a v2 transform called on several images draws its random
-parameters once and applies them to all of them, so by default the three modalities get the same
-flip, crop and erasing (they are pixel-aligned, and the paper's recipe applies the same geometry).
-``independent=True`` calls the transform once per modality instead (each draw is separate), which
-is what the official code does by accident of applying the pipeline per image.
+Built on ``torchvision.transforms.v2``. ``independent=True`` (``data.independent_aug``, the
+default) calls the transform once per modality, so each modality gets its own flip, crop and
+erasing draw: the authors' release applies its transform to each image separately
+(``data/datasets/bases.py``); the paper says nothing about it. ``independent=False`` calls it once
+on the three images, and a v2 transform called on several images draws its random parameters
+once and applies them to all of them: the pixel-aligned modalities then stay aligned.
 
-Train pipeline (SPEC §4, the official recipe): resize (bicubic), horizontal flip ``flip_prob``, pad
+Train pipeline (SPEC §4, the release's recipe): resize (bicubic), horizontal flip ``flip_prob``, pad
 ``padding`` with zeros + random crop back to size, scale to [0, 1], normalise with mean = std =
 ``data.mean``/``data.std`` per channel, random erasing ``erase_prob`` filled with per-pixel
 N(0, 1) noise (timm's ``mode='pixel'``, which the official code uses; after normalisation this is
-noise of the data's own scale). Test: resize + normalise.
+noise of the data's own scale). Test: resize with ``data.test_interpolation`` (the release's
+``T.Resize(size)``: bilinear) + normalise.
 
 Randomness comes from the global torch RNG (as in torchvision); :class:`TripletDataset` seeds it
 per item, so every decision is a pure function of the item seed.
@@ -74,8 +76,9 @@ def _normalise(data_cfg: DataConfig) -> list[v2.Transform]:
     ]
 
 
-def _resize(img_size: tuple[int, int]) -> v2.Transform:
-    return v2.Resize(tuple(img_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+def _resize(img_size: tuple[int, int], interpolation: str = "bicubic") -> v2.Transform:
+    mode = v2.InterpolationMode(interpolation)
+    return v2.Resize(tuple(img_size), interpolation=mode, antialias=True)
 
 
 def build_train_transform(
@@ -83,7 +86,8 @@ def build_train_transform(
 ) -> TripletTransform:
     """Train transform of a triplet; ``independent=None`` takes ``data_cfg.independent_aug``."""
     h, w = (int(x) for x in img_size)
-    steps: list[v2.Transform] = [v2.ToImage(), _resize((h, w))]
+    # Resize before ToImage: on PIL input it is PIL's own filter, exactly as the release resizes.
+    steps: list[v2.Transform] = [_resize((h, w)), v2.ToImage()]
     if data_cfg.flip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(p=data_cfg.flip_prob))
     if data_cfg.padding > 0:
@@ -96,9 +100,10 @@ def build_train_transform(
 
 
 def build_test_transform(data_cfg: DataConfig, img_size: tuple[int, int]) -> TripletTransform:
-    """Test transform of a triplet: resize + normalise (deterministic)."""
+    """Test transform of a triplet: resize (``data.test_interpolation``) + normalise (deterministic)."""
     h, w = (int(x) for x in img_size)
-    return TripletTransform(v2.Compose([v2.ToImage(), _resize((h, w)), *_normalise(data_cfg)]))
+    resize = _resize((h, w), data_cfg.test_interpolation)
+    return TripletTransform(v2.Compose([resize, v2.ToImage(), *_normalise(data_cfg)]))
 
 
 def missing_modalities(missing: str) -> tuple[str, ...]:

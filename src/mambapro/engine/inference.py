@@ -24,6 +24,8 @@ __all__ = [
     "run_test",
     "run_extract",
     "eval_loader",
+    "check_model_cameras",
+    "eval_amp",
 ]
 
 
@@ -133,6 +135,23 @@ def eval_loader(cfg: Config, samples: list, dataset_name: str, missing: str = "f
     )
 
 
+def eval_amp(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype at test time: none (fp32, as the release evaluates) unless ``test.amp``,
+    then ``train.amp``'s dtype on this device."""
+    from mambapro.engine.trainer import amp_dtype
+
+    return amp_dtype(cfg.train.amp, device) if cfg.test.amp else None
+
+
+def check_model_cameras(model: nn.Module, samples: list, what: str) -> None:
+    """Name the first sample whose camera id has no row in the model's camera embedding."""
+    from mambapro.data.datasets import check_cameras
+
+    backbone = model.backbone
+    if backbone.camera_embedding is not None:
+        check_cameras(samples, backbone.num_cameras, what)
+
+
 def evaluate_model(
     model: nn.Module,
     cfg: Config,
@@ -147,6 +166,8 @@ def evaluate_model(
 ):
     """Extract query and gallery features and evaluate them (market or MSVR310 protocol)."""
     missing = missing or cfg.test.missing
+    check_model_cameras(model, query, f"{dataset_name} query")
+    check_model_cameras(model, gallery, f"{dataset_name} gallery")
     qf = extract_features(model, eval_loader(cfg, query, dataset_name, missing), device, amp, quiet, "query")
     gf = extract_features(
         model, eval_loader(cfg, gallery, dataset_name, missing), device, amp, quiet, "gallery"
@@ -225,7 +246,6 @@ def run_test(
 ) -> dict[str, Any]:
     """The ``mambapro test`` command: result table, optional missing-modality table."""
     from mambapro.data import build_dataset
-    from mambapro.engine.trainer import amp_dtype
     from mambapro.evaluation import (
         MISSING_SETTINGS,
         format_table,
@@ -238,7 +258,7 @@ def run_test(
     if rerank:
         cfg.test.rerank = True
     device = next(model.parameters()).device
-    amp = amp_dtype(cfg.train.amp, device)
+    amp = eval_amp(cfg, device)
     ds = build_dataset(cfg.data.dataset, cfg.data.root, skip_broken=cfg.data.skip_broken)
     out = Path(output) if output is not None else Path(checkpoint).parent / "test"
     use_scenes = ds.name == "MSVR310"
@@ -298,15 +318,14 @@ def run_extract(
 ) -> FeatureSet:
     """The ``mambapro extract`` command: features of one split to an .npz file."""
     from mambapro.data import build_dataset
-    from mambapro.engine.trainer import amp_dtype
 
     model, cfg, _ = load_model(checkpoint, config, overrides, extra={"data": {"root": str(data_root)}})
     device = next(model.parameters()).device
     ds = build_dataset(cfg.data.dataset, cfg.data.root, skip_broken=cfg.data.skip_broken)
     samples = {"query": ds.query, "gallery": ds.gallery, "train": ds.train}[split]
-    feats = extract_features(
-        model, eval_loader(cfg, samples, ds.name), device, amp_dtype(cfg.train.amp, device), quiet, split
-    )
+    check_model_cameras(model, samples, f"{ds.name} {split}")
+    loader = eval_loader(cfg, samples, ds.name)
+    feats = extract_features(model, loader, device, eval_amp(cfg, device), quiet, split)
     feats.save(out)
     print(f"{len(feats.paths)} {split} features of dimension {feats.feats.shape[1]} written to {out}")
     return feats

@@ -1,8 +1,16 @@
-"""The full MambaPro model: shared backbone, aggregator and the two BNNeck heads (SPEC §3).
+"""The full MambaPro model: shared backbone, aggregator and the BNNeck heads (SPEC §3).
 
 ``ori`` is the concatenation of the three modalities' cls features (3·C); ``fuse`` is the
 aggregator's feature (f_ma). Each head is a BNNeck (BatchNorm1d with a frozen zero bias) and a
 bias-free classifier; the losses use the pre-BN feature, the classifier the post-BN one.
+
+The backbone branch is supervised in one of two ways (``ori_head``, the release's
+``MODEL.DIRECT``): ``concat`` puts one head (3·C wide) on the concatenation; ``per_modality``
+puts one C-wide head, shared by the modalities, on each modality's cls feature, so RGB, NI and
+TI each get their own loss terms (the release on RGBNT100 and MSVR310).
+
+At test time the model returns one feature (``test_feature``), taken before its head's
+BatchNorm (``neck_feat="before"``, the release) or after it.
 """
 
 from __future__ import annotations
@@ -42,29 +50,47 @@ class BNNeckHead(nn.Module):
 
 
 class MambaPro(nn.Module):
-    """Backbone over RGB/NI/TI, optional aggregator, ``ori`` and ``fuse`` heads.
+    """Backbone over RGB/NI/TI, optional aggregator, the ``ori`` head(s) and the ``fuse`` head.
 
     Args:
         backbone: multi-modal backbone (see ``mambapro.models.build_backbone``).
         aggregator: module mapping three (B, 1 + H·W, C) token tensors to (B, F), or None.
         num_classes: training identities (classifier width).
         test_feature: ``auto`` (fuse when an aggregator exists, else ori), ``ori`` or ``fuse``.
+        ori_head: ``concat`` (one head on the 3·C concatenation) or ``per_modality`` (one C-wide
+            head shared by the three modalities' cls features).
+        neck_feat: test feature ``before`` or ``after`` its head's BatchNorm.
     """
 
+    ORI_HEADS = ("concat", "per_modality")
+    NECK_FEATS = ("before", "after")
+
     def __init__(
-        self, backbone: nn.Module, aggregator: nn.Module | None, num_classes: int, test_feature: str = "auto"
+        self,
+        backbone: nn.Module,
+        aggregator: nn.Module | None,
+        num_classes: int,
+        test_feature: str = "auto",
+        ori_head: str = "concat",
+        neck_feat: str = "before",
     ) -> None:
         super().__init__()
+        if ori_head not in self.ORI_HEADS:
+            raise ValueError(f"model.ori_head = {ori_head!r} is not one of: {', '.join(self.ORI_HEADS)}")
+        if neck_feat not in self.NECK_FEATS:
+            raise ValueError(f"test.neck_feat = {neck_feat!r} is not one of: {', '.join(self.NECK_FEATS)}")
+        if test_feature == "fuse" and aggregator is None:
+            raise ValueError("test.feature=fuse needs an aggregator (model.aggregator is 'none')")
         self.backbone = backbone
         self.aggregator = aggregator
         c = backbone.out_dim
-        self.ori_head = BNNeckHead(3 * c, num_classes)
+        self.ori_mode = ori_head
+        self.ori_head = BNNeckHead(3 * c if ori_head == "concat" else c, num_classes)
         self.fuse_head = BNNeckHead(aggregator.out_dim, num_classes) if aggregator is not None else None
-        if test_feature == "fuse" and aggregator is None:
-            raise ValueError("test.feature=fuse needs an aggregator (model.aggregator is 'none')")
-        self.test_feature = "fuse" if (test_feature == "auto" and aggregator is not None) else test_feature
-        if self.test_feature == "auto":
-            self.test_feature = "ori"
+        if test_feature == "auto":
+            test_feature = "fuse" if aggregator is not None else "ori"
+        self.test_feature = test_feature
+        self.neck_feat = neck_feat
 
     def features(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Pre-BN features ``ori`` (B, 3·C) and, with an aggregator, ``fuse`` (B, F)."""
@@ -75,12 +101,26 @@ class MambaPro(nn.Module):
             out["fuse"] = self.aggregator(tokens["RGB"], tokens["NI"], tokens["TI"])
         return out
 
+    def _after_neck(self, name: str, feat: Tensor) -> Tensor:
+        """The test feature ``name`` passed through its head's BatchNorm (eval statistics)."""
+        if name == "fuse":
+            return self.fuse_head.bn(feat)
+        if self.ori_mode == "per_modality":
+            return torch.cat([self.ori_head.bn(f) for f in feat.chunk(len(MODALITIES), dim=1)], dim=1)
+        return self.ori_head.bn(feat)
+
     def forward(self, batch: dict[str, Any]) -> dict[str, tuple[Tensor, Tensor]] | Tensor:
-        """Training: head name -> (pre-BN feature, logits). Eval: the test feature (B, F)."""
+        """Training: head name -> (pre-BN feature, logits), the heads being ``ori`` (concat) or
+        ``RGB``/``NI``/``TI`` (per modality), and ``fuse``. Eval: the test feature (B, F)."""
         feats = self.features(batch)
         if not self.training:
-            return feats[self.test_feature]
-        out = {"ori": (feats["ori"], self.ori_head(feats["ori"]))}
+            feat = feats[self.test_feature]
+            return feat if self.neck_feat == "before" else self._after_neck(self.test_feature, feat)
+        if self.ori_mode == "concat":
+            out = {"ori": (feats["ori"], self.ori_head(feats["ori"]))}
+        else:
+            per = feats["ori"].chunk(len(MODALITIES), dim=1)
+            out = {m: (f, self.ori_head(f)) for m, f in zip(MODALITIES, per)}
         if self.fuse_head is not None:
             out["fuse"] = (feats["fuse"], self.fuse_head(feats["fuse"]))
         return out
@@ -115,5 +155,13 @@ def build_model(cfg: Config, num_classes: int, num_cameras: int) -> MambaPro:
             expand=m.ma_expand,
             bidirectional=m.ma_bidirectional,
             scan_backend=m.scan_backend,
+            ma_init=m.ma_init,
         )
-    return MambaPro(backbone, aggregator, num_classes, test_feature=cfg.test.feature)
+    return MambaPro(
+        backbone,
+        aggregator,
+        num_classes,
+        test_feature=cfg.test.feature,
+        ori_head=m.ori_head,
+        neck_feat=cfg.test.neck_feat,
+    )

@@ -1,9 +1,11 @@
 """Optimiser and learning-rate schedule of SPEC §4.
 
 Adam with weight decay; biases get ``bias_lr_factor`` x the learning rate; when the encoder is
-fine-tuned (CLIP(F)) its own parameters use ``backbone_lr``. The schedule is timm's
-``CosineLRScheduler``: linear warm-up from ``warmup_lr_factor * lr``, cosine down to
-``min_lr_factor * lr``, stepped once per epoch.
+fine-tuned (CLIP(F)) its own parameters use ``backbone_lr``, its biases ``backbone_lr`` x
+``backbone_bias_lr_factor`` (1 in the release, which sets 5e-6 for every encoder parameter after
+the bias rule). The schedule is timm's ``CosineLRScheduler``: linear warm-up from
+``warmup_lr_factor * lr``, cosine down to ``min_lr_factor * lr``, stepped once per epoch at index
+``epoch + schedule_start`` (:func:`step_epoch`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 
 from mambapro.config import TrainConfig
 
-__all__ = ["build_optimizer", "build_scheduler"]
+__all__ = ["build_optimizer", "build_scheduler", "step_epoch"]
 
 
 def build_optimizer(
@@ -34,10 +36,12 @@ def build_optimizer(
     for name, p in named_params:
         if not p.requires_grad:
             continue
-        lr = cfg.backbone_lr if id(p) in backbone_param_ids else cfg.lr
+        in_encoder = id(p) in backbone_param_ids
+        lr = cfg.backbone_lr if in_encoder else cfg.lr
         wd = cfg.weight_decay
-        if name.rsplit(".", 1)[-1] == "bias":
-            lr *= cfg.bias_lr_factor
+        # Substring, as the release matches: attention's ``in_proj_bias`` is a bias too.
+        if "bias" in name.rsplit(".", 1)[-1]:
+            lr *= cfg.backbone_bias_lr_factor if in_encoder else cfg.bias_lr_factor
         groups.setdefault((lr, wd), []).append(p)
     if not groups:
         raise ValueError("the model has no trainable parameters; check model.freeze and the adapters/prompts")
@@ -57,3 +61,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Cosin
         cycle_limit=1,
         t_in_epochs=True,
     )
+
+
+def step_epoch(scheduler: CosineLRScheduler, epoch: int, cfg: TrainConfig) -> None:
+    """Set the learning rates of the 0-based ``epoch`` (call at the epoch's start).
+
+    The release calls ``scheduler.step(epoch)`` with epochs counted from 1, so its first epoch
+    already runs at warm-up step 1; ``train.schedule_start`` = 1 reproduces that, 0 starts at
+    ``warmup_lr_init``.
+    """
+    scheduler.step(epoch + cfg.schedule_start)

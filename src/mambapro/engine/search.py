@@ -125,7 +125,7 @@ def draw_rank_list(query_path: str, matches: list[Match], dataset_name: str, out
 
 def _gallery_features(gallery: Path, model, cfg, device, amp, quiet: bool):
     from mambapro.data import samples_at
-    from mambapro.engine.inference import FeatureSet, eval_loader, extract_features
+    from mambapro.engine.inference import FeatureSet, check_model_cameras, eval_loader, extract_features
 
     if gallery.suffix == ".npz":
         try:
@@ -133,6 +133,7 @@ def _gallery_features(gallery: Path, model, cfg, device, amp, quiet: bool):
         except ValueError as err:
             raise UserError(str(err)) from err
     samples = samples_at(gallery, cfg.data.dataset, skip_broken=cfg.data.skip_broken)
+    check_model_cameras(model, samples, f"gallery {gallery}")
     return extract_features(model, eval_loader(cfg, samples, cfg.data.dataset), device, amp, quiet, "gallery")
 
 
@@ -148,17 +149,23 @@ def run_search(
 ) -> dict[str, list[Match]]:
     """The ``search`` command; returns ``{query path: matches}``."""
     from mambapro.data import samples_at
-    from mambapro.engine.inference import eval_loader, extract_features, load_model
-    from mambapro.engine.trainer import amp_dtype
+    from mambapro.engine.inference import (
+        check_model_cameras,
+        eval_amp,
+        eval_loader,
+        extract_features,
+        load_model,
+    )
     from mambapro.evaluation import compute_distmat
 
     if k < 1:
         raise UserError(f"-k {k}: must be at least 1")
     model, cfg, _ = load_model(checkpoint, config, overrides)
     device = next(model.parameters()).device
-    amp = amp_dtype(cfg.train.amp, device)
+    amp = eval_amp(cfg, device)
     name = cfg.data.dataset
     q_samples = samples_at(query, name, skip_broken=cfg.data.skip_broken)
+    check_model_cameras(model, q_samples, f"query {query}")
     qf = extract_features(model, eval_loader(cfg, q_samples, name), device, amp, quiet, "query")
     gf = _gallery_features(Path(gallery), model, cfg, device, amp, quiet)
     if gf.feats.ndim != 2 or gf.feats.shape[1] != qf.feats.shape[1]:

@@ -40,7 +40,7 @@ from mambapro.engine.distributed import (
 )
 from mambapro.engine.losses import ReIDLoss
 from mambapro.engine.model import MambaPro, build_model
-from mambapro.engine.optim import build_optimizer, build_scheduler
+from mambapro.engine.optim import build_optimizer, build_scheduler, step_epoch
 from mambapro.engine.runlog import RunLogger
 
 __all__ = ["TrainingError", "DataBundle", "prepare_data", "run_training", "amp_dtype", "seed_everything"]
@@ -151,6 +151,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, dist_info: DistInfo, quiet: bool = False) -> None:
         from mambapro.data import build_train_loader
+        from mambapro.engine.inference import check_model_cameras
 
         self.cfg = cfg
         self.dist = dist_info
@@ -161,6 +162,10 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.data = prepare_data(cfg, dist_info, quiet=self.quiet)
         self.model: MambaPro = build_model(cfg, self.data.num_classes, self.data.num_cameras).to(self.device)
+        # The camera table is sized by the training cameras: refuse now, not after training,
+        # when a test camera has no row.
+        for split in ("query", "gallery"):
+            check_model_cameras(self.model, getattr(self.data, split), f"{self.data.name} {split}")
         self.train_loader = build_train_loader(
             cfg.data,
             self.data.dataset,
@@ -273,7 +278,7 @@ class Trainer:
 
         s = self.state
         self.ddp.train()
-        self.scheduler.step(epoch)
+        step_epoch(self.scheduler, epoch, self.cfg.train)
         self.train_loader.batch_sampler.set_epoch(epoch)
         params = [p for p in self.model.parameters() if p.requires_grad]
         bar = tqdm(
@@ -315,7 +320,7 @@ class Trainer:
                 with torch.no_grad():
                     for k, v in terms.items():
                         s.sums[k] += float(all_reduce_mean(v.detach().float(), self.dist))
-                    logits = outputs["fuse"][1] if "fuse" in outputs else outputs["ori"][1]
+                    logits = outputs["fuse" if "fuse" in outputs else next(iter(outputs))][1]
                     acc = (logits.argmax(1) == batch["pids"]).float().mean()
                     s.sums["acc"] += float(all_reduce_mean(acc, self.dist))
                 bar.update(1)
@@ -329,7 +334,7 @@ class Trainer:
 
     def evaluate(self, split: str) -> Any:
         """mAP/CMC on ``test`` or ``val`` (rank 0 only; other ranks get None)."""
-        from mambapro.engine.inference import evaluate_model
+        from mambapro.engine.inference import eval_amp, evaluate_model
 
         if not self.dist.is_main:
             return None
@@ -344,7 +349,7 @@ class Trainer:
             query,
             gallery,
             self.device,
-            amp=self.amp,
+            amp=eval_amp(self.cfg, self.device),
             quiet=self.quiet,
         )
 

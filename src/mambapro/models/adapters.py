@@ -9,11 +9,19 @@ width D so that the tiny preset gets the same shapes in miniature:
 - ``bna``: bottleneck adapter, Linear(D -> D/2) -> act -> Linear(D/2 -> D) with biases
   (768 -> 384 -> 768, 590,976 parameters); the paper uses it sequentially, i.e. with
   ``model.adapter_position`` ``behind_ffn`` (``configs/ablations/table5_bna.yaml``);
-- ``lora``: Linear(D -> r) -> Linear(r -> D), no bias, no activation (rank 64: 98,304).
+- ``lora``: Linear(D -> r) -> Linear(r -> D), no bias, no activation (rank 64: 98,304), its
+  output scaled by ``alpha / r`` (``model.lora_alpha``, default 1), as the release's
+  ``LoRA_Linear`` does (``modeling/clip/LoRA.py`` l. 98, 114 ``scaling = lora_alpha / r``,
+  l. 128 ``x @ A^T @ B^T * scaling``): with alpha fixed, a larger rank gets a smaller step.
 
 Initialisation: PFA and BNA as the authors' release (trunc-normal std 0.02, zero bias). LoRA
 as its paper: the down projection trunc-normal, the up projection zero, so that a LoRA adapter
-starts as the identity of the pre-trained block.
+starts as the identity of the pre-trained block. (The release's ``LoRA_Linear`` initialises its
+down projection ``lora_A`` Kaiming-uniform, ``a = sqrt(5)``, l. 123.)
+
+Factories in :data:`ADAPTERS` all take ``(dim, *, act, lora_rank, lora_alpha)`` (the
+``model.adapter_act``, ``model.lora_rank`` and ``model.lora_alpha`` values) and use what they
+need; ``none`` returns None.
 """
 
 from __future__ import annotations
@@ -53,12 +61,18 @@ class MlpAdapter(nn.Module):
 
 
 class LoRAAdapter(nn.Module):
-    """Low-rank linear branch ``x -> up(down(x))`` of rank ``rank``, without bias or activation."""
+    """Low-rank linear branch ``x -> (alpha / rank) * up(down(x))``, without bias or activation.
 
-    def __init__(self, dim: int, rank: int) -> None:
+    ``alpha / rank`` is the release's ``scaling`` (``modeling/clip/LoRA.py`` l. 114, 128).
+    """
+
+    def __init__(self, dim: int, rank: int, alpha: float = 1.0) -> None:
         super().__init__()
         if rank <= 0:
             raise ValueError(f"model.lora_rank = {rank} must be a positive integer")
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.scaling = self.alpha / rank
         self.down = nn.Linear(dim, rank, bias=False)
         self.up = nn.Linear(rank, dim, bias=False)
         nn.init.trunc_normal_(self.down.weight, std=0.02)
@@ -66,32 +80,36 @@ class LoRAAdapter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, L, D)`` -> ``(B, L, D)``."""
-        return self.up(self.down(x))
+        return self.up(self.down(x)) * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha}"
 
 
 class AdapterFactory(Protocol):
-    def __call__(self, dim: int, *, act: str, lora_rank: int) -> nn.Module | None: ...
+    def __call__(self, dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module | None: ...
 
 
-#: ``model.adapter`` values: constructors ``(dim, *, act, lora_rank) -> module`` (None for ``none``).
+#: ``model.adapter`` values: constructors ``(dim, *, act, lora_rank, lora_alpha) -> module``
+#: (None for ``none``).
 ADAPTERS: Registry[AdapterFactory] = Registry("adapters")
 
 
 @ADAPTERS.register("none")
-def _no_adapter(dim: int, *, act: str, lora_rank: int) -> None:
+def _no_adapter(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> None:
     return None
 
 
 @ADAPTERS.register("pfa")
-def _pfa(dim: int, *, act: str, lora_rank: int) -> nn.Module:
+def _pfa(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module:
     return MlpAdapter(dim, 2 * dim, act)
 
 
 @ADAPTERS.register("bna")
-def _bna(dim: int, *, act: str, lora_rank: int) -> nn.Module:
+def _bna(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module:
     return MlpAdapter(dim, dim // 2, act)
 
 
 @ADAPTERS.register("lora")
-def _lora(dim: int, *, act: str, lora_rank: int) -> nn.Module:
-    return LoRAAdapter(dim, lora_rank)
+def _lora(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module:
+    return LoRAAdapter(dim, lora_rank, lora_alpha)

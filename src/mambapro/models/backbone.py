@@ -9,8 +9,14 @@ Order in the batch: modality-major, ``[RGB_1..RGB_B, NI_1..NI_B, TI_1..TI_B]``; 
 0, 1, 2 is r, n, t everywhere (also the prompt group order).
 
 Camera embedding (SIE, as the authors' release): a learnable ``(num_cameras, D)`` table
-(trunc-normal std 0.02) times ``model.camera_coef``, added to the cls token only, before the
-positional embedding, the same for the three modalities of a sample.
+(trunc-normal std 0.02) times ``model.camera_coef``, the same for the three modalities of a
+sample, added (``model.camera_tokens``) to the cls token only, before the positional embedding
+(``cls``, the release's CLIP, ``modeling/clip/model.py`` l. 445-446), or to every image token,
+after it (``all``, the release's ImageNet ViT, ``modeling/backbones/vit_pytorch.py`` l. 630).
+Prompt tokens, appended later, never get it.
+
+Stochastic depth (``model.drop_path``): the encoder's blocks drop their MHSA and FFN branches
+at rates rising linearly from 0 to ``model.drop_path`` (``VisionTransformer.set_drop_path``).
 
 Freezing (``model.freeze``): ``frozen`` (CLIP(L)) trains only adapters, prompts and the camera
 embedding (the encoder's ``ln_post``, ``proj`` and positional embedding stay frozen too);
@@ -28,7 +34,7 @@ from torch import Tensor, nn
 
 from mambapro.config import ModelConfig
 from mambapro.models.adapters import ADAPTERS
-from mambapro.models.clip_vit import VisionTransformer
+from mambapro.models.clip_vit import CAMERA_TOKENS, VisionTransformer
 from mambapro.models.prompts import NUM_MODALITIES, PROMPTS, MultiModalPrompts
 from mambapro.models.vit_imagenet import imagenet_vit, load_timm_vit_state_dict
 from mambapro.models.weights import load_clip_state_dict, load_encoder_state_dict
@@ -132,6 +138,7 @@ class MultiModalBackbone(nn.Module):
         camera_embedding: learn a camera embedding (SIE).
         camera_coef: its coefficient.
         freeze: ``frozen`` or ``finetune``.
+        camera_tokens: ``cls`` (the camera term goes to the cls token) or ``all`` (every token).
 
     Attributes: ``out_dim`` (C), ``grid`` ((H/16, W/16)), ``num_layers``, ``img_size``.
     """
@@ -146,8 +153,13 @@ class MultiModalBackbone(nn.Module):
         camera_embedding: bool = True,
         camera_coef: float = 1.0,
         freeze: str = "frozen",
+        camera_tokens: str = "cls",
     ) -> None:
         super().__init__()
+        if camera_tokens not in CAMERA_TOKENS:
+            raise ValueError(
+                f"model.camera_tokens = '{camera_tokens}' is not one of: {', '.join(CAMERA_TOKENS)}"
+            )
         self.encoder = encoder
         self.prompts = prompts
         self.out_dim = encoder.out_dim
@@ -156,6 +168,7 @@ class MultiModalBackbone(nn.Module):
         self.num_layers = encoder.num_layers
         self.num_cameras = num_cameras
         self.camera_coef = camera_coef
+        self.camera_tokens = camera_tokens
         if camera_embedding:
             if num_cameras <= 0:
                 raise ValueError(f"the camera embedding needs num_cameras >= 1, got {num_cameras}")
@@ -224,10 +237,10 @@ class MultiModalBackbone(nn.Module):
         """
         batch = self._check_inputs(images, camids)
         x = torch.cat([images[m] for m in MODALITIES], dim=0)  # (3B, 3, H, W)
-        cls_offset = None
+        camera = None
         if self.camera_embedding is not None and camids is not None:
-            cls_offset = (self.camera_coef * self.camera_embedding[camids]).repeat(NUM_MODALITIES, 1)
-        x = self.encoder.embed(x, cls_offset)  # (3B, 1 + HW, D)
+            camera = (self.camera_coef * self.camera_embedding[camids]).repeat(NUM_MODALITIES, 1)
+        x = self.encoder.embed(x, camera, self.camera_tokens)  # (3B, 1 + HW, D)
 
         previous: Tensor | None = None
         for index, block in enumerate(self.encoder.blocks):
@@ -252,11 +265,16 @@ def build_backbone(model_cfg: ModelConfig, img_size: tuple[int, int], num_camera
     encoder = BACKBONES.build(model_cfg.backbone, img_size, model_cfg.weights)
     if model_cfg.weights is None:
         _announce_random_init(model_cfg.backbone)
+    encoder.set_drop_path(model_cfg.drop_path)
 
     n = encoder.num_layers
     for index in _check_layers("adapter_layers", model_cfg.adapter_layers, n):
         adapter = ADAPTERS.build(
-            model_cfg.adapter, encoder.width, act=model_cfg.adapter_act, lora_rank=model_cfg.lora_rank
+            model_cfg.adapter,
+            encoder.width,
+            act=model_cfg.adapter_act,
+            lora_rank=model_cfg.lora_rank,
+            lora_alpha=model_cfg.lora_alpha,
         )
         encoder.blocks[index].set_adapter(adapter, model_cfg.adapter_position)
 
@@ -274,4 +292,5 @@ def build_backbone(model_cfg: ModelConfig, img_size: tuple[int, int], num_camera
         camera_embedding=model_cfg.camera_embedding,
         camera_coef=model_cfg.camera_coef,
         freeze=model_cfg.freeze,
+        camera_tokens=model_cfg.camera_tokens,
     )

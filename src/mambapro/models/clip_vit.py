@@ -17,16 +17,24 @@ dict loads with ``strict=True``. Attention goes through ``F.scaled_dot_product_a
 The same module also expresses the ImageNet ViT of Table 9 (GELU, LayerNorm eps 1e-6, a patch
 embedding with bias, no ``ln_pre``, no ``proj``) through constructor flags; see
 ``vit_imagenet.py``.
+
+Stochastic depth (``drop_path``, off by default): timm's ``DropPath`` on the residual branches of
+the MHSA and the FFN, at the rate ``torch.linspace(0, drop_path, layers)[i]`` in block ``i``, as
+the authors' ImageNet ViT (release ``modeling/backbones/vit_pytorch.py``: rule at l. 582, the
+branches at l. 218-225). At rate 0 a block holds ``nn.Identity``, so the CLIP path computes
+exactly what it computed without the option, and no rate adds parameters.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import Tensor, nn
 
 __all__ = [
     "ADAPTER_POSITIONS",
+    "CAMERA_TOKENS",
     "Attention",
     "QuickGELU",
     "ResidualAttentionBlock",
@@ -36,6 +44,9 @@ __all__ = [
 
 #: Where an adapter sits in a block (Table 8): beside (parallel to) or behind (after) a sub-layer.
 ADAPTER_POSITIONS = ("side_ffn", "behind_ffn", "side_mhsa", "behind_mhsa")
+
+#: Which tokens :meth:`VisionTransformer.embed` adds an offset (the camera embedding) to.
+CAMERA_TOKENS = ("cls", "all")
 
 
 class QuickGELU(nn.Module):
@@ -106,10 +117,23 @@ class ResidualAttentionBlock(nn.Module):
 
     "Behind" is the sequential (Houlsby) placement: the adapter transforms the sub-layer's
     output and keeps its own skip connection, so that the pre-trained path is not cut.
+
+    Stochastic depth ``DP`` (``drop_path`` > 0) drops the sub-layer's branch per sample:
+    ``x̄ = x + DP(MHSA(LN₁(x)))``, ``x̂ = x̄ + DP(FFN(LN₂(x̄)))``. A ``side`` adapter stays outside
+    it, ``x̂ = x̄ + DP(FFN(LN₂(x̄))) + A(x̄)``, as the release's ViT block does with its
+    ``adapter_ffn`` (``modeling/backbones/vit_pytorch.py`` l. 222-225, 366-368); a ``behind``
+    adapter is part of the branch it transforms, so the branch ``h + A(h)`` is dropped as a whole
+    (the release has no behind placement).
     """
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, act: str = "quick_gelu", ln_eps: float = 1e-5
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        act: str = "quick_gelu",
+        ln_eps: float = 1e-5,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim, eps=ln_eps)
@@ -118,6 +142,15 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
         self.adapter: nn.Module | None = None
         self.adapter_position = "side_ffn"
+        self.drop_path: nn.Module = nn.Identity()
+        self.set_drop_path(drop_path)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth at ``rate`` on both residual branches (0: ``nn.Identity``)."""
+        rate = float(rate)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate {rate} must be in [0, 1)")
+        self.drop_path = DropPath(rate) if rate > 0.0 else nn.Identity()
 
     def set_adapter(self, adapter: nn.Module | None, position: str) -> None:
         """Attach ``adapter`` (or remove it with None) at one of :data:`ADAPTER_POSITIONS`."""
@@ -130,16 +163,18 @@ class ResidualAttentionBlock(nn.Module):
         """``x``: ``(B, L, D)`` -> ``(B, L, D)``."""
         a, pos = self.adapter, self.adapter_position
         h = self.attn(self.ln_1(x))
+        if a is not None and pos == "behind_mhsa":
+            h = h + a(h)
+        h = self.drop_path(h)
         if a is not None and pos == "side_mhsa":
             h = h + a(x)
-        elif a is not None and pos == "behind_mhsa":
-            h = h + a(h)
         x = x + h
         h = self.mlp(self.ln_2(x))
+        if a is not None and pos == "behind_ffn":
+            h = h + a(h)
+        h = self.drop_path(h)
         if a is not None and pos == "side_ffn":
             h = h + a(x)
-        elif a is not None and pos == "behind_ffn":
-            h = h + a(h)
         return x + h
 
 
@@ -153,6 +188,16 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList(
             [ResidualAttentionBlock(width, heads, mlp_ratio, act, ln_eps) for _ in range(layers)]
         )
+
+    def set_drop_path(self, rate: float) -> None:
+        """Block ``i`` drops its branches at ``torch.linspace(0, rate, layers)[i]`` (the release's
+        stochastic depth decay rule, ``modeling/backbones/vit_pytorch.py`` l. 582)."""
+        rate = float(rate)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"model.drop_path = {rate} must be in [0, 1)")
+        rates = torch.linspace(0, rate, len(self.resblocks), device="cpu").tolist()
+        for block, block_rate in zip(self.resblocks, rates):
+            block.set_drop_path(block_rate)
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.resblocks:
@@ -179,6 +224,7 @@ class VisionTransformer(nn.Module):
         ln_pre: LayerNorm on the embedded tokens before the blocks (CLIP has it).
         patch_bias: bias in the patch embedding convolution (timm's ViT has it, CLIP not).
         mlp_ratio: FFN hidden width over D.
+        drop_path: stochastic depth rate of the last block (linear from 0 in the first); 0: off.
     """
 
     def __init__(
@@ -194,6 +240,7 @@ class VisionTransformer(nn.Module):
         ln_pre: bool = True,
         patch_bias: bool = False,
         mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         h, w = (int(s) for s in img_size)
@@ -215,6 +262,12 @@ class VisionTransformer(nn.Module):
         self.ln_post = nn.LayerNorm(width, eps=ln_eps)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim)) if output_dim is not None else None
         self._init_blocks(layers)
+        self.set_drop_path(drop_path)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth: block ``i`` at ``linspace(0, rate, layers)[i]``; 0 turns it off."""
+        self.transformer.set_drop_path(rate)
+        self.drop_path = float(rate)
 
     def _init_blocks(self, layers: int) -> None:
         # OpenAI's CLIP initialisation for the vision tower (std scaled by depth), so that a
@@ -237,22 +290,31 @@ class VisionTransformer(nn.Module):
     def num_layers(self) -> int:
         return len(self.transformer.resblocks)
 
-    def embed(self, images: Tensor, cls_offset: Tensor | None = None) -> Tensor:
+    def embed(self, images: Tensor, offset: Tensor | None = None, offset_tokens: str = "cls") -> Tensor:
         """Images ``(B, 3, H, W)`` -> tokens ``(B, 1 + H/p * W/p, D)`` (cls first).
 
-        ``cls_offset`` ``(B, D)`` is added to the cls token before the positional embedding
-        (the camera embedding, SIE).
+        ``offset`` ``(B, D)`` (the camera embedding, SIE) is added, before ``ln_pre``, to:
+
+        - ``offset_tokens="cls"``: the cls token only, before the positional embedding, as the
+          release's CLIP (``modeling/clip/model.py`` l. 445-447);
+        - ``offset_tokens="all"``: every token, after the positional embedding, as the release's
+          ImageNet ViT (``modeling/backbones/vit_pytorch.py`` l. 630,
+          ``x + pos_embed + sie_xishu * sie_embed[camera_id]``).
         """
+        if offset_tokens not in CAMERA_TOKENS:
+            raise ValueError(f"offset_tokens '{offset_tokens}' is not one of: {', '.join(CAMERA_TOKENS)}")
         if images.shape[-2:] != self.img_size:
             raise ValueError(
                 f"images are {tuple(images.shape[-2:])} (H, W) but the encoder was built for {self.img_size}"
             )
         x = self.conv1(images).flatten(2).transpose(1, 2)  # (B, H*W, D)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], -1)
-        if cls_offset is not None:
-            cls = cls + cls_offset.to(x.dtype)
+        if offset is not None and offset_tokens == "cls":
+            cls = cls + offset.to(x.dtype)
         x = torch.cat([cls.unsqueeze(1), x], dim=1)
         x = x + self.positional_embedding.to(x.dtype)
+        if offset is not None and offset_tokens == "all":
+            x = x + offset.to(x.dtype).unsqueeze(1)
         return self.ln_pre(x)
 
     def project(self, x: Tensor) -> Tensor:
@@ -270,4 +332,5 @@ class VisionTransformer(nn.Module):
         return self.project(x[:, 0])
 
     def extra_repr(self) -> str:
-        return f"img_size={self.img_size}, grid={self.grid}, out_dim={self.out_dim}"
+        extra = f", drop_path={self.drop_path}" if self.drop_path else ""
+        return f"img_size={self.img_size}, grid={self.grid}, out_dim={self.out_dim}{extra}"

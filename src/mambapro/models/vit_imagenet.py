@@ -7,6 +7,16 @@ the backbone's output width is D = 768 (timm's final ``norm`` plays ``ln_post``)
 aggregator after it works at 768 rather than CLIP's 512. The ImageNet classifier (``head.*``)
 is dropped.
 
+The authors' release runs this backbone with two settings that its CLIP path does not have
+(both are config keys here, set in ``configs/ablations/table9_vit_*.yaml``):
+
+- stochastic depth 0.1 (``model.drop_path``): ``vit_base_patch16_224(drop_path_rate=0.1)``
+  (``modeling/backbones/vit_pytorch.py`` l. 712-713; ``make_model.py`` l. 60 passes
+  ``cfg.MODEL.DROP_PATH``, 0.1 in ``config/defaults.py`` l. 44), per block
+  ``torch.linspace(0, rate, depth)`` (l. 582) on the MHSA and FFN branches (l. 218-225);
+- the camera embedding on every token (``model.camera_tokens: all``):
+  ``x + pos_embed + sie_xishu * sie_embed[camera_id]`` (l. 630).
+
 Checkpoints: any file :func:`mambapro.models.weights.read_checkpoint` reads (``torch.save``
 state dicts, ``model.safetensors`` from timm's hub folders) in timm's key layout.
 """
@@ -35,8 +45,10 @@ def imagenet_vit(
     layers: int = 12,
     heads: int = 12,
     patch_size: int = 16,
+    drop_path: float = 0.0,
 ) -> VisionTransformer:
-    """A timm-style ImageNet ViT (ViT-B/16 by default) in OpenAI's key layout, without ``proj``."""
+    """A timm-style ImageNet ViT (ViT-B/16 by default) in OpenAI's key layout, without ``proj``;
+    ``drop_path``: stochastic depth rate of the last block (0: off; the release uses 0.1)."""
     return VisionTransformer(
         img_size=img_size,
         patch_size=patch_size,
@@ -48,6 +60,7 @@ def imagenet_vit(
         ln_eps=1e-6,
         ln_pre=False,
         patch_bias=True,
+        drop_path=drop_path,
     )
 
 
