@@ -1,7 +1,7 @@
 """Speed and memory of ``mambapro.evaluation``, each measured against a baseline in the same run.
 
 1. ``evaluate`` on a 2,000 x 10,000 distance matrix against the per-query loop reference of the
-   tests (``tests/test_eval_reference.py``): time of each, the speed-up, and the difference of
+   tests (``tests/reference/eval.py``): time of each, the speed-up, and the difference of
    the results.
 2. ``evaluate`` on 20,000 x 100,000 (an 8 GB float32 matrix): time and the peak memory it adds
    on top of the matrix, against the size of one evaluation block.
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from mambapro.evaluation import compute_distmat, evaluate, re_ranking  # noqa: E402
-from test_eval_reference import reference_evaluate  # noqa: E402
+from reference.eval import reference_evaluate  # noqa: E402
 
 GIB = 1024**3
 

@@ -24,9 +24,9 @@ import torch
 
 from mambapro.config import load_config
 from mambapro.engine.losses import ReIDLoss
-from mambapro.engine.model import build_model
 from mambapro.engine.optim import build_optimizer
-from mambapro.engine.trainer import amp_dtype
+from mambapro.engine.runtime import amp_dtype
+from mambapro.models import build_model
 
 ROWS = {
     "A: CLIP(L) only": ["model.adapter=none", "model.prompt=none", "model.aggregator=none"],

@@ -1,7 +1,10 @@
-"""Parsers on synthetic trees of the three layouts: counts, ids, cameras, scenes, and every error."""
+"""Parsers on synthetic trees of the three layouts (counts, ids, cameras, scenes, and every error)
+and on file names typed out in the published datasets' naming, with hand-written pids, cameras
+and scenes."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 from collections import Counter
@@ -17,6 +20,7 @@ from mambapro.data import (
     Sample,
     build_dataset,
     read_triplet,
+    samples_at,
     split_validation,
     synth,
 )
@@ -184,7 +188,7 @@ def test_rgbnt100_bad_names(tiny) -> None:
     files = sorted(split.iterdir())
     files[0].rename(split / "0001_c009_0000.jpg")
     files[1].rename(split / "car.jpg")
-    with pytest.raises(DatasetError, match=r"2 broken triplet.*camera c9 out of range") as err:
+    with pytest.raises(DatasetError, match=r"2 broken triplet.*camera 9 out of range 1\.\.8") as err:
         build_dataset("RGBNT100", root)
     assert "car.jpg: name does not parse" in str(err.value)
 
@@ -326,3 +330,141 @@ def test_samples_at_errors_name_the_path(trees: Path, tmp_path: Path) -> None:
     stray.write_bytes(b"")
     with pytest.raises(DatasetError, match="x.jpg is not a RGBNT201 modality file"):
         triplet_paths(stray, "rgbnt201")
+
+
+# --------------------------------------------------------------------------- published names
+# File names typed out in the published datasets' naming and folder layout (SPEC §1), each with
+# its pid, camera and scene written by hand as the authors' release parsers read them
+# (data/datasets/RGBNT201.py, RGBNT100.py, msvr310.py of the release):
+#   RGBNT201  pid = int(name.split("_")[0][0:6]), camid = int(name.split("_")[1][3]) - 1
+#   RGBNT100  pid, cam = re.search(r"([-\d]+)_c([-\d]+)", ...).groups(), camid = cam - 1
+#   MSVR310   pid = int(name[0:4]), sceneid = int(name[6:9]), camid = int(name[11])
+# Query and gallery keep the original pids; training pids are relabelled 0..K-1 in sorted order.
+
+# (split folder, file name, pid, camid)
+RGBNT201_NAMES = [
+    ("train_171", "000001_cam1_0_00.jpg", 1, 0),
+    ("train_171", "000001_cam3_2_15.jpg", 1, 2),
+    ("train_171", "000171_cam4_1_07.jpg", 171, 3),
+    ("train_171", "000064_cam2_0_31.jpg", 64, 1),
+    ("test", "000258_cam1_0_00.jpg", 258, 0),
+    ("test", "000258_cam2_0_03.jpg", 258, 1),
+    ("test", "000302_cam1_1_12.jpg", 302, 0),
+]
+# (split folder, file name, pid, camid); the query folder holds copies of gallery images.
+RGBNT100_NAMES = [
+    ("bounding_box_train", "0001_c0001_003.jpg", 1, 0),
+    ("bounding_box_train", "0001_c0004_012.jpg", 1, 3),
+    ("bounding_box_train", "0050_c0008_000.jpg", 50, 7),
+    ("bounding_box_train", "0023_c0006_117.jpg", 23, 5),
+    ("query", "0501_c0001_000.jpg", 501, 0),
+    ("bounding_box_test", "0501_c0001_000.jpg", 501, 0),
+    ("bounding_box_test", "0501_c0002_005.jpg", 501, 1),
+    ("bounding_box_test", "0600_c0008_010.jpg", 600, 7),
+]
+# (split folder, vehicle folder, file name, pid, camid, sceneid); cameras in names are 0-based.
+MSVR310_NAMES = [
+    ("bounding_box_train", "0002", "0002_s002_v0_000.jpg", 2, 0, 2),
+    ("bounding_box_train", "0002", "0002_s015_v3_021.jpg", 2, 3, 15),
+    ("bounding_box_train", "0155", "0155_s001_v7_004.jpg", 155, 7, 1),
+    ("query3", "0156", "0156_s020_v1_000.jpg", 156, 1, 20),
+    ("bounding_box_test", "0156", "0156_s020_v1_000.jpg", 156, 1, 20),
+    ("bounding_box_test", "0156", "0156_s021_v5_003.jpg", 156, 5, 21),
+    ("bounding_box_test", "0310", "0310_s100_v2_001.jpg", 310, 2, 100),
+]
+
+
+def _tiny_jpeg(path: Path, size: tuple[int, int] = (4, 8)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (90, 120, 150)).save(path)
+
+
+def _by_split(ds, base: Path, split_dirs: dict[str, str]) -> dict[str, set]:
+    """{split folder: {(relative path of the first file, pid, camid, sceneid)}} of a dataset."""
+    out: dict[str, set] = {}
+    for split, folder in split_dirs.items():
+        rows = {
+            (str(Path(s.paths[0]).relative_to(base)), s.pid, s.camid, s.sceneid) for s in getattr(ds, split)
+        }
+        out.setdefault(folder, set()).update(rows)
+    return out
+
+
+def test_published_rgbnt201_names(tmp_path: Path) -> None:
+    base = tmp_path / "RGBNT201"
+    for split, name, _, _ in RGBNT201_NAMES:
+        for m in ("RGB", "NI", "TI"):
+            _tiny_jpeg(base / split / m / name)
+    ds = build_dataset("RGBNT201", tmp_path)
+    train_label = {1: 0, 64: 1, 171: 2}  # sorted original training pids
+    expected = {
+        "train_171": {
+            (f"train_171/RGB/{n}", train_label[pid], cam, -1)
+            for s, n, pid, cam in RGBNT201_NAMES
+            if s == "train_171"
+        },
+        "test": {(f"test/RGB/{n}", pid, cam, -1) for s, n, pid, cam in RGBNT201_NAMES if s == "test"},
+    }
+    splits = {"train": "train_171", "query": "test", "gallery": "test"}
+    assert _by_split(ds, base, splits) == expected
+    assert {s.paths for s in ds.query} == {
+        tuple(str(base / "test" / m / n) for m in ("RGB", "NI", "TI"))
+        for s, n, _, _ in RGBNT201_NAMES
+        if s == "test"
+    }
+    assert ds.num_train_cams == 4  # cameras cam1-cam4 of the training names
+    # A single file names its triplet with the original pid.
+    (only,) = samples_at(base / "train_171" / "TI" / "000171_cam4_1_07.jpg", "RGBNT201")
+    assert (only.pid, only.camid, only.sceneid) == (171, 3, -1)
+
+
+def test_published_rgbnt100_names(tmp_path: Path) -> None:
+    base = tmp_path / "RGBNT100" / "rgbir"
+    for split, name, _, _ in RGBNT100_NAMES:
+        _tiny_jpeg(base / split / name, (12, 4))  # RGB, NI, TI side by side
+    ds = build_dataset("RGBNT100", tmp_path)
+    train_label = {1: 0, 23: 1, 50: 2}
+    expected: dict[str, set] = {"bounding_box_train": set(), "query": set(), "bounding_box_test": set()}
+    for split, name, pid, cam in RGBNT100_NAMES:
+        label = train_label[pid] if split == "bounding_box_train" else pid
+        expected[split].add((f"{split}/{name}", label, cam, -1))
+    splits = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+    assert _by_split(ds, base, splits) == expected
+    assert all(len(s.paths) == 1 for s in ds.train + ds.query + ds.gallery)
+    assert [(s.pid, s.camid) for s in samples_at(base / "bounding_box_train", "RGBNT100")] == [
+        (1, 0),
+        (1, 3),
+        (23, 5),
+        (50, 7),
+    ]
+
+
+def test_published_msvr310_names(tmp_path: Path) -> None:
+    base = tmp_path / "msvr310"
+    for split, vid, name, *_ in MSVR310_NAMES:
+        for m in ("vis", "ni", "th"):
+            _tiny_jpeg(base / split / vid / m / name, (8, 4))
+    ds = build_dataset("MSVR310", tmp_path)
+    train_label = {2: 0, 155: 1}
+    expected: dict[str, set] = {"bounding_box_train": set(), "query3": set(), "bounding_box_test": set()}
+    for split, vid, name, pid, cam, scene in MSVR310_NAMES:
+        label = train_label[pid] if split == "bounding_box_train" else pid
+        expected[split].add((f"{split}/{vid}/vis/{name}", label, cam, scene))
+    splits = {"train": "bounding_box_train", "query": "query3", "gallery": "bounding_box_test"}
+    assert _by_split(ds, base, splits) == expected
+    (q,) = ds.query
+    assert q.paths == tuple(
+        str(base / "query3" / "0156" / m / "0156_s020_v1_000.jpg") for m in ("vis", "ni", "th")
+    )
+    assert ds.num_train_cams == 3  # v0, v3, v7
+
+
+def test_published_names_follow_the_release_rules() -> None:
+    """The hand-written expectations above agree with the release's parsing expressions."""
+    for _, name, pid, cam in RGBNT201_NAMES:
+        assert (int(name.split("_")[0][0:6]), int(name.split("_")[1][3]) - 1) == (pid, cam), name
+    for _, name, pid, cam in RGBNT100_NAMES:
+        rpid, rcam = map(int, re.search(r"([-\d]+)_c([-\d]+)", name).groups())
+        assert (rpid, rcam - 1) == (pid, cam), name
+    for _, vid, name, pid, cam, scene in MSVR310_NAMES:
+        assert (int(name[0:4]), int(name[11]), int(name[6:9]), int(vid)) == (pid, cam, scene, pid), name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from mambapro.config import DataConfig, SynthConfig
 from mambapro.data import (
     MODALITIES,
+    DatasetError,
     TripletDataset,
     build_dataset,
     build_test_loader,
@@ -149,5 +151,6 @@ def test_dataset_from_config_generates_once(tmp_path: Path) -> None:
     cfg.synth.ids = 5
     assert dataset_from_config(cfg).num_train_pids == 3  # other parameters: regenerated
     # Without the flag a missing dataset is an error naming the folder.
-    with pytest.raises(Exception, match="RGBNT201 dataset folder not found"):
+    missing = re.escape(str(tmp_path / "RGBNT201"))
+    with pytest.raises(DatasetError, match=rf"^RGBNT201 dataset folder not found: {missing}; .*msvr310/"):
         dataset_from_config(dataclasses.replace(cfg, dataset="RGBNT201", synthetic=False))

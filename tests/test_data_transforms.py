@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mambapro.config import MISSING, DataConfig
+from mambapro.config import DataConfig
 from mambapro.data import (
     MODALITIES,
     apply_missing,
@@ -17,6 +17,7 @@ from mambapro.data import (
     build_train_transform,
     missing_modalities,
 )
+from mambapro.modalities import MISSING_SETTINGS as MISSING
 
 H, W = 32, 16
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+import mambapro
 from mambapro.cli import main
 from mambapro.config import PRESETS_DIR, load_config
 from mambapro.engine import trainer as trainer_mod
 from mambapro.engine.checkpoint import load_checkpoint
-from mambapro.engine.inference import FeatureSet
+from mambapro.engine.features import FeatureSet
 from mambapro.engine.trainer import TrainingError, run_training
 
 SMALL = [
@@ -67,9 +69,14 @@ def test_training_writes_the_run_record(trained_run: Path) -> None:
         "tb",
     } <= names
     meta = json.loads((trained_run / "meta.json").read_text())
-    assert (
-        meta["seed"] == 1 and meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]
-    )
+    assert meta["seed"] == 1  # train.seed of the demo preset (configs/demo.yaml)
+    versions = meta["versions"]
+    # Compared with what the running interpreter reports itself (not with importlib.metadata,
+    # which the run record uses): a local "+cpu"/"+cu121" suffix may differ between the two.
+    assert versions["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert versions["numpy"] == np.__version__
+    assert versions["mambapro"] == mambapro.__version__
+    assert versions["python"] == platform.python_version()
     # The recorded config reproduces the run's configuration exactly.
     assert load_config(trained_run / "config.yaml").train.output == str(trained_run)
     recs = _records(trained_run)
@@ -251,15 +258,210 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "x.ckpt" in capsys.readouterr().err
 
 
-def test_every_preset_and_ablation_builds_its_model() -> None:
+# --------------------------------------------------------------------------- parameter counts
+# Trainable parameters per part, counted by hand from the layer sizes of SPEC §3 (D = encoder
+# width, C = projected width); test_hand_counts_reproduce_spec_numbers ties these formulas to
+# the exact integers of SPEC §5 before the presets are checked against them.
+
+
+def _vit_block(d: int) -> int:
+    """Pre-norm block: 2 LayerNorms (4D), attention in/out projections with biases (4D^2 + 4D),
+    MLP D -> 4D -> D with biases (8D^2 + 5D)."""
+    return 12 * d * d + 13 * d
+
+
+def _clip_vit(d: int, layers: int, tokens: int, c: int) -> int:
+    """CLIP image encoder: conv1 16x16 without bias, cls, positional table, ln_pre, blocks,
+    ln_post, proj D x C without bias."""
+    return 3 * 16 * 16 * d + d + tokens * d + 2 * d + layers * _vit_block(d) + 2 * d + d * c
+
+
+def _imagenet_vit(d: int, layers: int, tokens: int) -> int:
+    """timm ViT without classifier: patch conv with bias, cls, positional table, blocks, norm."""
+    return 3 * 16 * 16 * d + d + d + tokens * d + layers * _vit_block(d) + 2 * d
+
+
+def _mlp(d: int, hidden: int) -> int:
+    """Linear(d -> hidden) -> act -> Linear(hidden -> d), both with biases."""
+    return d * hidden + hidden + hidden * d + d
+
+
+def _adapters(kind: str, d: int, layers: int, rank: int = 0) -> int:
+    per_layer = {
+        "none": 0,
+        "pfa": _mlp(d, 2 * d),  # 768 -> 1536 -> 768
+        "bna": _mlp(d, d // 2),  # 768 -> 384 -> 768
+        "lora": 2 * d * rank,  # 768 -> r -> 768, no biases
+    }[kind]
+    return layers * per_layer
+
+
+def _prompts(kind: str, d: int, layers: int, n_pr: int = 4) -> int:
+    """Per layer: N_pr prompt tokens per modality, plus D -> D/2 -> D blocks: three transfer
+    blocks (SP), + one residual block (SRP-Fusion) or + one per prompt group (SRP-Separation)."""
+    blocks = {"none": 0, "ip": 0, "sp": 3, "srp_fusion": 4, "srp_separation": 6}[kind]
+    tokens = 0 if kind == "none" else 3 * n_pr * d
+    return layers * (tokens + blocks * _mlp(d, d // 2))
+
+
+def _aggregator(kind: str, c: int, depth: int = 2, d_state: int = 16, dt_rank: int = 32) -> int:
+    d = 2 * c  # expand 2
+    readout = 3 * (2 * d + d * c + c)  # per modality: LayerNorm(2C), Linear(2C -> C)
+    front = c * 2 * d + (9 * d + d) + 2 * d  # in_proj (no bias), depth-wise 3x3 conv, BatchNorm2d
+    ssm = d * (dt_rank + 2 * d_state) + (dt_rank * d + d) + d * d_state + d + 2 * d  # x/dt_proj, A, D, LN
+    out_proj = d * c  # one Linear(2C -> C), no bias, shared by the modalities
+    intra = 3 * (front + ssm) + out_proj  # an SSM per modality
+    inter = 3 * front + ssm + out_proj  # one SSM over the concatenation
+    return {
+        "none": 0,
+        "sum": readout,
+        "concat": readout + 3 * c * c + c,  # + Linear(3C -> C)
+        "transformer": readout + depth * _vit_block(c),
+        "intra_ma": readout + depth * intra,
+        "inter_ma": readout + depth * inter,
+        "ma": readout + depth * (intra + inter),
+        "ma_transformer": readout + depth * 4 * _vit_block(c),  # 3 intra + 1 inter blocks
+    }[kind]
+
+
+def _head(width: int, classes: int) -> int:
+    """BNNeck (weight only: the bias is frozen) and a bias-free classifier."""
+    return width + width * classes
+
+
+# The RGBNT201 presets: ViT-B/16 at 256x128 (16x8 grid + cls = 129 tokens), D = 768, C = 512,
+# 171 training identities, 4 cameras (SPEC §1).
+D, C, TOKENS, IDS, CAMS = 768, 512, 129, 171, 4
+CLIP_F = _clip_vit(D, 12, TOKENS, C)
+PFA = _adapters("pfa", D, 12)
+SRP = _prompts("srp_fusion", D, 12)
+CAM = CAMS * D  # camera embedding, one row per training camera
+ORI = _head(3 * C, IDS)  # model.ori_head = concat
+ORI_FUSE = 2 * ORI  # + the fused head on f_ma (3C wide)
+MA = _aggregator("ma", C)
+
+
+def _parts(backbone=0, adapters=0, prompts=0, camera=CAM, aggregator=0, heads=ORI) -> dict[str, int]:
+    return dict(
+        backbone=backbone,
+        adapters=adapters,
+        prompts=prompts,
+        camera=camera,
+        aggregator=aggregator,
+        heads=heads,
+    )
+
+
+FULL = dict(adapters=PFA, prompts=SRP, heads=ORI_FUSE)  # PFA + SRP with an aggregator
+VIT = _imagenet_vit(D, 12, TOKENS)
+VIT_PARTS = dict(
+    adapters=PFA, prompts=SRP, aggregator=_aggregator("ma", D, dt_rank=48), heads=2 * _head(3 * D, IDS)
+)
+EXPECTED_TRAINABLE = {
+    "rgbnt201.yaml": _parts(**FULL, aggregator=MA),
+    "rgbnt100.yaml": _parts(  # 50 ids, 8 cameras; one shared 512-wide head per modality (ori_head)
+        **{**FULL, "heads": _head(C, 50) + _head(3 * C, 50)}, camera=8 * D, aggregator=MA
+    ),
+    "msvr310.yaml": _parts(
+        **{**FULL, "heads": _head(C, 155) + _head(3 * C, 155)}, camera=8 * D, aggregator=MA
+    ),
+    # tiny encoder (D = 192, 4 layers, C = 128) fine-tuned at 128x64 (8x4 grid + cls = 33 tokens)
+    "demo.yaml": _parts(
+        backbone=_clip_vit(192, 4, 33, 128),
+        adapters=_adapters("pfa", 192, 4),
+        prompts=_prompts("srp_fusion", 192, 4),
+        camera=CAMS * 192,
+        aggregator=_aggregator("ma", 128),
+        heads=2 * _head(3 * 128, IDS),
+    ),
+    "table3_A_clip_l.yaml": _parts(),
+    "table3_B_clip_f.yaml": _parts(backbone=CLIP_F),
+    "table3_C_clip_l_pfa.yaml": _parts(adapters=PFA),
+    "table3_D_clip_l_srp.yaml": _parts(prompts=SRP),
+    "table3_E_clip_l_pfa_srp.yaml": _parts(adapters=PFA, prompts=SRP),
+    "table3_F_clip_l_pfa_srp_ma.yaml": _parts(**FULL, aggregator=MA),
+    "table3_G_clip_f_pfa_srp_ma.yaml": _parts(**FULL, backbone=CLIP_F, aggregator=MA),
+    "table4_ip.yaml": _parts(prompts=_prompts("ip", D, 12)),
+    "table4_sp.yaml": _parts(prompts=_prompts("sp", D, 12)),
+    "table4_srp_fusion.yaml": _parts(prompts=SRP),
+    "table4_srp_separation.yaml": _parts(prompts=_prompts("srp_separation", D, 12)),
+    "table5_bna.yaml": _parts(adapters=_adapters("bna", D, 12)),
+    "table5_lora_r64.yaml": _parts(adapters=_adapters("lora", D, 12, rank=64)),
+    "table5_lora_r256.yaml": _parts(adapters=_adapters("lora", D, 12, rank=256)),
+    "table5_lora_r384.yaml": _parts(adapters=_adapters("lora", D, 12, rank=384)),
+    "table5_pfa.yaml": _parts(adapters=PFA),
+    **{
+        f"table6_{kind}.yaml": _parts(**FULL, aggregator=_aggregator(kind, C, depth=depth))
+        for kind, depth in [
+            ("sum", 2),
+            ("concat", 2),
+            ("transformer", 1),
+            ("intra_ma", 1),
+            ("inter_ma", 1),
+            ("ma", 1),
+        ]
+    },
+    **{
+        f"table8_{pos}.yaml": _parts(adapters=PFA)
+        for pos in ("behind_ffn", "behind_mhsa", "side_ffn", "side_mhsa")
+    },
+    "table9_clip_f.yaml": _parts(**FULL, backbone=CLIP_F, aggregator=MA),
+    "table9_clip_l.yaml": _parts(**FULL, aggregator=MA),
+    "table9_vit_f.yaml": _parts(**VIT_PARTS, backbone=VIT),
+    "table9_vit_l.yaml": _parts(**VIT_PARTS),
+    "table11_ma_mamba.yaml": _parts(**FULL, aggregator=_aggregator("ma", C, depth=1)),
+    "table11_ma_trans.yaml": _parts(**FULL, aggregator=_aggregator("ma_transformer", C, depth=1)),
+}
+ENCODERS = {"clip_vit_b16": CLIP_F, "vit_b16_imagenet": VIT, "tiny": _clip_vit(192, 4, 33, 128)}
+
+
+def test_hand_counts_reproduce_spec_numbers() -> None:
+    """The formulas above give SPEC §5's exact integers (and the paper's rounded millions)."""
+    assert CLIP_F == 86_140_416
+    assert PFA == 28_339_200 and SRP == 28_477_440 and PFA + SRP == 56_816_640
+    assert PFA + SRP + MA == 74_174_976
+    assert [_prompts(k, D, 1) for k in ("ip", "sp", "srp_separation", "srp_fusion")] == [
+        9_216,
+        1_782_144,
+        3_555_072,
+        2_373_120,
+    ]
+    assert [_adapters("lora", D, 1, rank=r) for r in (64, 256, 384)] == [98_304, 393_216, 589_824]
+    assert _adapters("bna", D, 1) == 590_976 and _adapters("pfa", D, 1) == 2_361_600
+    agg = {k: _aggregator(k, C, depth=1) for k in ("sum", "transformer", "intra_ma", "inter_ma", "ma")}
+    assert agg == {
+        "sum": 1_580_544,
+        "transformer": 4_732_928,
+        "intra_ma": 5_643_776,
+        "inter_ma": 5_406_208,
+        "ma": 9_469_440,
+    }
+    assert _aggregator("ma_transformer", C, depth=1) == 14_190_080 and MA == 17_358_336
+    assert round(_aggregator("concat", C, depth=1) / 1e6, 2) == 2.37  # the paper's Concat row
+    # timm's vit_base_patch16_224 without classifier has 85,798,656 parameters at 197 tokens.
+    assert _imagenet_vit(D, 12, 197) == 85_798_656
+
+
+def test_every_preset_is_listed() -> None:
+    files = sorted(PRESETS_DIR.rglob("*.yaml"))
+    assert len([f for f in files if f.parent.name == "ablations"]) >= 20
+    assert sorted(f.name for f in files) == sorted(EXPECTED_TRAINABLE)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TRAINABLE))
+def test_every_preset_and_ablation_builds_its_model(name: str) -> None:
+    """Each preset trains exactly its parts: no adapters with model.adapter=none, no prompts with
+    model.prompt=none, the encoder only under model.freeze=finetune, no aggregator for none."""
     from mambapro.engine.report import parameter_report
 
-    files = sorted(PRESETS_DIR.rglob("*.yaml"))
-    ablations = [f for f in files if f.parent.name == "ablations"]
-    assert len(ablations) >= 20
-    for f in files:
-        report = parameter_report(load_config(f))
-        assert report["trainable"] > 0, f
+    path = next(PRESETS_DIR.rglob(name))
+    cfg = load_config(path)
+    report = parameter_report(cfg)
+    trainable = {part: c["trainable"] for part, c in report["parts"].items()}
+    assert trainable == EXPECTED_TRAINABLE[name]
+    assert report["trainable"] == sum(EXPECTED_TRAINABLE[name].values())
+    # The encoder is built whole whether it trains or not.
+    assert report["parts"]["backbone"]["total"] == ENCODERS[cfg.model.backbone]
 
 
 @pytest.mark.slow

@@ -141,7 +141,7 @@ def test_checkpoint_loading_never_unpickles_code(tmp_path: Path) -> None:
 def test_rank_gallery_orders_stably_and_leaves_out_the_query_itself() -> None:
     import numpy as np
 
-    from mambapro.engine.inference import FeatureSet
+    from mambapro.engine.features import FeatureSet
     from mambapro.engine.search import rank_gallery
 
     paths = ["g0", "q", "g2", "g3", "g4"]

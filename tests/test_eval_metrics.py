@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mambapro.evaluation import EvalResult, evaluate
-from test_eval_reference import reference_evaluate
+from reference.eval import reference_evaluate
 
 
 def assert_matches_reference(res: EvalResult, ref: dict) -> None:

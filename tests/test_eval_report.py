@@ -14,6 +14,7 @@ from mambapro.evaluation import (
     MISSING_SETTINGS,
     EvalResult,
     evaluate,
+    evaluate_features,
     format_table,
     missing_modality_table,
     plot_cmc,
@@ -127,16 +128,24 @@ def fake_extract(loader: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.
     return torch.cat(feats), torch.cat(pids), torch.cat(cams), torch.cat(scenes)
 
 
+def _setting_evaluator(query, gallery, q_cam=0, g_cam=1, g_scene=0, calls=None, **options):
+    """``setting -> EvalResult`` over the fake loaders: extraction, then evaluate_features."""
+
+    def run(missing: str):
+        if calls is not None:
+            calls.append(missing)
+        q = fake_extract(make_loader(query, q_cam, missing))
+        g = fake_extract(make_loader(gallery, g_cam, missing, sceneid=g_scene))
+        return evaluate_features(q, g, **options)
+
+    return run
+
+
 def test_missing_modality_rows_match_hand_computed_values() -> None:
     # One query per identity (camera 0); two gallery images per identity (camera 1), in pid order.
     query, gallery = list(range(NUM_IDS)), [p for p in range(NUM_IDS) for _ in range(2)]
-    calls = []
-
-    def factory(missing: str) -> tuple[list, list]:
-        calls.append(missing)
-        return make_loader(query, 0, missing), make_loader(gallery, 1, missing)
-
-    rows, table = missing_modality_table(fake_extract, factory, max_rank=5)
+    calls: list[str] = []
+    rows, table = missing_modality_table(_setting_evaluator(query, gallery, calls=calls, max_rank=5))
     assert calls == list(MISSING_SETTINGS)
     assert list(rows) == ["full", "-R", "-N", "-T", "-RN", "-RT", "-NT"]
     assert table.splitlines()[0] == "Missing-modality evaluation"
@@ -160,15 +169,11 @@ def test_missing_modality_rows_match_hand_computed_values() -> None:
     assert rows["-RN"].rank(1) == 0.25 and rows["-RN"].rank(5) == 0.75
 
 
-def test_missing_modality_options_reach_the_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_features_options_reach_the_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
     import mambapro.evaluation.report as report
 
     # All from one camera: only the scene ids (query 0, gallery 1) make gallery images matches.
     query, gallery = list(range(NUM_IDS)) * 2, [p for p in range(NUM_IDS) for _ in range(3)]
-
-    def factory(missing: str) -> tuple[list, list]:
-        return make_loader(query, 0, missing), make_loader(gallery, 0, missing, sceneid=1)
-
     seen = []
 
     def spy(q, g, k1, k2, lambda_value, **kw):
@@ -176,23 +181,27 @@ def test_missing_modality_options_reach_the_evaluation(monkeypatch: pytest.Monke
         return re_ranking(q, g, k1, k2, lambda_value, **kw)
 
     monkeypatch.setattr(report, "re_ranking", spy)
-    out = missing_modality_table(
-        fake_extract, factory, settings=("full", "R"), rerank=True, k1=4, k2=2, use_scenes=True, title="t"
+    run = _setting_evaluator(
+        query, gallery, g_cam=0, g_scene=1, rerank=True, k1=4, k2=2, use_scenes=True, metric="cosine"
     )
+    out = missing_modality_table(run, settings=("full", "R"), title="t")
     assert list(out.rows) == ["full", "-R"] and out.table.startswith("t\n")
-    assert seen == [(4, 2, 0.3, {"metric": "euclidean", "normalize": True})] * 2
+    # The distance metric reaches the re-ranking too (the copies of this loop once differed here).
+    assert seen == [(4, 2, 0.3, {"metric": "cosine", "normalize": True})] * 2
     # The same numbers as calling re_ranking and evaluate (MSVR310 protocol) directly.
     q = fake_extract(make_loader(query, 0, "R"))
     g = fake_extract(make_loader(gallery, 0, "R", sceneid=1))
-    direct = evaluate(re_ranking(q[0], g[0], 4, 2), q[1], g[1], q[2], g[2], q[3], g[3])
+    direct = evaluate(re_ranking(q[0], g[0], 4, 2, metric="cosine"), q[1], g[1], q[2], g[2], q[3], g[3])
     assert out.rows["-R"].mAP == direct.mAP and out.rows["-R"].protocol == "msvr310"
     # Under the market protocol every gallery image shares the query's camera: all junk.
     with pytest.raises(ValueError, match="none of the 8 queries has a true match"):
-        missing_modality_table(fake_extract, factory, settings=("full",))
+        missing_modality_table(_setting_evaluator(query, gallery, g_cam=0), settings=("full",))
 
 
 def test_missing_modality_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="'RGB' is not one of"):
-        missing_modality_table(fake_extract, lambda m: ([], []), settings=("RGB",))
-    with pytest.raises(TypeError, match=r"loader_factory\('full'\) must return"):
-        missing_modality_table(fake_extract, lambda m: [], settings=("full",))
+    with pytest.raises(ValueError, match="unknown missing-modality setting 'RGB'"):
+        missing_modality_table(lambda m: None, settings=("RGB",))
+    with pytest.raises(ValueError, match="settings repeat"):
+        missing_modality_table(lambda m: None, settings=("R", "-r"))
+    with pytest.raises(TypeError, match="query features must be"):
+        evaluate_features([], ([], [], [], None))

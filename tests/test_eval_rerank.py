@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mambapro.evaluation import compute_distmat, evaluate, re_ranking
-from test_eval_reference import reference_re_ranking
+from reference.eval import reference_re_ranking
 
 
 def clustered(

@@ -27,13 +27,14 @@ from mambapro.cli import main
 from mambapro.config import Config, load_config
 from mambapro.data import DatasetError, ReIDDataset, Sample, build_test_transform, build_train_transform
 from mambapro.data.datasets import check_cameras
+from mambapro.data.specs import dataset_spec
 from mambapro.data.synth import generate
 from mambapro.engine.distributed import DistInfo
-from mambapro.engine.inference import eval_amp
-from mambapro.engine.model import build_model
 from mambapro.engine.optim import build_optimizer, build_scheduler, step_epoch
-from mambapro.engine.report import PUBLISHED_SIZES, parameter_report
+from mambapro.engine.report import parameter_report
+from mambapro.engine.runtime import eval_amp
 from mambapro.engine.trainer import Trainer
+from mambapro.models import build_model
 
 FIDELITY = Path(__file__).resolve().parents[1] / "docs" / "FIDELITY.md"
 PAPER_PRESETS = ("rgbnt201", "rgbnt100", "msvr310")
@@ -201,11 +202,11 @@ def test_rgbnt201_training_step_has_concat_terms() -> None:
 
 
 def test_per_modality_head_parameter_count() -> None:
-    k, _ = PUBLISHED_SIZES["RGBNT100"]
+    k, _ = dataset_spec("RGBNT100").published
     heads = parameter_report(load_config("rgbnt100"))["parts"]["heads"]["total"]
     assert heads == 2 * 512 + 512 * k + 2 * 1536 + 1536 * k
     concat = parameter_report(load_config("rgbnt201"))["parts"]["heads"]["total"]
-    k201, _ = PUBLISHED_SIZES["RGBNT201"]
+    k201, _ = dataset_spec("RGBNT201").published
     assert concat == 2 * 1536 + 1536 * k201 + 2 * 1536 + 1536 * k201
 
 

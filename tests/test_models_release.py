@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 from torch import Tensor, nn
 
 from mambapro.config import ModelConfig, load_config
@@ -161,9 +162,8 @@ def test_drop_path_is_inactive_in_eval_and_random_in_train() -> None:
 def test_drop_path_train_mode_equals_timm_vit_with_drop_path_rate() -> None:
     # timm's VisionTransformer(drop_path_rate=r) is the oracle: same linear rule, same branches,
     # same random draws (attention branch, then FFN branch, block by block).
-    timm_vit = pytest.importorskip("timm.models.vision_transformer")
     torch.manual_seed(0)
-    ref = timm_vit.VisionTransformer(
+    ref = TimmVisionTransformer(
         img_size=(32, 32),
         patch_size=16,
         embed_dim=32,

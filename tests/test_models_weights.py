@@ -56,7 +56,10 @@ def _save_torchscript(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def openai_clip(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """open_clip's ViT-B-16 (QuickGELU, as OpenAI's weights) with randomised weights, written in
     OpenAI's layout as fp16: a plain state dict and a TorchScript archive."""
-    open_clip = pytest.importorskip("open_clip")
+    # A dev dependency (pyproject.toml), always installed; pretrained=None builds random weights
+    # and downloads nothing.
+    import open_clip
+
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True).eval()
     with torch.no_grad():  # matrices are random already; make LayerNorms and biases non-trivial too
@@ -167,7 +170,7 @@ def test_clip_weights_load_at_reid_geometry(openai_clip: dict) -> None:
 
 
 def test_imagenet_vit_equals_timm_at_224_and_at_reid_geometry(tmp_path: Path) -> None:
-    timm = pytest.importorskip("timm")
+    import timm
     from safetensors.torch import save_file
     from timm.models.vision_transformer import checkpoint_filter_fn
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mambapro import __version__
-from mambapro.config import ConfigError, dump_config, load_config
+from mambapro.config import ConfigError, SynthConfig, dump_config, load_config
+from mambapro.data.synth import LAYOUTS
 from mambapro.errors import UserError
 
 __all__ = ["main", "build_parser"]
@@ -55,13 +56,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     took = time.perf_counter() - start
-    dataset = build_dataset(_LAYOUT_TO_DATASET[args.layout], args.out)
+    dataset = build_dataset(args.layout, args.out)
     print(dataset)
     print(f"synthetic {args.layout} dataset written to {root} in {took:.1f} s")
     return 0
-
-
-_LAYOUT_TO_DATASET = {"rgbnt201": "RGBNT201", "rgbnt100": "RGBNT100", "msvr310": "MSVR310"}
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -91,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from mambapro.engine.inference import run_test
+    from mambapro.engine.evaluate import run_test
 
     cfg_extra = _path_flags(args)
     run_test(
@@ -108,7 +106,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from mambapro.engine.inference import run_extract
+    from mambapro.engine.features import run_extract
 
     run_extract(
         checkpoint=args.checkpoint,
@@ -142,6 +140,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mambapro.engine.demo import run_demo
 
     run_demo(config=args.config, overrides=args.overrides, output=args.output, quiet=args.quiet)
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    import warnings
+
+    from mambapro.data import build_dataset
+
+    cfg = _cfg(args, extra=_path_flags(args))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # every broken file is listed below instead
+        ds = build_dataset(
+            cfg.data.dataset, cfg.data.root, skip_broken=True, verify=True, progress=not args.quiet
+        )
+    print(ds)
+    broken = [(f, why) for f, why in ds.skipped if not why.startswith("junk")]
+    for f, why in broken:
+        print(f"  broken: {f}: {why}")
+    total = len({s.paths for s in (*ds.train, *ds.query, *ds.gallery)})  # query and gallery may share
+    if broken:
+        raise UserError(f"{ds.name} at {cfg.data.root}: {len(broken)} broken triplet(s), listed above")
+    print(f"{ds.name} at {cfg.data.root}: all {total} triplets decode")
     return 0
 
 
@@ -184,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.ckpt")
     _add_config_args(p)
 
+    p = add("check-data", cmd_check_data, "decode every image of a dataset once and list the broken ones")
+    p.add_argument("--data-root", type=Path, default=None)
+    _add_config_args(p)
+
     p = add("test", cmd_test, "evaluate a checkpoint (mAP, CMC, mINP)")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data-root", type=Path, default=None)
@@ -219,14 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = add("synth", cmd_synth, "write the embedded synthetic tri-modal dataset in a dataset's layout")
-    p.add_argument("--layout", choices=sorted(_LAYOUT_TO_DATASET), default="rgbnt201")
+    synth_defaults = SynthConfig()
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="rgbnt201")
     p.add_argument("--out", type=Path, default=Path("data/synthetic"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ids", type=int, default=40, help="identities in total")
-    p.add_argument("--test-ids", type=int, default=20, help="of which test identities")
-    p.add_argument("--cameras", type=int, default=4)
-    p.add_argument("--shots", type=int, default=3, help="captures per identity and camera")
-    p.add_argument("--scenes", type=int, default=3, help="scenes (msvr310 layout)")
+    p.add_argument("--seed", type=int, default=synth_defaults.seed)
+    p.add_argument("--ids", type=int, default=synth_defaults.ids, help="identities in total")
+    p.add_argument("--test-ids", type=int, default=synth_defaults.test_ids, help="of which test identities")
+    p.add_argument("--cameras", type=int, default=synth_defaults.cameras)
+    p.add_argument("--shots", type=int, default=synth_defaults.shots, help="captures per identity and camera")
+    p.add_argument("--scenes", type=int, default=synth_defaults.scenes, help="scenes (msvr310 layout)")
 
     p = add("config", cmd_config, "print the resolved configuration")
     _add_config_args(p)
@@ -247,7 +272,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may stand anywhere among the options: argparse takes the positional list once,
+    # so the key=value tokens after an option come back as extras and join the overrides.
+    args, extras = parser.parse_known_args(argv)
+    stray = [a for a in extras if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extras:
+        args.overrides = [*args.overrides, *extras]
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0

@@ -14,11 +14,16 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
+
+from mambapro.data.specs import dataset_names, dataset_spec
+from mambapro.data.synth import SynthParams as SynthConfig
+from mambapro.modalities import MISSING_SETTINGS
 
 __all__ = [
     "Config",
@@ -31,7 +36,6 @@ __all__ = [
     "load_config",
     "config_to_dict",
     "dump_config",
-    "DATASET_GEOMETRY",
     "PRESETS_DIR",
     "resolve_config_path",
 ]
@@ -41,41 +45,25 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it."""
 
 
-def _choices(*values: str, default: Any) -> Any:
-    return field(default=default, metadata={"choices": values})
+def _choices(*values: str | Callable[[], list[str]], default: Any) -> Any:
+    """A field whose value must be one of ``values`` (or of ``values[0]()``, a registry's names)."""
+    choices = values[0] if len(values) == 1 and callable(values[0]) else values
+    return field(default=default, metadata={"choices": choices})
 
-
-#: Input size (H, W) of each dataset per modality (SPEC §1).
-DATASET_GEOMETRY: dict[str, tuple[int, int]] = {
-    "RGBNT201": (256, 128),
-    "RGBNT100": (128, 256),
-    "MSVR310": (128, 256),
-}
 
 ADAPTERS = ("none", "pfa", "bna", "lora")
+#: Where an adapter sits in a block (Table 8): beside (parallel to) or behind (after) a sub-layer.
 ADAPTER_POSITIONS = ("side_ffn", "behind_ffn", "side_mhsa", "behind_mhsa")
 PROMPTS = ("none", "ip", "sp", "srp_separation", "srp_fusion")
 AGGREGATORS = ("none", "sum", "concat", "transformer", "intra_ma", "inter_ma", "ma", "ma_transformer")
 BACKBONES = ("clip_vit_b16", "vit_b16_imagenet", "tiny")
 ACTIVATIONS = ("quick_gelu", "gelu")
-MISSING = ("full", "R", "N", "T", "RN", "RT", "NT")
-
-
-@dataclass
-class SynthConfig:
-    """Parameters of the embedded synthetic tri-modal dataset (``mambapro synth``)."""
-
-    seed: int = 0
-    ids: int = 40  # total identities; train and test identities are disjoint
-    test_ids: int = 20
-    cameras: int = 4
-    shots: int = 3  # captures per identity and camera
-    scenes: int = 3  # MSVR310 layout only
 
 
 @dataclass
 class DataConfig:
-    dataset: str = _choices("RGBNT201", "RGBNT100", "MSVR310", default="RGBNT201")
+    # A registered dataset spec (mambapro.data.specs): RGBNT201, RGBNT100, MSVR310.
+    dataset: str = _choices(dataset_names, default="RGBNT201")
     root: str = "data"
     # Generate the embedded synthetic dataset under ``root`` when it is absent.
     synthetic: bool = False
@@ -95,7 +83,11 @@ class DataConfig:
     test_interpolation: str = _choices("bilinear", "bicubic", default="bilinear")
     mean: float = 0.5
     std: float = 0.5
-    # Skip triplets with a missing/unreadable modality (counted warning) instead of failing.
+    # Decode every image once before training (progress bar); a broken file is an error naming
+    # all of them, or with skip_broken a counted warning (`mambapro check-data` does the same).
+    verify: bool = False
+    # Skip triplets with a missing modality file, an unparsable name or (with verify) an
+    # unreadable image, with a counted warning, instead of failing.
     skip_broken: bool = False
     # Training identities held out as a validation query/gallery when train.select_best=val.
     val_ids: int = 0
@@ -140,8 +132,9 @@ class ModelConfig:
     # (std 0.02, zero bias; dt_proj included, so the initial step is softplus(0)) as the
     # authors' AAM does; ``mamba`` keeps Mamba's dt_proj init (steps in 1e-3..1e-1).
     ma_init: str = _choices("release", "mamba", default="release")
-    # Selective-scan implementation: pure PyTorch, or mamba-ssm's CUDA kernel when importable.
-    scan_backend: str = _choices("auto", "torch", "mamba_ssm", default="torch")
+    # Selective-scan implementation: pure PyTorch, Triton kernels (CUDA), mamba-ssm's CUDA kernel, or
+    # auto (on CUDA: triton when it imports, else mamba_ssm when importable, else torch).
+    scan_backend: str = _choices("auto", "torch", "mamba_ssm", "triton", default="torch")
 
 
 @dataclass
@@ -177,13 +170,14 @@ class TrainConfig:
     # test_set_optimistic: select on the test set, as published recipes do (labelled as such).
     select_best: str = _choices("final", "val", "test_set_optimistic", default="final")
     output: str = "runs/default"
+    # TensorBoard scalars (iter/*: loss terms, accuracy, lr) every N training steps; 0: off.
     log_period: int = 10
 
 
 @dataclass
 class TestConfig:
     batch_size: int = 128
-    missing: str = _choices(*MISSING, default="full")
+    missing: str = _choices(*MISSING_SETTINGS, default="full")
     distance: str = _choices("euclidean", "cosine", default="euclidean")
     rerank: bool = False
     rerank_k1: int = 20
@@ -209,7 +203,7 @@ class Config:
         """The resolved (H, W) per modality."""
         if self.data.img_size is not None:
             return (int(self.data.img_size[0]), int(self.data.img_size[1]))
-        return DATASET_GEOMETRY[self.data.dataset]
+        return dataset_spec(self.data.dataset).img_size
 
 
 # --------------------------------------------------------------------------- typing helpers
@@ -287,6 +281,8 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str, source: str) -> None:
             continue
         value = _coerce(value, tp, key, source)
         choices = fields[name].metadata.get("choices")
+        if callable(choices):  # a registry's names, read when the value is checked
+            choices = tuple(choices())
         if choices is not None:
             # Names are matched case-insensitively so 'rgbnt201' and 'RGBNT201' both work.
             match = [c for c in choices if c.lower() == str(value).lower()]

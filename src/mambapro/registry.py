@@ -1,7 +1,8 @@
-"""A small name -> constructor registry, one per family of swappable parts.
+"""A small name -> constructor (or spec) registry, one per family of swappable parts.
 
 Each ablation of the paper is a configuration value: the value names a registered
-constructor, so switching a part never needs a code edit.
+constructor, so switching a part never needs a code edit. A registry may also hold declarative
+specs (the datasets' ``DatasetSpec``).
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-T = TypeVar("T", bound=Callable[..., Any])
+T = TypeVar("T")
 
 __all__ = ["Registry"]
 
 
 class Registry(Generic[T]):
-    """Maps lower-case names to constructors of one family (e.g. ``adapters``)."""
+    """Maps lower-case names to the constructors (or specs) of one family (e.g. ``adapters``)."""
 
     def __init__(self, family: str) -> None:
         self.family = family
@@ -41,7 +42,7 @@ class Registry(Generic[T]):
             ) from None
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self.get(name)(*args, **kwargs)
+        return self.get(name)(*args, **kwargs)  # type: ignore[operator]
 
     def names(self) -> list[str]:
         return list(self._items)

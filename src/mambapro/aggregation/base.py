@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from mambapro.modalities import MODALITIES
+from mambapro.ops.init import init_linear_
 from mambapro.registry import Registry
 
 __all__ = [
@@ -24,7 +26,6 @@ __all__ = [
     "PatchAggregator",
     "TriModalReadout",
     "check_grid",
-    "init_linear_",
     "split_tokens",
 ]
 
@@ -32,9 +33,6 @@ __all__ = [
 #: :func:`mambapro.aggregation.build_aggregator` (dim, grid, depth, d_state, dt_rank, expand,
 #: bidirectional, scan_backend).
 AGGREGATORS: Registry = Registry("aggregators")
-
-#: Order of the three modalities in every aggregator's input and output.
-MODALITIES = ("RGB", "NI", "TI")
 
 
 def check_grid(grid: tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -81,17 +79,6 @@ class TriModalReadout(nn.Module):
 
     def forward(self, cls: list[Tensor], patches: list[Tensor]) -> Tensor:
         return torch.cat([head(c, p) for head, c, p in zip(self.heads, cls, patches)], dim=-1)
-
-
-def init_linear_(*modules: nn.Module) -> None:
-    """Truncated-normal (std 0.02) weights and zero biases for every nn.Linear in ``modules``,
-    the init timm's ViT and the authors' release use for their heads."""
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
 
 
 class PatchAggregator(nn.Module):

@@ -44,8 +44,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from mambapro.aggregation.base import PatchAggregator, init_linear_
+from mambapro.aggregation.base import PatchAggregator
 from mambapro.ops import SCAN_BACKENDS, selective_scan
+from mambapro.ops.init import init_linear_
 
 __all__ = [
     "InterModalityMA",
@@ -89,8 +90,6 @@ class SelectiveSSM(nn.Module):
         a = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
         self.A_log = nn.Parameter(torch.log(a))
         self.D = nn.Parameter(torch.ones(d_inner))
-        self.A_log._no_weight_decay = True
-        self.D._no_weight_decay = True
         self.out_norm = nn.LayerNorm(d_inner)
         self._dt_range = (dt_min, dt_max, dt_init_floor)
         self.reset_parameters()
@@ -163,15 +162,34 @@ class ModalityConv(nn.Module):
 
 
 class _MAMixer(nn.Module):
-    """The part shared by intra- and inter-modality MA (eqs. 13-17); subclasses place the SSMs."""
+    """The part shared by intra- and inter-modality MA (eqs. 13-17); subclasses place the SSMs.
 
-    def __init__(self, dim: int, expand: int) -> None:
+    ``num_ssms`` SSMs are built: one per modality (intra) or one over the concatenation (inter).
+    """
+
+    num_ssms: int
+
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 16,
+        dt_rank: int = 32,
+        expand: int = 2,
+        bidirectional: bool = False,
+        scan_backend: str = "torch",
+    ) -> None:
         super().__init__()
         self.dim, self.d_inner = dim, expand * dim
         self.in_proj = nn.ModuleList(nn.Linear(dim, 2 * self.d_inner, bias=False) for _ in range(3))
         self.conv = nn.ModuleList(ModalityConv(self.d_inner) for _ in range(3))
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
         init_linear_(self.in_proj, self.out_proj)
+        ssms = [
+            ScanDirections(self.d_inner, d_state, dt_rank, bidirectional, scan_backend)
+            for _ in range(self.num_ssms)
+        ]
+        # A single SSM is stored bare, so that inter-MA's parameter names are ssm.* (no index).
+        self.ssm = ssms[0] if self.num_ssms == 1 else nn.ModuleList(ssms)
 
     def scan(self, xs: list[Tensor]) -> list[Tensor]:
         raise NotImplementedError
@@ -190,19 +208,7 @@ class _MAMixer(nn.Module):
 class IntraModalityMA(_MAMixer):
     """Intra-modality MA: one SSM per modality over its own tokens (eqs. 14-15)."""
 
-    def __init__(
-        self,
-        dim: int,
-        d_state: int = 16,
-        dt_rank: int = 32,
-        expand: int = 2,
-        bidirectional: bool = False,
-        scan_backend: str = "torch",
-    ) -> None:
-        super().__init__(dim, expand)
-        self.ssm = nn.ModuleList(
-            ScanDirections(self.d_inner, d_state, dt_rank, bidirectional, scan_backend) for _ in range(3)
-        )
+    num_ssms = 3
 
     def scan(self, xs: list[Tensor]) -> list[Tensor]:
         return [ssm(x) for ssm, x in zip(self.ssm, xs)]
@@ -211,17 +217,7 @@ class IntraModalityMA(_MAMixer):
 class InterModalityMA(_MAMixer):
     """Inter-modality MA: one SSM over the concatenated sequence [x_r; x_n; x_t] (eqs. 16-17)."""
 
-    def __init__(
-        self,
-        dim: int,
-        d_state: int = 16,
-        dt_rank: int = 32,
-        expand: int = 2,
-        bidirectional: bool = False,
-        scan_backend: str = "torch",
-    ) -> None:
-        super().__init__(dim, expand)
-        self.ssm = ScanDirections(self.d_inner, d_state, dt_rank, bidirectional, scan_backend)
+    num_ssms = 1
 
     def scan(self, xs: list[Tensor]) -> list[Tensor]:
         y = self.ssm(torch.cat(xs, dim=1))

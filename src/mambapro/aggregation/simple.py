@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from mambapro.aggregation.base import PatchAggregator, check_grid, init_linear_, split_tokens
+from mambapro.aggregation.base import PatchAggregator, check_grid, split_tokens
+from mambapro.ops.init import init_linear_
 
 __all__ = ["ConcatAggregator", "NoAggregator", "SumAggregator"]
 

@@ -25,9 +25,16 @@ import torch.nn as nn
 from timm.models.vision_transformer import Block
 from torch import Tensor
 
-from mambapro.aggregation.base import PatchAggregator, init_linear_
+from mambapro.aggregation.base import PatchAggregator
+from mambapro.ops.init import init_linear_
 
-__all__ = ["MATransformerAggregator", "TransformerAggregator", "default_num_heads"]
+__all__ = [
+    "InterTransformerBlock",
+    "MATransformerAggregator",
+    "MATransformerBlock",
+    "TransformerAggregator",
+    "default_num_heads",
+]
 
 
 def default_num_heads(dim: int) -> int:
@@ -35,32 +42,17 @@ def default_num_heads(dim: int) -> int:
     return dim // 64 if dim % 64 == 0 and dim >= 64 else 1
 
 
-def _block(dim: int, num_heads: int) -> Block:
-    block = Block(dim, num_heads, mlp_ratio=4.0, qkv_bias=True)
-    init_linear_(block)
-    return block
+class InterTransformerBlock(Block):
+    """A pre-norm Transformer block over the concatenated (B, 3·H·W, C) patch tokens of the three
+    modalities: three (B, H·W, C) tensors -> three (B, H·W, C)."""
 
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__(dim, num_heads, mlp_ratio=4.0, qkv_bias=True)
+        init_linear_(self)
 
-def _inter(block: nn.Module, patches: list[Tensor]) -> list[Tensor]:
-    """Run ``block`` over the concatenated (B, 3·H·W, C) sequence and split it back."""
-    out = block(torch.cat(patches, dim=1))
-    return list(out.split([p.shape[1] for p in patches], dim=1))
-
-
-class TransformerAggregator(PatchAggregator):
-    """``depth`` Transformer blocks over the 3·H·W concatenated patch tokens, then the readout."""
-
-    def __init__(
-        self, dim: int = 512, grid: tuple[int, int] = (16, 8), depth: int = 1, num_heads: int | None = None
-    ) -> None:
-        super().__init__(dim, grid)
-        heads = num_heads or default_num_heads(dim)
-        self.blocks = nn.ModuleList(_block(dim, heads) for _ in range(depth))
-
-    def mix(self, patches: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:
-        for block in self.blocks:
-            patches = _inter(block, patches)
-        return patches
+    def forward(self, patches: list[Tensor]) -> list[Tensor]:  # type: ignore[override]
+        out = super().forward(torch.cat(patches, dim=1))
+        return list(out.split([p.shape[1] for p in patches], dim=1))
 
 
 class MATransformerBlock(nn.Module):
@@ -68,25 +60,39 @@ class MATransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
-        self.intra = nn.ModuleList(_block(dim, num_heads) for _ in range(3))
-        self.inter = _block(dim, num_heads)
+        self.intra = nn.ModuleList(Block(dim, num_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(3))
+        init_linear_(self.intra)
+        self.inter = InterTransformerBlock(dim, num_heads)
 
     def forward(self, patches: list[Tensor]) -> list[Tensor]:
-        patches = [block(p) for block, p in zip(self.intra, patches)]
-        return _inter(self.inter, patches)
+        return self.inter([block(p) for block, p in zip(self.intra, patches)])
 
 
-class MATransformerAggregator(PatchAggregator):
-    """``depth`` × (3 intra + 1 inter Transformer blocks), then the readout ("MA(Trans)")."""
+class _BlockStackAggregator(PatchAggregator):
+    """``depth`` blocks of ``block_type`` (patches -> patches) in sequence, then the readout."""
+
+    block_type: type[nn.Module]
 
     def __init__(
         self, dim: int = 512, grid: tuple[int, int] = (16, 8), depth: int = 1, num_heads: int | None = None
     ) -> None:
         super().__init__(dim, grid)
         heads = num_heads or default_num_heads(dim)
-        self.blocks = nn.ModuleList(MATransformerBlock(dim, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(self.block_type(dim, heads) for _ in range(depth))
 
     def mix(self, patches: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:
         for block in self.blocks:
             patches = block(patches)
         return patches
+
+
+class TransformerAggregator(_BlockStackAggregator):
+    """``depth`` Transformer blocks over the 3·H·W concatenated patch tokens, then the readout."""
+
+    block_type = InterTransformerBlock
+
+
+class MATransformerAggregator(_BlockStackAggregator):
+    """``depth`` × (3 intra + 1 inter Transformer blocks), then the readout ("MA(Trans)")."""
+
+    block_type = MATransformerBlock

@@ -1,30 +1,55 @@
-"""Data: benchmark parsers, the embedded synthetic tri-modal dataset, joint transforms, the
-P x K identity sampler and the loaders (see docs/CONTRACTS.md for the batch format)."""
+"""Data: one spec per benchmark (``specs.py``), their parsers, the embedded synthetic tri-modal
+dataset, joint transforms, the P x K identity sampler and the loaders (see docs/CONTRACTS.md for
+the batch format).
 
+The torch-based parts (loaders, sampler, transforms) load on first use, so that reading a
+dataset spec (as the config does for names and image sizes) does not import torch.
+"""
+
+from importlib import import_module
+from typing import Any
+
+from ..modalities import MODALITIES, missing_modalities
 from . import synth
-from .datasets import DATASETS, ReIDDataset, build_dataset, samples_at, split_validation, triplet_paths
+from .datasets import (
+    DATASETS,
+    PARSERS,
+    ReIDDataset,
+    build_dataset,
+    check_cameras,
+    samples_at,
+    split_validation,
+    triplet_paths,
+)
 from .io import DatasetError, ImageReadError, Sample, read_image, read_triplet
-from .loader import (
-    TripletDataset,
-    build_test_loader,
-    build_train_loader,
-    collate_triplets,
-    dataset_from_config,
-)
-from .sampler import RandomIdentitySampler
-from .transforms import (
-    MODALITIES,
-    TripletTransform,
-    apply_missing,
-    build_test_transform,
-    build_train_transform,
-    missing_modalities,
-)
+from .specs import DatasetSpec, dataset_spec
+
+_LAZY = {
+    "TripletDataset": "loader",
+    "build_test_loader": "loader",
+    "build_train_loader": "loader",
+    "collate_triplets": "loader",
+    "dataset_from_config": "loader",
+    "RandomIdentitySampler": "sampler",
+    "TripletTransform": "transforms",
+    "apply_missing": "transforms",
+    "build_test_transform": "transforms",
+    "build_train_transform": "transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DATASETS",
     "MODALITIES",
+    "PARSERS",
     "DatasetError",
+    "DatasetSpec",
     "ImageReadError",
     "RandomIdentitySampler",
     "ReIDDataset",
@@ -37,8 +62,10 @@ __all__ = [
     "build_test_transform",
     "build_train_loader",
     "build_train_transform",
+    "check_cameras",
     "collate_triplets",
     "dataset_from_config",
+    "dataset_spec",
     "missing_modalities",
     "read_image",
     "read_triplet",

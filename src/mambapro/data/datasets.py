@@ -1,6 +1,8 @@
-"""Parsers of the three multi-modal ReID benchmarks (layouts and name rules of SPEC §1).
+"""Parsers of the registered benchmarks (layouts and name rules of SPEC §1, declared in ``specs.py``).
 
-Each parser walks one dataset folder under the data root and returns a :class:`ReIDDataset` of
+:func:`build_dataset` walks a dataset folder under the data root as its
+:class:`~mambapro.data.specs.DatasetSpec` describes (one parser per folder structure, the file
+names matched by the spec's pattern) and returns a :class:`ReIDDataset` of
 :class:`~mambapro.data.io.Sample` lists. Design choices:
 
 * Files are listed in sorted order (``glob`` order is file-system dependent), and training pids
@@ -11,9 +13,9 @@ Each parser walks one dataset folder under the data root and returns a :class:`R
   range, with ``verify=True`` an unreadable or truncated image) are collected and raised together
   (first few named, all counted), or with ``skip_broken=True`` dropped with one counted warning
   and kept in ``dataset.skipped``. Nothing is dropped silently.
-* RGBNT100 samples keep their single side-by-side file (``paths`` is a 1-tuple); the panel split
-  happens when decoding (:func:`~mambapro.data.io.read_triplet`). Market-style junk images
-  (``pid == -1``) are left out of RGBNT100 as the official protocol does, with a counted warning.
+* Side-by-side samples (RGBNT100) keep their single file (``paths`` is a 1-tuple); the panel
+  split happens when decoding (:func:`~mambapro.data.io.read_triplet`). Market-style junk images
+  (``pid == -1``) are left out as the official protocol does, with a counted warning.
 * ``num_train_cams`` is the size of the camera-embedding table: the number of distinct training
   cameras, as the release counts it (``data/datasets/bases.py``). A test camera id outside
   ``0..num_train_cams - 1`` cannot be embedded; :func:`check_cameras` names it before any
@@ -30,11 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..registry import Registry
+from tqdm.auto import tqdm
+
 from .io import DatasetError, ImageReadError, Sample, read_triplet
+from .specs import DATASETS, DatasetSpec
 
 __all__ = [
     "DATASETS",
+    "PARSERS",
     "ReIDDataset",
     "build_dataset",
     "check_cameras",
@@ -46,8 +51,6 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _MAX_LISTED = 5
-
-DATASETS: Registry[Callable[..., ReIDDataset]] = Registry("datasets")
 
 
 @dataclass
@@ -72,8 +75,13 @@ class ReIDDataset:
         return len({s.camid for s in self.train})
 
     @property
+    def spec(self) -> DatasetSpec:
+        return _spec(self.name)
+
+    @property
     def has_scenes(self) -> bool:
-        return any(s.sceneid >= 0 for s in (*self.train, *self.query, *self.gallery))
+        """Evaluation protocol: same pid and same scene is junk (else same camera)."""
+        return self.spec.has_scenes
 
     def __str__(self) -> str:
         scenes = self.has_scenes
@@ -185,10 +193,17 @@ def _non_empty(samples: list[Sample], folder: Path, name: str) -> list[Sample]:
     return samples
 
 
-def verify_samples(samples: list[Sample], dataset_name: str, problems: _Problems) -> list[Sample]:
+def verify_samples(
+    samples: list[Sample],
+    dataset_name: str,
+    problems: _Problems,
+    progress: bool = False,
+    desc: str = "verify",
+) -> list[Sample]:
     """Decode every image of ``samples``; record unreadable ones in ``problems``."""
     good = []
-    for s in samples:
+    # disable=None: no bar when stderr is not a terminal (logs, CI).
+    for s in tqdm(samples, desc=desc, unit="triplet", disable=None if progress else True, leave=False):
         try:
             read_triplet(s, dataset_name)
         except ImageReadError as err:
@@ -205,6 +220,7 @@ def _finalise(
     problems: _Problems,
     verify: bool,
     junk: list[tuple[str, str]] | None = None,
+    progress: bool = False,
 ) -> ReIDDataset:
     if verify:
         done: list[tuple[list[Sample], list[Sample]]] = []  # (as parsed, readable)
@@ -213,7 +229,7 @@ def _finalise(
             # RGBNT201's query and gallery are the same folder: decode it once.
             good = next((v for s, v in done if s == samples), None)
             if good is None:
-                good = verify_samples(samples, name, problems)
+                good = verify_samples(samples, name, problems, progress, f"verify {name} {split}")
                 done.append((samples, good))
             verified[split] = (list(good), folder)
         splits = verified
@@ -231,167 +247,143 @@ def _finalise(
     )
 
 
-# --------------------------------------------------------------------------- RGBNT201
-
-_RGBNT201_NAME = re.compile(r"^(\d{6})[^_]*_cam(\d)")
+# --------------------------------------------------------------------------- parsers
 
 
-def _parse_rgbnt201(split_dir: Path, problems: _Problems) -> list[Sample]:
-    mod = {m: _require_dir(split_dir / m, f"RGBNT201 {m} folder") for m in ("RGB", "NI", "TI")}
-    files = {m: {p.name: p for p in _images(d)} for m, d in mod.items()}
-    for m in ("NI", "TI"):
-        for n in sorted(set(files[m]) - set(files["RGB"])):
-            problems.add(files[m][n], f"has no RGB partner {mod['RGB'] / n}")
+def _parse_name(
+    spec: DatasetSpec, path: Path, problems: _Problems, junk: list[tuple[str, str]]
+) -> tuple[int, int, int] | None:
+    """(pid, camid 0-based, sceneid or -1) from a file name by the spec's rule, or None (recorded)."""
+    m = re.search(spec.name_pattern, path.name)
+    try:
+        if m is None:
+            raise ValueError(path.name)
+        pid, cam = int(m["pid"]), int(m["cam"])
+        scene = int(m["scene"]) if spec.has_scenes else -1
+    except ValueError:
+        problems.add(path, f"name does not parse as {spec.name_rule}")
+        return None
+    if pid == -1:
+        junk.append((str(path), "junk image (pid -1), left out as in the official protocol"))
+        return None
+    camid = cam - spec.camera_base
+    if not 0 <= camid < spec.max_cameras:
+        first = spec.camera_base
+        problems.add(path, f"camera {cam} out of range {first}..{first + spec.max_cameras - 1}")
+        return None
+    return pid, camid, scene
+
+
+def _modality_triplets(
+    spec: DatasetSpec, folder: Path, problems: _Problems, junk: list[tuple[str, str]], owner: int | None
+) -> list[Sample]:
+    """Triplets of one ``folder/{m1,m2,m3}/NAME`` tree; ``owner``: the pid its names must carry."""
+    first, *others = spec.modality_folders
+    dirs = {m: folder / m for m in spec.modality_folders}
+    files = {m: {p.name: p for p in _images(d)} for m, d in dirs.items()}
+    for m in others:
+        for n in sorted(set(files[m]) - set(files[first])):
+            problems.add(files[m][n], f"has no RGB partner {dirs[first] / n}")
     out = []
-    for n, rgb in files["RGB"].items():
-        missing = [str(mod[m] / n) for m in ("NI", "TI") if n not in files[m]]
+    for n, rgb in files[first].items():
+        missing = [str(dirs[m] / n) for m in others if n not in files[m]]
         if missing:
             problems.add(rgb, f"missing {' and '.join(missing)}")
             continue
-        m = _RGBNT201_NAME.match(n)
-        if m is None or int(m.group(2)) < 1:
-            problems.add(rgb, "name does not parse as PPPPPP..._camC_... (6-digit pid, camera 1-9)")
+        parsed = _parse_name(spec, rgb, problems, junk)
+        if parsed is None:
             continue
-        paths = (str(rgb), str(files["NI"][n]), str(files["TI"][n]))
-        out.append(Sample(paths, int(m.group(1)), int(m.group(2)) - 1, -1))
+        pid, camid, scene = parsed
+        if owner is not None and pid != owner:
+            written = re.search(spec.name_pattern, rgb.name)["pid"]
+            problems.add(rgb, f"pid {written} in the name differs from its folder {folder.name}")
+            continue
+        out.append(Sample((str(rgb), *(str(files[m][n]) for m in others)), pid, camid, scene))
     return out
 
 
-@DATASETS.register("RGBNT201")
-def rgbnt201(root: str | Path, skip_broken: bool = False, verify: bool = False) -> ReIDDataset:
-    """``RGBNT201/{train_171,test}/{RGB,NI,TI}/NAME.jpg``; query and gallery are both ``test``."""
-    base = _require_dir(Path(root) / "RGBNT201", "RGBNT201 dataset folder")
-    problems = _Problems("RGBNT201", skip_broken)
-    train_dir = _require_dir(base / "train_171", "RGBNT201 split folder")
-    test_dir = _require_dir(base / "test", "RGBNT201 split folder")
-    train = _parse_rgbnt201(train_dir, problems)
-    test = _parse_rgbnt201(test_dir, problems)
-    splits = {"train": (train, train_dir), "query": (test, test_dir), "gallery": (list(test), test_dir)}
-    return _finalise("RGBNT201", base, splits, problems, verify)
+def _parse_modality_folders(
+    spec: DatasetSpec, split_dir: Path, problems: _Problems, junk: list[tuple[str, str]]
+) -> list[Sample]:
+    for m in spec.modality_folders:
+        _require_dir(split_dir / m, f"{spec.name} {m} folder")
+    return _modality_triplets(spec, split_dir, problems, junk, owner=None)
 
 
-# --------------------------------------------------------------------------- RGBNT100
-
-_RGBNT100_NAME = re.compile(r"([-\d]+)_c([-\d]+)")
-
-
-def _parse_rgbnt100(split_dir: Path, problems: _Problems, junk: list[tuple[str, str]]) -> list[Sample]:
+def _parse_side_by_side(
+    spec: DatasetSpec, split_dir: Path, problems: _Problems, junk: list[tuple[str, str]]
+) -> list[Sample]:
     out = []
     for p in _images(split_dir):
-        m = _RGBNT100_NAME.search(p.name)
-        try:
-            pid, cam = (int(g) for g in m.groups()) if m else (None, None)
-        except ValueError:
-            pid = cam = None
-        if pid is None or cam is None:
-            problems.add(p, "name does not parse as PID_cCAM... (regex ([-\\d]+)_c([-\\d]+))")
-            continue
-        if pid == -1:
-            junk.append((str(p), "junk image (pid -1), left out as in the official protocol"))
-            continue
-        if not 1 <= cam <= 8:
-            problems.add(p, f"camera c{cam} out of range 1..8")
-            continue
-        out.append(Sample((str(p),), pid, cam - 1, -1))
+        parsed = _parse_name(spec, p, problems, junk)
+        if parsed is not None:
+            out.append(Sample((str(p),), *parsed))
     return out
 
 
-@DATASETS.register("RGBNT100")
-def rgbnt100(root: str | Path, skip_broken: bool = False, verify: bool = False) -> ReIDDataset:
-    """``RGBNT100/rgbir/{bounding_box_train,query,bounding_box_test}/NAME.jpg``, panels side by side."""
-    base = _require_dir(Path(root) / "RGBNT100" / "rgbir", "RGBNT100 dataset folder")
-    problems = _Problems("RGBNT100", skip_broken)
-    junk: list[tuple[str, str]] = []
-    splits = {}
-    for split, folder in (
-        ("train", "bounding_box_train"),
-        ("query", "query"),
-        ("gallery", "bounding_box_test"),
-    ):
-        d = _require_dir(base / folder, "RGBNT100 split folder")
-        splits[split] = (_parse_rgbnt100(d, problems, junk), d)
-    if junk:
-        warnings.warn(f"RGBNT100: left out {len(junk)} junk image(s) with pid -1", stacklevel=2)
-    return _finalise("RGBNT100", base, splits, problems, verify, junk)
-
-
-# --------------------------------------------------------------------------- MSVR310
-
-_MSVR310_NAME = re.compile(r"^(\d{4})_s(\d{3})_v(\d)")
-
-
-def _parse_msvr310(split_dir: Path, problems: _Problems) -> list[Sample]:
+def _parse_id_folders(
+    spec: DatasetSpec, split_dir: Path, problems: _Problems, junk: list[tuple[str, str]]
+) -> list[Sample]:
     out = []
-    for vid_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not vid_dir.name.isdigit():
-            problems.add(vid_dir, "vehicle folder name is not a number")
+    for id_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not id_dir.name.isdigit():
+            problems.add(id_dir, "identity folder name is not a number")
             continue
-        mods = {m: vid_dir / m for m in ("vis", "ni", "th")}
-        absent = [str(d) for d in mods.values() if not d.is_dir()]
+        absent = [str(id_dir / m) for m in spec.modality_folders if not (id_dir / m).is_dir()]
         if absent:
-            problems.add(vid_dir, f"missing modality folder(s) {', '.join(absent)} (has {_listing(vid_dir)})")
+            problems.add(id_dir, f"missing modality folder(s) {', '.join(absent)} (has {_listing(id_dir)})")
             continue
-        files = {m: {p.name: p for p in _images(d)} for m, d in mods.items()}
-        for m in ("ni", "th"):
-            for n in sorted(set(files[m]) - set(files["vis"])):
-                problems.add(files[m][n], f"has no RGB partner {mods['vis'] / n}")
-        for n, vis in files["vis"].items():
-            missing = [str(mods[m] / n) for m in ("ni", "th") if n not in files[m]]
-            if missing:
-                problems.add(vis, f"missing {' and '.join(missing)}")
-                continue
-            match = _MSVR310_NAME.match(n)
-            if match is None:
-                problems.add(
-                    vis, "name does not parse as PPPP_sSSS_vC... (4-digit pid, 3-digit scene, camera)"
-                )
-                continue
-            pid, scene, cam = (int(g) for g in match.groups())
-            if pid != int(vid_dir.name):
-                problems.add(vis, f"pid {pid:04d} in the name differs from its folder {vid_dir.name}")
-                continue
-            paths = (str(vis), str(files["ni"][n]), str(files["th"][n]))
-            out.append(Sample(paths, pid, cam, scene))
+        out += _modality_triplets(spec, id_dir, problems, junk, owner=int(id_dir.name))
     return out
 
 
-@DATASETS.register("MSVR310")
-def msvr310(root: str | Path, skip_broken: bool = False, verify: bool = False) -> ReIDDataset:
-    """``msvr310/{bounding_box_train,query3,bounding_box_test}/VID/{vis,ni,th}/NAME.jpg``."""
-    base = _require_dir(Path(root) / "msvr310", "MSVR310 dataset folder")
-    problems = _Problems("MSVR310", skip_broken)
-    splits = {}
-    for split, folder in (
-        ("train", "bounding_box_train"),
-        ("query", "query3"),
-        ("gallery", "bounding_box_test"),
-    ):
-        d = _require_dir(base / folder, "MSVR310 split folder")
-        splits[split] = (_parse_msvr310(d, problems), d)
-    return _finalise("MSVR310", base, splits, problems, verify)
+Parser = Callable[[DatasetSpec, Path, _Problems, list[tuple[str, str]]], list[Sample]]
+
+#: One parser per folder structure (``DatasetSpec.structure``): (spec, split folder, problems,
+#: junk list) -> samples with original pids.
+PARSERS: dict[str, Parser] = {
+    "modality_folders": _parse_modality_folders,
+    "side_by_side": _parse_side_by_side,
+    "id_folders": _parse_id_folders,
+}
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def _dataset_name(name: str) -> str:
-    """The canonical (upper-case) benchmark name of ``name`` in any case, or a DatasetError."""
+def _spec(name: str) -> DatasetSpec:
+    """The spec of ``name`` in any case, or a DatasetError naming the choices."""
     if str(name).lower() not in DATASETS:
         raise DatasetError(
             f"unknown dataset {name!r}; choose one of: {', '.join(n.upper() for n in DATASETS.names())}"
         )
-    return str(name).upper()
+    return DATASETS.get(str(name))
 
 
 def build_dataset(
-    name: str, root: str | Path, skip_broken: bool = False, verify: bool = False
+    name: str, root: str | Path, skip_broken: bool = False, verify: bool = False, progress: bool = False
 ) -> ReIDDataset:
-    """Parse benchmark ``name`` (RGBNT201, RGBNT100, MSVR310; any case) under the data root.
+    """Parse benchmark ``name`` (RGBNT201, RGBNT100, MSVR310, or any registered spec; any
+    case) under the data root, by its :class:`~mambapro.data.specs.DatasetSpec`.
 
     ``verify=True`` decodes every image up front (slow on the real datasets); otherwise an
     unreadable image raises :class:`~mambapro.data.io.ImageReadError` when it is loaded.
+    ``progress`` shows a progress bar while verifying.
     """
-    return DATASETS.get(_dataset_name(name))(root, skip_broken=skip_broken, verify=verify)
+    spec = _spec(name)
+    base = _require_dir(Path(root) / spec.folder, f"{spec.name} dataset folder")
+    problems = _Problems(spec.name, skip_broken)
+    junk: list[tuple[str, str]] = []
+    parsed: dict[str, list[Sample]] = {}  # by folder: query and gallery may share one
+    splits = {}
+    for split, folder in spec.splits.items():
+        d = _require_dir(base / folder, f"{spec.name} split folder")
+        if folder not in parsed:
+            parsed[folder] = PARSERS[spec.structure](spec, d, problems, junk)
+        splits[split] = (list(parsed[folder]), d)
+    if junk:
+        warnings.warn(f"{spec.name}: left out {len(junk)} junk image(s) with pid -1", stacklevel=2)
+    return _finalise(spec.name, base, splits, problems, verify, junk, progress)
 
 
 def split_validation(
@@ -446,26 +438,28 @@ def split_validation(
 
 # --------------------------------------------------------------------------- single folders and files
 
-#: Modality folder names, (RGB, NI, TI), of the datasets that keep one file per modality.
-_MODALITY_FOLDERS = {"RGBNT201": ("RGB", "NI", "TI"), "MSVR310": ("vis", "ni", "th")}
-
 
 def triplet_paths(file: str | Path, dataset_name: str) -> tuple[str, ...]:
     """The ``Sample.paths`` of the capture that ``file`` (any of its modality files) belongs to.
 
-    RGBNT201 ``.../{RGB,NI,TI}/NAME`` and MSVR310 ``.../VID/{vis,ni,th}/NAME`` give the three
-    files with the same NAME; an RGBNT100 file is its own 1-tuple. Existence is not checked.
+    With modality folders (RGBNT201 ``.../{RGB,NI,TI}/NAME``, MSVR310 ``.../VID/{vis,ni,th}/NAME``)
+    the three files with the same NAME; a side-by-side file (RGBNT100) is its own 1-tuple.
+    Existence is not checked.
     """
-    name = _dataset_name(dataset_name)
+    spec = _spec(dataset_name)
     file = Path(file)
-    if name not in _MODALITY_FOLDERS:
+    if spec.side_by_side:
         return (str(file),)
-    folders = _MODALITY_FOLDERS[name]
+    folders = spec.modality_folders
     if file.parent.name not in folders:
         raise DatasetError(
-            f"{file} is not a {name} modality file: its folder should be one of {', '.join(folders)}"
+            f"{file} is not a {spec.name} modality file: its folder should be one of {', '.join(folders)}"
         )
     return tuple(str(file.parent.parent / m / file.name) for m in folders)
+
+
+#: How many folders up from a capture's first file its split folder is, per structure.
+_SPLIT_LEVEL = {"modality_folders": 1, "side_by_side": 0, "id_folders": 2}
 
 
 def samples_at(path: str | Path, dataset_name: str, skip_broken: bool = False) -> list[Sample]:
@@ -475,26 +469,21 @@ def samples_at(path: str | Path, dataset_name: str, skip_broken: bool = False) -
     ``RGBNT100/rgbir/query``, ``msvr310/query3``) or one file of a capture (any modality). The
     pid, camera and scene come from the names, by the same rules as :func:`build_dataset`.
     """
-    name = _dataset_name(dataset_name)
+    spec = _spec(dataset_name)
     path = Path(path)
-    problems = _Problems(name, skip_broken)
+    problems = _Problems(spec.name, skip_broken)
     if path.is_dir():
         split_dir, wanted = path, None
     elif path.is_file():
-        first = Path(triplet_paths(path, name)[0])
-        split_dir = {"RGBNT201": first.parent.parent, "RGBNT100": first.parent}.get(name, first.parents[2])
+        first = Path(triplet_paths(path, spec.name)[0])
+        split_dir = first.parents[_SPLIT_LEVEL[spec.structure]]
         wanted = str(first)
     else:
         raise DatasetError(f"{path} does not exist")
-    if name == "RGBNT201":
-        samples = _parse_rgbnt201(split_dir, problems)
-    elif name == "RGBNT100":
-        samples = _parse_rgbnt100(split_dir, problems, [])
-    else:
-        samples = _parse_msvr310(split_dir, problems)
+    samples = PARSERS[spec.structure](spec, split_dir, problems, [])
     problems.finish()
     if wanted is not None:
         samples = [s for s in samples if s.paths[0] == wanted]
         if not samples:
-            raise DatasetError(f"{path}: no {name} triplet of that name parses in {split_dir}")
-    return _non_empty(samples, split_dir, name)
+            raise DatasetError(f"{path}: no {spec.name} triplet of that name parses in {split_dir}")
+    return _non_empty(samples, split_dir, spec.name)

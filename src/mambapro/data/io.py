@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
+from .specs import DATASETS
+
 __all__ = [
     "DatasetError",
     "ImageReadError",
@@ -26,9 +28,6 @@ __all__ = [
     "read_triplet",
     "is_side_by_side",
 ]
-
-#: Datasets that store the three modalities side by side in one file.
-SIDE_BY_SIDE = ("RGBNT100",)
 
 
 class DatasetError(ValueError):
@@ -55,7 +54,10 @@ class Sample(NamedTuple):
 
 
 def is_side_by_side(dataset_name: str) -> bool:
-    return dataset_name.upper() in SIDE_BY_SIDE
+    """Whether the dataset stores the three modalities side by side in one file (its spec)."""
+    if dataset_name.lower() not in DATASETS:
+        raise DatasetError(f"unknown dataset {dataset_name!r}; choose one of: {', '.join(DATASETS.names())}")
+    return DATASETS.get(dataset_name).side_by_side
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -76,8 +78,7 @@ def split_panels(img: Image.Image, path: str | Path = "<image>") -> tuple[Image.
     w, h = img.size
     if w % 3 != 0 or w < 3:
         raise ImageReadError(
-            f"{path}: expected three modality panels side by side (width a multiple of 3, "
-            f"768 for RGBNT100), got {w}x{h}"
+            f"{path}: expected three modality panels side by side (width a multiple of 3), got {w}x{h}"
         )
     p = w // 3
     return tuple(img.crop((i * p, 0, (i + 1) * p, h)) for i in range(3))
@@ -88,8 +89,8 @@ def read_triplet(
 ) -> tuple[Image.Image, Image.Image, Image.Image]:
     """Decode a sample into ``(RGB, NI, TI)`` RGB-mode PIL images.
 
-    ``sample`` is a :class:`Sample` or its ``paths``. For RGBNT100 the single file is cropped
-    into its three 256-px panels; for the other datasets each modality is its own file.
+    ``sample`` is a :class:`Sample` or its ``paths``. For a side-by-side dataset (RGBNT100) the
+    single file is cropped into its three panels; otherwise each modality is its own file.
     """
     paths = tuple(sample.paths if isinstance(sample, Sample) else sample)
     if is_side_by_side(dataset_name):

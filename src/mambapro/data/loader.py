@@ -17,23 +17,20 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import DataConfig
+from ..modalities import MODALITIES, missing_modalities
 from . import synth
 from .datasets import ReIDDataset, build_dataset
 from .io import Sample, read_triplet
 from .sampler import RandomIdentitySampler
-from .transforms import (
-    MODALITIES,
-    apply_missing,
-    build_test_transform,
-    build_train_transform,
-    missing_modalities,
-)
+from .transforms import apply_missing, build_test_transform, build_train_transform
+
+if TYPE_CHECKING:  # the config imports the data package (dataset specs), not the reverse
+    from ..config import DataConfig
 
 __all__ = [
     "TripletDataset",
@@ -144,12 +141,13 @@ def build_test_loader(
     )
 
 
-def dataset_from_config(data_cfg: DataConfig, verify: bool = False, progress: bool = False) -> ReIDDataset:
+def dataset_from_config(data_cfg: DataConfig, progress: bool = False) -> ReIDDataset:
     """Parse ``data_cfg.dataset`` under ``data_cfg.root``.
 
     With ``data.synthetic=true`` the embedded synthetic dataset is generated there first when the
     dataset folder is absent, or when it holds a synthetic tree made with other ``data.synth``
-    parameters; a real (non-synthetic) dataset folder is used as it is.
+    parameters; a real (non-synthetic) dataset folder is used as it is. ``data.verify`` decodes
+    every image first (broken ones are an error, or skipped with ``data.skip_broken``).
     """
     if data_cfg.synthetic:
         layout = data_cfg.dataset.lower()
@@ -161,4 +159,10 @@ def dataset_from_config(data_cfg: DataConfig, verify: bool = False, progress: bo
             stale = meta.get("params") != wanted or meta.get("generator_version") != synth.GENERATOR_VERSION
         if not folder.exists() or stale:
             synth.generate(layout, data_cfg.root, progress=progress, **wanted)
-    return build_dataset(data_cfg.dataset, data_cfg.root, skip_broken=data_cfg.skip_broken, verify=verify)
+    return build_dataset(
+        data_cfg.dataset,
+        data_cfg.root,
+        skip_broken=data_cfg.skip_broken,
+        verify=data_cfg.verify,
+        progress=progress,
+    )

@@ -82,9 +82,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .specs import DATASETS, DatasetSpec
+
 __all__ = [
     "LAYOUTS",
     "META_FILE",
+    "SynthParams",
     "Capture",
     "Identity",
     "dataset_dir",
@@ -95,19 +98,12 @@ __all__ = [
     "summary",
 ]
 
-LAYOUTS = ("rgbnt201", "rgbnt100", "msvr310")
+#: Layouts the generator writes: every registered dataset, by its lower-case name.
+LAYOUTS = tuple(DATASETS.names())
 META_FILE = "synth_meta.json"
 # Bumped whenever the images for a given seed change, so a cached tree is regenerated.
 GENERATOR_VERSION = 1
 
-_FOLDER = {"rgbnt201": "RGBNT201", "rgbnt100": "RGBNT100/rgbir", "msvr310": "msvr310"}
-_SPLIT_DIRS = {
-    "rgbnt201": ("train_171", "test", None),
-    "rgbnt100": ("bounding_box_train", "bounding_box_test", "query"),
-    "msvr310": ("bounding_box_train", "bounding_box_test", "query3"),
-}
-_MODALITY_DIRS = {"rgbnt201": ("RGB", "NI", "TI"), "msvr310": ("vis", "ni", "th")}
-_MAX_CAMERAS = {"rgbnt201": 9, "rgbnt100": 8, "msvr310": 8}
 _JPEG_QUALITY = 92
 
 # Visible palette (sRGB in [0, 1]): well separated hues and lightness, shared by both object kinds.
@@ -133,16 +129,28 @@ _HEAT_LEVELS = np.array([0.15, 0.5, 0.85], dtype=np.float32)
 _BG, _A, _B, _C, _SKIN, _DARK, _WHEEL = range(7)
 
 
+@dataclass
+class SynthParams:
+    """Parameters of the embedded synthetic dataset (``mambapro synth``; ``data.synth``)."""
+
+    seed: int = 0
+    ids: int = 40  # total identities; train and test identities are disjoint
+    test_ids: int = 20
+    cameras: int = 4
+    shots: int = 3  # captures per identity and camera
+    scenes: int = 3  # capture sessions (the scene of datasets with scenes, MSVR310)
+
+
 def dataset_dir(layout: str, out: str | Path) -> Path:
     """The dataset folder that ``generate(layout, out)`` fills (``out/RGBNT201`` etc.)."""
-    return Path(out) / _FOLDER[_check_layout(layout)]
+    return Path(out) / _spec(layout).folder
 
 
-def _check_layout(layout: str) -> str:
-    key = str(layout).lower()
-    if key not in LAYOUTS:
-        raise ValueError(f"unknown synthetic layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
-    return key
+def _spec(layout: str) -> DatasetSpec:
+    """The dataset spec of a layout name (``rgbnt201``, any case)."""
+    if str(layout).lower() not in DATASETS:
+        raise ValueError(f"unknown synthetic layout {layout!r}; choose one of: {', '.join(DATASETS.names())}")
+    return DATASETS.get(str(layout))
 
 
 # --------------------------------------------------------------------------- identities
@@ -231,8 +239,8 @@ def make_identities(seed: int, ids: int, test_ids: int) -> list[Identity]:
 
 
 @dataclass(frozen=True)
-class Nuisances:
-    """Strength of the per-capture nuisances; the defaults make the shipped dataset.
+class _Nuisances:
+    """Strength of the per-capture nuisances of the shipped dataset.
 
     Probabilities are per capture; ranges are uniform draws. ``night`` scales each camera's
     night rate (drawn in 0.15-0.45).
@@ -248,6 +256,9 @@ class Nuisances:
     clutter_saturation: float = 0.6  # 1: clutter as colourful as the objects
     light: tuple[float, float] = (0.6, 1.15)  # daylight gain
     noise: float = 1.0  # scales the per-camera sensor noise
+
+
+_NUISANCES = _Nuisances()
 
 
 @dataclass(frozen=True)
@@ -395,18 +406,17 @@ def render_capture(
     cam: int,
     shot: int,
     *,
-    seed: int = 0,
-    scenes: int = 3,
-    nuisances: Nuisances | None = None,
+    seed: int = SynthParams.seed,
+    scenes: int = SynthParams.scenes,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Capture]:
     """Render one pixel-aligned capture of ``ident`` by camera ``cam`` (0-based).
 
     Returns the RGB, NI and TI images as ``(H, W, 3)`` uint8 arrays (NI and TI are grey in three
     channels, as the real datasets store them) and the capture's nuisance flags.
     """
-    layout = _check_layout(layout)
-    person = layout == "rgbnt201"
-    H, W = (256, 128) if person else (128, 256)
+    spec = _spec(layout)
+    person = spec.subject == "person"
+    H, W = spec.img_size
     cp = _camera_params(seed, cam)
     scene = shot % scenes
     sp = _scene_params(seed, ident.pid, scene)
@@ -417,7 +427,7 @@ def render_capture(
     view = (("front", "back", "side") if person else ("left", "right", "three-quarter"))[view_idx]
     mirror = view_idx == 1 or (view_idx == 2 and rng.random() < 0.5)
     squash = rng.uniform(0.58, 0.72) if view_idx == 2 else 1.0
-    nz = nuisances or Nuisances()
+    nz = _NUISANCES
     scale = rng.uniform(*nz.scale)
     if person:
         bh = H * 0.92 * scale * ident.height
@@ -574,12 +584,8 @@ def render_capture(
 # --------------------------------------------------------------------------- writing
 
 
-def _names(layout: str, pid: int, cam: int, shot: int, scene: int) -> str:
-    if layout == "rgbnt201":
-        return f"{pid:06d}_cam{cam + 1}_{scene}_{shot:02d}.jpg"
-    if layout == "rgbnt100":
-        return f"{pid:04d}_c{cam + 1:03d}_{shot:04d}.jpg"
-    return f"{pid:04d}_s{scene + 1:03d}_v{cam}_{shot:03d}.jpg"
+def _file_name(spec: DatasetSpec, pid: int, cam: int, shot: int, scene: int) -> str:
+    return spec.synth_name.format(pid=pid, cam=cam, cam1=cam + 1, scene=scene, scene1=scene + 1, shot=shot)
 
 
 def _save(arr: np.ndarray, path: Path) -> None:
@@ -587,47 +593,42 @@ def _save(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr, mode="RGB").save(path, quality=_JPEG_QUALITY)
 
 
-def _check_args(layout: str, ids: int, test_ids: int, cameras: int, shots: int, scenes: int) -> None:
+def _check_args(spec: DatasetSpec, p: SynthParams) -> None:
     def bad(name: str, value: int, rule: str) -> ValueError:
         return ValueError(f"synth: {name} = {value} {rule}")
 
-    if test_ids < 1:
-        raise bad("test_ids", test_ids, "must be >= 1")
-    if ids - test_ids < 1:
-        raise bad("ids", ids, f"must exceed test_ids = {test_ids} (train and test identities are disjoint)")
-    if not 2 <= cameras <= _MAX_CAMERAS[layout]:
-        raise bad("cameras", cameras, f"must be in 2..{_MAX_CAMERAS[layout]} for the {layout} layout")
-    if shots < 1:
-        raise bad("shots", shots, "must be >= 1")
-    if scenes < 1 or scenes > 999:
-        raise bad("scenes", scenes, "must be in 1..999")
-    if layout == "msvr310" and min(shots, scenes) < 2:
+    if p.test_ids < 1:
+        raise bad("test_ids", p.test_ids, "must be >= 1")
+    if p.ids - p.test_ids < 1:
+        raise bad(
+            "ids", p.ids, f"must exceed test_ids = {p.test_ids} (train and test identities are disjoint)"
+        )
+    if not 2 <= p.cameras <= spec.max_cameras:
+        raise bad("cameras", p.cameras, f"must be in 2..{spec.max_cameras} for the {spec.layout} layout")
+    if p.shots < 1:
+        raise bad("shots", p.shots, "must be >= 1")
+    if p.scenes < 1 or p.scenes > 999:
+        raise bad("scenes", p.scenes, "must be in 1..999")
+    if spec.has_scenes and min(p.shots, p.scenes) < 2:
         raise ValueError(
-            f"synth: the msvr310 layout needs shots >= 2 and scenes >= 2 (got shots = {shots}, "
-            f"scenes = {scenes}) so that queries have matches in another scene"
+            f"synth: the {spec.layout} layout needs shots >= 2 and scenes >= 2 (got shots = {p.shots}, "
+            f"scenes = {p.scenes}) so that queries have matches in another scene"
         )
 
 
-def generate(
-    layout: str,
-    out: str | Path,
-    *,
-    seed: int = 0,
-    ids: int = 40,
-    test_ids: int = 20,
-    cameras: int = 4,
-    shots: int = 3,
-    scenes: int = 3,
-    progress: bool = False,
-) -> Path:
+def generate(layout: str, out: str | Path, *, progress: bool = False, **params: int) -> Path:
     """Write the synthetic dataset in ``layout`` under the data root ``out``; return its folder.
 
-    ``ids`` identities (``test_ids`` of them for testing), each captured ``shots`` times by each
-    of ``cameras`` cameras. An existing synthetic tree at that place is replaced; any other
-    existing folder is left alone and is an error.
+    ``params`` are the fields of :class:`SynthParams` (seed, ids, test_ids, cameras, shots,
+    scenes), defaults there: ``ids`` identities (``test_ids`` of them for testing), each captured
+    ``shots`` times by each of ``cameras`` cameras. An existing synthetic tree at that place is
+    replaced; any other existing folder is left alone and is an error.
     """
-    layout = _check_layout(layout)
-    _check_args(layout, ids, test_ids, cameras, shots, scenes)
+    spec = _spec(layout)
+    layout = spec.layout
+    p = SynthParams(**params)
+    _check_args(spec, p)
+    seed, ids, test_ids, cameras, shots, scenes = p.seed, p.ids, p.test_ids, p.cameras, p.shots, p.scenes
     t0 = time.perf_counter()
     root = dataset_dir(layout, out)
     if root.exists():
@@ -638,7 +639,8 @@ def generate(
             )
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    train_dir, test_dir, query_dir = _SPLIT_DIRS[layout]
+    train_dir, test_dir = spec.splits["train"], spec.splits["gallery"]
+    query_dir = None if spec.query_is_gallery else spec.splits["query"]
 
     identities = make_identities(seed, ids, test_ids)
     jobs = [(ident, cam, shot) for ident in identities for cam in range(cameras) for shot in range(shots)]
@@ -650,15 +652,15 @@ def generate(
     captures = []
     for ident, cam, shot in it:
         rgb, nir, tir, cap = render_capture(ident, layout, cam, shot, seed=seed, scenes=scenes)
-        name = _names(layout, ident.pid, cam, shot, cap.scene)
+        name = _file_name(spec, ident.pid, cam, shot, cap.scene)
         split_dir = root / (train_dir if ident.split == "train" else test_dir)
         to_query = ident.split == "test" and query_dir is not None and shot == 0
-        if layout == "rgbnt100":
+        if spec.side_by_side:
             files = [split_dir / name]
             _save(np.concatenate([rgb, nir, tir], axis=1), files[0])
         else:
-            sub = split_dir / f"{ident.pid:04d}" if layout == "msvr310" else split_dir
-            files = [sub / m / name for m in _MODALITY_DIRS[layout]]
+            sub = split_dir / f"{ident.pid:04d}" if spec.structure == "id_folders" else split_dir
+            files = [sub / m / name for m in spec.modality_folders]
             for arr, f in zip((rgb, nir, tir), files):
                 _save(arr, f)
         if to_query:
@@ -674,7 +676,7 @@ def generate(
     meta = {
         "generator_version": GENERATOR_VERSION,
         "layout": layout,
-        "params": dict(seed=seed, ids=ids, test_ids=test_ids, cameras=cameras, shots=shots, scenes=scenes),
+        "params": asdict(p),
         "seconds": round(time.perf_counter() - t0, 3),
         "identities": [asdict(i) for i in identities],
         "captures": captures,
@@ -703,7 +705,7 @@ def summary(layout: str, out: str | Path) -> str:
         for k in ("night", "glare", "low_thermal", "occluded")
     )
     p = meta["params"]
-    name = {"rgbnt201": "RGBNT201", "rgbnt100": "RGBNT100", "msvr310": "MSVR310"}[meta["layout"]]
+    name = _spec(meta["layout"]).name
     ds = build_dataset(name, out)
     lines = [
         f"synthetic {name} at {dataset_dir(layout, out)} (generator v{meta['generator_version']})",

@@ -24,13 +24,16 @@ all-zero tensors *after* normalisation (mid-grey for mean = std = 0.5).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from ..config import MISSING, DataConfig
+from ..modalities import MODALITIES, missing_modalities
+
+if TYPE_CHECKING:  # the config imports the data package (dataset specs), not the reverse
+    from ..config import DataConfig
 
 __all__ = [
     "MODALITIES",
@@ -40,9 +43,6 @@ __all__ = [
     "build_train_transform",
     "missing_modalities",
 ]
-
-MODALITIES = ("RGB", "NI", "TI")
-_LETTER = {"R": "RGB", "N": "NI", "T": "TI"}
 
 
 class TripletTransform:
@@ -104,21 +104,6 @@ def build_test_transform(data_cfg: DataConfig, img_size: tuple[int, int]) -> Tri
     h, w = (int(x) for x in img_size)
     resize = _resize((h, w), data_cfg.test_interpolation)
     return TripletTransform(v2.Compose([resize, v2.ToImage(), *_normalise(data_cfg)]))
-
-
-def missing_modalities(missing: str) -> tuple[str, ...]:
-    """Modality keys removed by a missing-modality setting (``full``, ``R``, ``-NT``, ...)."""
-    key = str(missing).strip()
-    if key.lower() == "full":
-        return ()
-    letters = key.lstrip("-").upper()
-    canon = "".join(c for c in "RNT" if c in letters)
-    if len(canon) != len(letters) or canon not in MISSING:
-        raise ValueError(
-            f"unknown missing-modality setting {missing!r}; choose one of: {', '.join(MISSING)} "
-            "(letters name the missing modalities: R = RGB, N = NI, T = TI; a leading '-' is allowed)"
-        )
-    return tuple(_LETTER[c] for c in canon)
 
 
 def apply_missing(

@@ -1,4 +1,4 @@
-"""Atomic, safely loadable training checkpoints.
+"""Atomic, safely loadable training checkpoints, and rebuilding a model from one.
 
 A checkpoint is a plain dict of tensors, numbers, strings and containers thereof, so it loads
 with ``torch.load(..., weights_only=True)``: loading never runs code from the file. It is first
@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
+from mambapro.config import Config, config_to_dict, load_config
+from mambapro.engine.runtime import resolve_device
+from mambapro.models import build_model
+
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "CheckpointError"]
 
 FORMAT_VERSION = 1
 
@@ -51,7 +57,61 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
+        # torch's own message spans lines and advises weights_only=False, which would run code
+        # from the file: name the file and the failure kind only.
+        raise CheckpointError(
+            f"{path} is not a mambapro checkpoint, or a damaged one (it does not load as plain "
+            f"tensors and containers: {type(err).__name__})"
+        ) from err
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a mambapro checkpoint (no 'model'/'config' entries)")
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}; this mambapro reads format {FORMAT_VERSION}"
+            + (
+                " (written by a newer mambapro?)"
+                if isinstance(version, int) and version > FORMAT_VERSION
+                else ""
+            )
+        )
     return state
+
+
+def load_model(
+    checkpoint: str | Path,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict | None = None,
+    device: torch.device | None = None,
+) -> tuple[nn.Module, Config, dict[str, Any]]:
+    """Rebuild a model from a checkpoint; its stored config is the base for ``config``/overrides.
+
+    Only test-time keys (``data``, ``test``) may differ from the stored configuration: changing
+    the model section would not match the stored weights.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    stored = ckpt["config"]
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "stored.yaml"
+        base.write_text(yaml.safe_dump(stored))
+        cfg = load_config(base, overrides, extra=extra)
+        if config is not None:
+            user = load_config(config)
+            merged = config_to_dict(cfg)
+            for section in ("data", "test"):
+                merged[section] = config_to_dict(user)[section]
+            base.write_text(yaml.safe_dump(merged))
+            cfg = load_config(base, overrides, extra=extra)
+    if config_to_dict(cfg)["model"] != stored["model"]:
+        raise CheckpointError(f"{checkpoint}: model.* settings cannot be changed at test time")
+    device = device or resolve_device(cfg.train.device)
+    # The encoder weights come from the checkpoint, not from model.weights.
+    cfg.model.weights = None
+    model = build_model(cfg, ckpt["num_classes"], ckpt["num_cameras"])
+    cfg.model.weights = stored["model"]["weights"]
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint}: weights do not fit the model: {err}") from err
+    return model.to(device).eval(), cfg, ckpt

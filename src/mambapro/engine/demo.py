@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from mambapro.config import load_config
+from mambapro.engine.data import prepare_data
+from mambapro.engine.evaluate import evaluate_model, write_report
+from mambapro.engine.runtime import resolve_device, seed_everything
+from mambapro.engine.trainer import run_training
+from mambapro.models import build_model
 
 __all__ = ["run_demo", "fresh_output_dir"]
 
@@ -32,11 +37,6 @@ def run_demo(
     output: str | Path | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    from mambapro.engine.distributed import resolve_device
-    from mambapro.engine.inference import evaluate_model, write_report
-    from mambapro.engine.model import build_model
-    from mambapro.engine.trainer import prepare_data, run_training, seed_everything
-
     start = time.perf_counter()
     cfg = load_config(config or "demo", overrides)
     cfg.train.output = str(fresh_output_dir(output or cfg.train.output))

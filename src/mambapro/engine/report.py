@@ -8,17 +8,12 @@ from typing import Any
 
 import torch
 
+from mambapro.aggregation import aggregator_flops_table
 from mambapro.config import Config
+from mambapro.data.specs import dataset_spec
+from mambapro.models import build_model
 
-__all__ = ["PUBLISHED_SIZES", "parameter_report", "format_parameter_report", "flops_report"]
-
-#: (training identities, cameras) of the published datasets (SPEC §1); the classifier width and
-#: the camera embedding depend on them.
-PUBLISHED_SIZES: dict[str, tuple[int, int]] = {
-    "RGBNT201": (171, 4),
-    "RGBNT100": (50, 8),
-    "MSVR310": (155, 8),
-}
+__all__ = ["parameter_report", "format_parameter_report", "flops_report"]
 
 PART_ORDER = ("backbone", "adapters", "prompts", "camera", "aggregator", "heads")
 
@@ -37,9 +32,8 @@ def parameter_report(
 
     Without explicit sizes the published dataset's identities and cameras are used.
     """
-    from mambapro.engine.model import build_model
-
-    classes, cams = PUBLISHED_SIZES[cfg.data.dataset]
+    # The published dataset's sizes: the classifier width and the camera table depend on them.
+    classes, cams = dataset_spec(cfg.data.dataset).published
     weights = cfg.model.weights
     cfg.model.weights = None  # counting needs no weights: do not read a large file
     # The "randomly initialised" notice (a log record) means nothing when only counting.
@@ -79,6 +73,4 @@ def format_parameter_report(report: dict[str, Any]) -> str:
 
 def flops_report(cfg: Config) -> str:
     """Per-sample MACs of the aggregators at the paper's sizes (3 x 128 tokens, C = 512)."""
-    from mambapro.aggregation import aggregator_flops_table
-
     return aggregator_flops_table(dim=512, grid=(16, 8))

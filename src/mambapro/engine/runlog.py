@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mambapro.config import Config, config_to_dict, dump_config
+from mambapro.config import Config, dump_config
 
 __all__ = ["RunLogger", "package_versions"]
 
@@ -73,6 +73,13 @@ class RunLogger:
                     self._tb.add_scalar(f"{prefix}{k}", v, step)
             self._tb.flush()
 
+    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        """TensorBoard scalars only (per-iteration curves; metrics.jsonl keeps per-epoch records)."""
+        if not self.enabled or self._tb is None:
+            return
+        for k, v in values.items():
+            self._tb.add_scalar(f"{prefix}{k}", v, step)
+
     def truncate_after(self, epoch: int) -> None:
         """On resume: drop records of epochs after ``epoch`` (they belong to the lost future)."""
         path = self.out / "metrics.jsonl"
@@ -85,7 +92,3 @@ class RunLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-def as_plain(cfg: Config) -> dict[str, Any]:
-    return config_to_dict(cfg)

@@ -22,8 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 
+from mambapro.data import DatasetError, read_triplet, samples_at, triplet_paths
+from mambapro.engine.checkpoint import load_model
+from mambapro.engine.features import FeatureSet, check_model_cameras, eval_loader, extract_features
+from mambapro.engine.runtime import eval_amp
 from mambapro.errors import UserError
+from mambapro.evaluation import compute_distmat
 
 __all__ = ["Match", "rank_gallery", "draw_rank_list", "run_search"]
 
@@ -75,11 +81,6 @@ def rank_gallery(distances: np.ndarray, query_path: str, query_pid: int, gallery
 
 def _thumbnails(first_path: str, dataset_name: str) -> list[Any]:
     """(RGB, NI, TI) thumbnails of a capture, or grey placeholders (with a warning) if unreadable."""
-    from PIL import Image
-
-    from mambapro.data import read_triplet, triplet_paths
-    from mambapro.data.io import DatasetError
-
     try:
         images = read_triplet(triplet_paths(first_path, dataset_name), dataset_name)
     except DatasetError as err:
@@ -94,12 +95,10 @@ def _thumbnails(first_path: str, dataset_name: str) -> list[Any]:
 
 def draw_rank_list(query_path: str, matches: list[Match], dataset_name: str, out: str | Path) -> Path:
     """Save a rank-list image: rows RGB/NI/TI, columns query + matches, coloured borders."""
-    from PIL import Image, ImageDraw
-
     columns = [(query_path, "query", _COLOURS["query"])]
     for m in matches:
         colour = _COLOURS["match"] if m.same_identity else _COLOURS["other"]
-        columns.append((m.path, f"{m.rank}: {m.distance:.3f}", colour))
+        columns.append((m.path, f"{m.rank}: {m.distance:.3g}", colour))
     thumbs = [_thumbnails(p, dataset_name) for p, _, _ in columns]
     cell_w = max(t.width for col in thumbs for t in col) + 2 * _BORDER
     cell_h = _THUMB_HEIGHT + 2 * _BORDER
@@ -124,9 +123,6 @@ def draw_rank_list(query_path: str, matches: list[Match], dataset_name: str, out
 
 
 def _gallery_features(gallery: Path, model, cfg, device, amp, quiet: bool):
-    from mambapro.data import samples_at
-    from mambapro.engine.inference import FeatureSet, check_model_cameras, eval_loader, extract_features
-
     if gallery.suffix == ".npz":
         try:
             return FeatureSet.load(gallery)
@@ -148,16 +144,6 @@ def run_search(
     quiet: bool = False,
 ) -> dict[str, list[Match]]:
     """The ``search`` command; returns ``{query path: matches}``."""
-    from mambapro.data import samples_at
-    from mambapro.engine.inference import (
-        check_model_cameras,
-        eval_amp,
-        eval_loader,
-        extract_features,
-        load_model,
-    )
-    from mambapro.evaluation import compute_distmat
-
     if k < 1:
         raise UserError(f"-k {k}: must be at least 1")
     model, cfg, _ = load_model(checkpoint, config, overrides)
@@ -182,7 +168,7 @@ def run_search(
         print(f"query {qpath} (id {int(qf.pids[i])}, camera {int(qf.camids[i]) + 1}):")
         for m in matches:
             verdict = "same id" if m.same_identity else "other id"
-            print(f"  rank {m.rank:>3}  distance {m.distance:.4f}  id {m.pid:>6}  {verdict:<8}  {m.path}")
+            print(f"  rank {m.rank:>3}  distance {m.distance:.4g}  id {m.pid:>6}  {verdict:<8}  {m.path}")
         image = out if len(qf.paths) == 1 else out.with_name(f"{out.stem}-{Path(qpath).stem}{out.suffix}")
         draw_rank_list(qpath, matches, name, image)
     ranks_json = out.with_suffix(".json")

@@ -1,7 +1,8 @@
 """Training orchestration: data, model, optimiser, loop, evaluation, checkpoints, run record.
 
-The trainer only orchestrates; the pieces live in ``mambapro.data``, ``mambapro.engine.model``,
-``losses``, ``optim``, ``checkpoint`` and ``mambapro.evaluation``.
+The trainer only orchestrates; the pieces live in ``mambapro.data``, ``mambapro.models``
+(the network), ``engine.data`` (the run's data), ``losses``, ``optim``, ``checkpoint``,
+``evaluate`` and ``mambapro.evaluation``.
 
 Reproducibility: the training batches and every augmentation decision are a pure function of
 (seed, epoch, position) (see ``mambapro.data``), the model is initialised under the seed, and a
@@ -25,110 +26,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as tdist
 from torch import nn
+from tqdm.auto import tqdm
 
 from mambapro.config import Config, config_to_dict
-from mambapro.data.datasets import ReIDDataset
+from mambapro.data import build_train_loader
 from mambapro.engine.checkpoint import load_checkpoint, save_checkpoint
-from mambapro.engine.distributed import (
-    DistInfo,
-    all_reduce_mean,
-    barrier,
-    cleanup,
-    init_distributed,
-    resolve_device,
-)
+from mambapro.engine.data import prepare_data
+from mambapro.engine.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from mambapro.engine.evaluate import evaluate_model, write_report
+from mambapro.engine.features import check_model_cameras
 from mambapro.engine.losses import ReIDLoss
-from mambapro.engine.model import MambaPro, build_model
 from mambapro.engine.optim import build_optimizer, build_scheduler, step_epoch
 from mambapro.engine.runlog import RunLogger
+from mambapro.engine.runtime import amp_dtype, eval_amp, resolve_device, seed_everything
+from mambapro.models import MambaPro, build_model
 
-__all__ = ["TrainingError", "DataBundle", "prepare_data", "run_training", "amp_dtype", "seed_everything"]
+__all__ = ["Trainer", "TrainingError", "run_training"]
 
 
 class TrainingError(RuntimeError):
     """The run cannot continue (non-finite loss, nothing to train, ...); the message says why."""
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp`` (``auto``: bf16 on CUDA when supported, none on CPU)."""
-    if name == "off" or (name == "auto" and device.type != "cuda"):
-        return None
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class DataBundle:
-    """Everything the engine needs to know about the data of a run."""
-
-    name: str
-    dataset: ReIDDataset  # train split without the held-out validation identities
-    num_classes: int
-    num_cameras: int
-    val_query: list = field(default_factory=list)
-    val_gallery: list = field(default_factory=list)
-
-    @property
-    def query(self) -> list:
-        return self.dataset.query
-
-    @property
-    def gallery(self) -> list:
-        return self.dataset.gallery
-
-    @property
-    def summary(self) -> str:
-        return str(self.dataset)
-
-    @property
-    def use_scenes(self) -> bool:
-        """MSVR310 junk rule: same pid and same scene (SPEC §2)."""
-        return self.name == "MSVR310"
-
-
-def prepare_data(cfg: Config, dist_info: DistInfo | None = None, quiet: bool = True) -> DataBundle:
-    """Parse the dataset, generating the embedded synthetic one first when ``data.synthetic``.
-
-    Under DDP rank 0 parses first (generating if needed) while the other ranks wait, then they
-    parse the finished tree.
-    """
-    import dataclasses
-
-    from mambapro.data import dataset_from_config, split_validation
-
-    dist_info = dist_info or DistInfo()
-    ds = dataset_from_config(cfg.data, progress=not quiet) if dist_info.is_main else None
-    barrier(dist_info)
-    if ds is None:
-        ds = dataset_from_config(cfg.data)
-    val_query: list = []
-    val_gallery: list = []
-    if cfg.train.select_best == "val":
-        train, val_query, val_gallery = split_validation(ds.train, cfg.data.val_ids, cfg.train.seed)
-        ds = dataclasses.replace(ds, train=train)
-    return DataBundle(
-        name=ds.name,
-        dataset=ds,
-        num_classes=ds.num_train_pids,
-        num_cameras=ds.num_train_cams,
-        val_query=val_query,
-        val_gallery=val_gallery,
-    )
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -141,7 +60,6 @@ class TrainState:
     epoch: int = 0  # epoch in progress (0-based)
     iteration: int = 0  # batches of ``epoch`` already done
     sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    count: int = 0
     best_metric: float = -1.0
     best_epoch: int = -1
 
@@ -150,9 +68,6 @@ class Trainer:
     """Runs the training loop of one configuration in one output folder."""
 
     def __init__(self, cfg: Config, dist_info: DistInfo, quiet: bool = False) -> None:
-        from mambapro.data import build_train_loader
-        from mambapro.engine.inference import check_model_cameras
-
         self.cfg = cfg
         self.dist = dist_info
         self.quiet = quiet or not dist_info.is_main
@@ -211,7 +126,6 @@ class Trainer:
             "epoch": s.epoch,
             "iteration": s.iteration,
             "sums": dict(s.sums),
-            "count": s.count,
             "best_metric": s.best_metric,
             "best_epoch": s.best_epoch,
             "config": config_to_dict(self.cfg),
@@ -241,7 +155,6 @@ class Trainer:
             epoch=ckpt["epoch"],
             iteration=ckpt["iteration"],
             sums=defaultdict(float, ckpt["sums"]),
-            count=ckpt["count"],
             best_metric=ckpt["best_metric"],
             best_epoch=ckpt["best_epoch"],
         )
@@ -274,13 +187,12 @@ class Trainer:
         }
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        from tqdm.auto import tqdm
-
         s = self.state
         self.ddp.train()
         step_epoch(self.scheduler, epoch, self.cfg.train)
         self.train_loader.batch_sampler.set_epoch(epoch)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        log_every = self.cfg.train.log_period
         bar = tqdm(
             total=len(self.train_loader),
             initial=s.iteration,
@@ -315,27 +227,32 @@ class Trainer:
                 # Count the batch as done right after the update so that an interrupt never
                 # replays an applied step on resume.
                 s.iteration += 1
-                s.count += 1
                 self._step_snapshot = None
                 with torch.no_grad():
-                    for k, v in terms.items():
-                        s.sums[k] += float(all_reduce_mean(v.detach().float(), self.dist))
+                    step_values = {
+                        k: float(all_reduce_mean(v.detach().float(), self.dist)) for k, v in terms.items()
+                    }
                     logits = outputs["fuse" if "fuse" in outputs else next(iter(outputs))][1]
                     acc = (logits.argmax(1) == batch["pids"]).float().mean()
-                    s.sums["acc"] += float(all_reduce_mean(acc, self.dist))
+                    step_values["acc"] = float(all_reduce_mean(acc, self.dist))
+                for k, v in step_values.items():
+                    s.sums[k] += v
+                if log_every > 0 and s.iteration % log_every == 0:
+                    step = epoch * len(self.train_loader) + s.iteration
+                    self.logger.scalars(
+                        {**step_values, "lr": self.optimizer.param_groups[0]["lr"]}, step, prefix="iter/"
+                    )
                 bar.update(1)
-                bar.set_postfix(loss=f"{s.sums['loss'] / s.count:.3f}")
+                bar.set_postfix(loss=f"{s.sums['loss'] / s.iteration:.3f}")
         finally:
             bar.close()
             self.train_loader.batch_sampler.start_batch = 0
-        record = {k: v / max(s.count, 1) for k, v in s.sums.items()}
+        record = {k: v / max(s.iteration, 1) for k, v in s.sums.items()}
         record["lr"] = self.optimizer.param_groups[0]["lr"]
         return record
 
     def evaluate(self, split: str) -> Any:
         """mAP/CMC on ``test`` or ``val`` (rank 0 only; other ranks get None)."""
-        from mambapro.engine.inference import eval_amp, evaluate_model
-
         if not self.dist.is_main:
             return None
         if split == "val":
@@ -356,13 +273,12 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg, s = self.cfg, self.state
         select = cfg.train.select_best
-        last_eval = None
         while s.epoch < cfg.train.epochs:
             epoch = s.epoch
             t0 = time.perf_counter()
             record = self.train_epoch(epoch)
             record.update(epoch=epoch + 1, seconds=round(time.perf_counter() - t0, 3))
-            s.epoch, s.iteration, s.sums, s.count = epoch + 1, 0, defaultdict(float), 0
+            s.epoch, s.iteration, s.sums = epoch + 1, 0, defaultdict(float)
             is_last = s.epoch == cfg.train.epochs
             periodic = cfg.train.eval_period > 0 and s.epoch % cfg.train.eval_period == 0
             if select != "final" and (periodic or is_last):
@@ -373,7 +289,6 @@ class Trainer:
                     if res.mAP > s.best_metric:
                         s.best_metric, s.best_epoch = res.mAP, s.epoch
                         self.save("best.ckpt")
-                    last_eval = res
             elif periodic and not is_last:
                 res = self.evaluate("test")
                 if res is not None:
@@ -385,15 +300,12 @@ class Trainer:
                     print(f"epoch {s.epoch}/{cfg.train.epochs}: {shown}", flush=True)
             if s.epoch % max(cfg.train.checkpoint_period, 1) == 0 or is_last:
                 self.save()
-        del last_eval
         return self.finish()
 
     def check_ranks_in_sync(self) -> bool:
         """All ranks hold identical weights (DDP keeps them so); a mismatch is an error."""
         if not self.dist.enabled:
             return True
-        import torch.distributed as tdist
-
         fp = torch.stack(
             [
                 torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
@@ -408,8 +320,6 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Final test-set evaluation of the selected model and the run report (rank 0)."""
-        from mambapro.engine.inference import write_report
-
         in_sync = self.check_ranks_in_sync()
         barrier(self.dist)
         if not self.dist.is_main:

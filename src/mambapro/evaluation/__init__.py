@@ -3,8 +3,9 @@
 ``evaluate`` ranks a (Q, G) distance matrix under the market protocol (junk: same pid and
 camera) or the MSVR310 protocol (junk: same pid and scene); ``compute_distmat`` builds the
 matrix from features (squared Euclidean on L2-normalised features by default); ``re_ranking``
-replaces it by the k-reciprocal distance; ``report`` prints, saves and plots results and runs
-the missing-modality table.
+replaces it by the k-reciprocal distance; ``evaluate_features`` applies the three to query and
+gallery features; ``report`` prints, saves and plots results and assembles the missing-modality
+table.
 """
 
 from mambapro.evaluation.distance import METRICS, compute_distmat
@@ -13,6 +14,7 @@ from mambapro.evaluation.report import (
     COLUMNS,
     MISSING_SETTINGS,
     MissingModalityTable,
+    evaluate_features,
     format_table,
     missing_label,
     missing_modality_table,
@@ -30,6 +32,7 @@ __all__ = [
     "MissingModalityTable",
     "compute_distmat",
     "evaluate",
+    "evaluate_features",
     "format_table",
     "missing_label",
     "missing_modality_table",

@@ -17,6 +17,7 @@ import numpy as np
 from mambapro.evaluation.distance import compute_distmat
 from mambapro.evaluation.metrics import REPORT_RANKS, EvalResult, evaluate
 from mambapro.evaluation.rerank import re_ranking
+from mambapro.modalities import MISSING_SETTINGS, missing_label
 
 __all__ = [
     "COLUMNS",
@@ -27,13 +28,13 @@ __all__ = [
     "plot_cmc",
     "missing_label",
     "missing_modality_table",
+    "evaluate_features",
 ]
 
 #: Columns of a result table, in order.
 COLUMNS = ("mAP", *(f"Rank-{k}" for k in REPORT_RANKS), "mINP")
 
 #: Test-time settings: which modalities (R = RGB, N = NI, T = TI) are missing (SPEC §2).
-MISSING_SETTINGS = ("full", "R", "N", "T", "RN", "RT", "NT")
 
 Row = EvalResult | Mapping[str, float]
 
@@ -151,11 +152,41 @@ def plot_cmc(
     return path
 
 
-def missing_label(missing: str) -> str:
-    """Table label of a setting: ``full`` or ``-R``, ``-RN``, ..."""
-    if missing not in MISSING_SETTINGS:
-        raise ValueError(f"missing-modality setting {missing!r} is not one of: {', '.join(MISSING_SETTINGS)}")
-    return missing if missing == "full" else f"-{missing}"
+Features = tuple[Any, Any, Any, Any]
+
+
+def evaluate_features(
+    query: Features,
+    gallery: Features,
+    *,
+    use_scenes: bool = False,
+    metric: str = "euclidean",
+    normalize: bool = True,
+    max_rank: int = 50,
+    rerank: bool = False,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+) -> EvalResult:
+    """The ReID metrics of query against gallery features: the one place where the distance,
+    the optional k-reciprocal re-ranking and the protocol are applied.
+
+    Args:
+        query, gallery: ``(feats (N, D), pids (N,), camids (N,), sceneids (N,) or None)``.
+        use_scenes: MSVR310 protocol (junk: same pid and scene); else the market protocol.
+        metric, normalize: distance, as in :func:`~mambapro.evaluation.compute_distmat`.
+        max_rank: CMC length.
+        rerank, k1, k2, lambda_value: optional k-reciprocal re-ranking (on the same distance).
+    """
+    q, g = _features(query, "query"), _features(gallery, "gallery")
+    if use_scenes and (q[3] is None or g[3] is None):
+        raise ValueError("use_scenes=True needs the scene ids of query and gallery")
+    if rerank:
+        dist = re_ranking(q[0], g[0], k1, k2, lambda_value, metric=metric, normalize=normalize)
+    else:
+        dist = compute_distmat(q[0], g[0], metric=metric, normalize=normalize)
+    scenes = (q[3], g[3]) if use_scenes else (None, None)
+    return evaluate(dist, q[1], g[1], q[2], g[2], *scenes, max_rank=max_rank)
 
 
 class MissingModalityTable(NamedTuple):
@@ -166,33 +197,19 @@ class MissingModalityTable(NamedTuple):
 
 
 def missing_modality_table(
-    extract_fn: Callable[[Any], tuple[Any, Any, Any, Any]],
-    loader_factory: Callable[[str], tuple[Any, Any]],
+    evaluate_setting: Callable[[str], EvalResult],
     *,
     settings: Sequence[str] = MISSING_SETTINGS,
-    use_scenes: bool = False,
-    metric: str = "euclidean",
-    normalize: bool = True,
-    max_rank: int = 50,
-    rerank: bool = False,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
     title: str = "Missing-modality evaluation",
     log: Callable[[str], None] | None = None,
 ) -> MissingModalityTable:
-    """Evaluate one model under each missing-modality setting, one table row per setting.
+    """One row per missing-modality setting, in ``settings`` order.
 
     Args:
-        extract_fn: ``loader -> (feats (N, D), pids (N,), camids (N,), sceneids (N,) or None)``.
-        loader_factory: ``setting -> (query_loader, gallery_loader)`` for a setting of
-            :data:`MISSING_SETTINGS`; the loaders must zero the missing modalities (after
-            normalisation) in query and gallery alike.
-        settings: the settings to run, in table order.
-        use_scenes: MSVR310 protocol (needs scene ids); else the market protocol.
-        metric, normalize: distance, as in :func:`~mambapro.evaluation.compute_distmat`.
-        max_rank: CMC length.
-        rerank, k1, k2, lambda_value: optional k-reciprocal re-ranking.
+        evaluate_setting: ``setting -> EvalResult``: the model evaluated with those modalities
+            missing (zeroed after normalisation) in query and gallery alike
+            (``mambapro.engine.evaluate_model`` with ``missing=setting``).
+        settings: values of :data:`~mambapro.modalities.MISSING_SETTINGS`, in table order.
         title: first line of the table.
         log: called with a short line after each setting (e.g. ``print``).
     """
@@ -203,26 +220,13 @@ def missing_modality_table(
         raise ValueError(f"settings repeat: {list(settings)}")
     rows: dict[str, EvalResult] = {}
     for setting, label in zip(settings, labels):
-        loaders = loader_factory(setting)
-        if not (isinstance(loaders, tuple) and len(loaders) == 2):
-            raise TypeError(f"loader_factory({setting!r}) must return (query_loader, gallery_loader)")
-        q = _extracted(extract_fn(loaders[0]), f"query features of setting {label}")
-        g = _extracted(extract_fn(loaders[1]), f"gallery features of setting {label}")
-        if use_scenes and (q[3] is None or g[3] is None):
-            raise ValueError(f"setting {label}: use_scenes=True but extract_fn returned no scene ids")
-        if rerank:
-            dist = re_ranking(q[0], g[0], k1, k2, lambda_value, metric=metric, normalize=normalize)
-        else:
-            dist = compute_distmat(q[0], g[0], metric=metric, normalize=normalize)
-        scenes = (q[3], g[3]) if use_scenes else (None, None)
-        rows[label] = evaluate(dist, q[1], g[1], q[2], g[2], *scenes, max_rank=max_rank)
+        rows[label] = res = evaluate_setting(setting)
         if log is not None:
-            res = rows[label]
             log(f"{label:>5}: mAP {100 * res.mAP:.1f}  Rank-1 {100 * res.rank(1):.1f}")
     return MissingModalityTable(rows, format_table(rows, title=title))
 
 
-def _extracted(out: Any, what: str) -> tuple[Any, Any, Any, Any]:
+def _features(out: Any, what: str) -> Features:
     if not (isinstance(out, (tuple, list)) and len(out) == 4):
-        raise TypeError(f"{what}: extract_fn must return (feats, pids, camids, sceneids)")
+        raise TypeError(f"{what} features must be (feats, pids, camids, sceneids)")
     return tuple(out)  # type: ignore[return-value]

@@ -1,7 +1,9 @@
-"""Image encoders, weight loading, adapters, prompts and the multi-modal backbone (SPEC §3).
+"""The MambaPro network and its parts: image encoders, weight loading, adapters, prompts, the
+multi-modal backbone (SPEC §3).
 
-Entry points: :func:`build_backbone` (the configured multi-modal backbone) and
-:func:`clip_image_encoder` (the plain CLIP ViT-B/16 image encoder). The registries
+Entry points: :func:`build_model` (the full network: backbone + aggregator + heads),
+:func:`build_backbone` (the configured multi-modal backbone) and :func:`clip_image_encoder` (the
+plain CLIP ViT-B/16 image encoder). The registries
 ``BACKBONES``, ``ADAPTERS`` and ``PROMPTS`` hold one constructor per config value.
 """
 
@@ -14,6 +16,7 @@ from mambapro.models.backbone import (
     clip_image_encoder,
 )
 from mambapro.models.clip_vit import QuickGELU, ResidualAttentionBlock, VisionTransformer
+from mambapro.models.mambapro import BNNeckHead, MambaPro, build_model
 from mambapro.models.prompts import PROMPTS, MultiModalPrompts, PromptLayer
 from mambapro.models.vit_imagenet import imagenet_vit, load_timm_vit_state_dict
 from mambapro.models.weights import (
@@ -27,9 +30,11 @@ from mambapro.models.weights import (
 __all__ = [
     "ADAPTERS",
     "BACKBONES",
+    "BNNeckHead",
     "MODALITIES",
     "PROMPTS",
     "LoRAAdapter",
+    "MambaPro",
     "MlpAdapter",
     "MultiModalBackbone",
     "MultiModalPrompts",
@@ -38,6 +43,7 @@ __all__ = [
     "ResidualAttentionBlock",
     "VisionTransformer",
     "build_backbone",
+    "build_model",
     "clip_image_encoder",
     "imagenet_vit",
     "load_clip_state_dict",

@@ -31,18 +31,10 @@ from typing import Protocol
 from torch import Tensor, nn
 
 from mambapro.models.clip_vit import make_act
+from mambapro.ops.init import init_linear_
 from mambapro.registry import Registry
 
-__all__ = ["ADAPTERS", "AdapterFactory", "LoRAAdapter", "MlpAdapter", "init_linear"]
-
-
-def init_linear(module: nn.Module) -> None:
-    """Trunc-normal (std 0.02) weights and zero biases for every ``nn.Linear`` in ``module``."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+__all__ = ["ADAPTERS", "AdapterFactory", "LoRAAdapter", "MlpAdapter"]
 
 
 class MlpAdapter(nn.Module):
@@ -53,7 +45,7 @@ class MlpAdapter(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = make_act(act)
         self.fc2 = nn.Linear(hidden, dim)
-        init_linear(self)
+        init_linear_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, L, D)`` -> ``(B, L, D)``."""

@@ -33,9 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from mambapro.config import ModelConfig
+from mambapro.modalities import MODALITIES, NUM_MODALITIES
 from mambapro.models.adapters import ADAPTERS
 from mambapro.models.clip_vit import CAMERA_TOKENS, VisionTransformer
-from mambapro.models.prompts import NUM_MODALITIES, PROMPTS, MultiModalPrompts
+from mambapro.models.prompts import PROMPTS, MultiModalPrompts
 from mambapro.models.vit_imagenet import imagenet_vit, load_timm_vit_state_dict
 from mambapro.models.weights import load_clip_state_dict, load_encoder_state_dict
 from mambapro.registry import Registry
@@ -49,8 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-MODALITIES = ("RGB", "NI", "TI")
 
 EncoderFactory = Callable[[tuple[int, int], "str | Path | None"], VisionTransformer]
 
@@ -142,8 +141,6 @@ class MultiModalBackbone(nn.Module):
 
     Attributes: ``out_dim`` (C), ``grid`` ((H/16, W/16)), ``num_layers``, ``img_size``.
     """
-
-    modalities = MODALITIES
 
     def __init__(
         self,

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
+from mambapro.config import ADAPTER_POSITIONS
+
 __all__ = [
     "ADAPTER_POSITIONS",
     "CAMERA_TOKENS",
@@ -42,8 +44,6 @@ __all__ = [
     "make_act",
 ]
 
-#: Where an adapter sits in a block (Table 8): beside (parallel to) or behind (after) a sub-layer.
-ADAPTER_POSITIONS = ("side_ffn", "behind_ffn", "side_mhsa", "behind_mhsa")
 
 #: Which tokens :meth:`VisionTransformer.embed` adds an offset (the camera embedding) to.
 CAMERA_TOKENS = ("cls", "all")

@@ -36,12 +36,11 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from mambapro.modalities import NUM_MODALITIES
 from mambapro.models.adapters import MlpAdapter
 from mambapro.registry import Registry
 
-__all__ = ["PROMPTS", "MultiModalPrompts", "PromptLayer", "PromptFactory", "NUM_MODALITIES"]
-
-NUM_MODALITIES = 3
+__all__ = ["PROMPTS", "MultiModalPrompts", "PromptLayer", "PromptFactory"]
 RESIDUALS = (None, "fusion", "separation")
 
 
@@ -127,11 +126,6 @@ class MultiModalPrompts(nn.Module):
         self.layers = nn.ModuleDict(
             {str(i): PromptLayer(dim, num_tokens, act, transfer, residual) for i in self.layer_indices}
         )
-
-    @property
-    def tokens_per_sequence(self) -> int:
-        """Prompt tokens appended to one modality's sequence: ``G * N_pr``."""
-        return self.groups * self.num_tokens
 
     def get(self, layer: int) -> PromptLayer | None:
         """The prompts that enter before block ``layer``, or None."""

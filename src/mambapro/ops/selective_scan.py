@@ -1,7 +1,8 @@
 """Selective scan (Mamba's S6 recurrence) in pure PyTorch: exact, fast on CPU, correct under autograd.
 
 Semantics are those of mamba-ssm's ``selective_scan_fn`` (SPEC §3), so the CUDA kernel can be
-swapped in (``backend='mamba_ssm'``)::
+swapped in (``backend='mamba_ssm'``), as can the install-free Triton kernels of
+:mod:`mambapro.ops.scan_triton` (``backend='triton'``)::
 
     Δ = softplus(delta + delta_bias)          (bias and softplus optional)
     h_l = exp(Δ_l A) ⊙ h_{l-1} + Δ_l B_l u_l  (h_{-1} = 0, state (D, N) per sample)
@@ -33,11 +34,15 @@ Here one ``torch.library.custom_op`` runs a chunked scan with a hand-written bac
   form costs T times more work because A differs per (D, N).
 * The gradient of ``last_state`` is supported (mamba-ssm's kernel ignores it).
 
-Measured on the 2-core AMD EPYC CPU this project targets (torch 2.14, 2 threads, fp32,
-B=8, D=1024, L=384, N=16; ``benchmarks/results/bench_scan.txt``): forward 0.13 s vs 0.84 s for
-the literal loop (6.5×), forward+backward 0.45 s vs 116 s (260×), peak extra memory of
-forward+backward 0.31× the (B, D, L, N) state tensor (the loop: 5.8×); max error vs the loop
-~1e-6 (outputs) and ~1e-6 relative (gradients).
+Speed, memory and errors against the literal loop are measured by ``benchmarks/bench_scan.py``
+(latest table in ``benchmarks/results/bench_scan.txt`` and the README), not quoted here.
+
+Backends: ``torch`` (this file, any device), ``triton`` (``scan_triton.py``: forward and backward
+Triton kernels, CUDA tensors; CPU tensors only under Triton's interpreter), ``mamba_ssm``
+(mamba-ssm's CUDA extension) and ``auto``, which resolves per call (:func:`resolve_backend`):
+on CUDA tensors ``triton`` when Triton imports, else ``mamba_ssm`` when importable, else
+``torch``; on any other device ``torch``. Triton is imported lazily, on the first call that
+needs it.
 
 Precision: the state is accumulated in fp32 whatever the input dtype or autocast state (inputs
 are cast to fp32 inside with autocast disabled); the output has ``u``'s dtype, gradients have
@@ -58,9 +63,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-__all__ = ["SCAN_BACKENDS", "selective_scan", "selective_scan_macs"]
+__all__ = ["SCAN_BACKENDS", "resolve_backend", "selective_scan", "selective_scan_macs"]
 
-SCAN_BACKENDS = ("torch", "mamba_ssm", "auto")
+SCAN_BACKENDS = ("torch", "mamba_ssm", "triton", "auto")
 
 # Elements per time-major chunk buffer (T·B·D·N); 2^20 fp32 = 4 MiB keeps the three buffers of the
 # backward within a 32 MiB L3 cache. Chosen by the chunk-size sweep in benchmarks/bench_scan.py.
@@ -418,7 +423,9 @@ def _check_inputs(
             f"selective_scan: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}"
         )
     if A.is_complex():
-        raise ValueError("selective_scan: complex A is not supported by the torch backend (use real A)")
+        raise ValueError(
+            "selective_scan: complex A is not supported by the torch and triton backends (use real A)"
+        )
     if A.dim() != 2 or A.shape[0] != d:
         raise ValueError(f"selective_scan: A must be (D, N) = ({d}, N), got shape {tuple(A.shape)}")
     n = A.shape[1]
@@ -426,7 +433,7 @@ def _check_inputs(
         if x.dim() == 2:
             raise ValueError(
                 f"selective_scan: time-invariant {name} of shape {tuple(x.shape)} is not supported by the "
-                f"torch backend; pass a variable {name} of shape (B, N, L) = ({b}, {n}, {L})"
+                f"torch and triton backends; pass a variable {name} of shape (B, N, L) = ({b}, {n}, {L})"
             )
         ok3 = x.dim() == 3 and tuple(x.shape) == (b, n, L)
         ok4 = x.dim() == 4 and x.shape[0] == b and tuple(x.shape[2:]) == (n, L) and x.shape[1] > 0
@@ -453,6 +460,32 @@ def _mamba_ssm_scan():
     except ImportError:
         return None
     return selective_scan_fn
+
+
+def _triton_scan():
+    """The Triton backend's entry point, or None when Triton does not import (imported lazily)."""
+    try:
+        from mambapro.ops.scan_triton import selective_scan_triton
+    except ImportError:
+        return None
+    return selective_scan_triton
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The implementation ``backend`` runs for inputs on ``device``: ``auto`` becomes ``triton`` on
+    CUDA when Triton imports, else ``mamba_ssm`` on CUDA when importable, else ``torch``; explicit
+    backends are returned unchanged (their availability is checked when they run)."""
+    if backend not in SCAN_BACKENDS:
+        raise ValueError(f"selective_scan: backend = {backend!r} is not one of: {', '.join(SCAN_BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if torch.device(device).type != "cuda":
+        return "torch"
+    if _triton_scan() is not None:
+        return "triton"
+    if _mamba_ssm_scan() is not None:
+        return "mamba_ssm"
+    return "torch"
 
 
 def selective_scan(
@@ -483,36 +516,47 @@ def selective_scan(
         delta_bias: (D,) added to Δ before the softplus, optional.
         delta_softplus: apply softplus to Δ.
         return_last_state: also return the final state (B, D, N) in fp32.
-        backend: ``torch`` (this implementation), ``mamba_ssm`` (mamba-ssm's CUDA kernel; CUDA
-            tensors and the package are required) or ``auto`` (the kernel when both hold).
-        chunk_size: time steps per chunk of the torch backend; default: a cache-sized chunk.
+        backend: ``torch`` (this implementation), ``triton`` (the Triton kernels of
+            :mod:`mambapro.ops.scan_triton`; CUDA tensors, or CPU under ``TRITON_INTERPRET=1``),
+            ``mamba_ssm`` (mamba-ssm's CUDA kernel; CUDA tensors and the package are required) or
+            ``auto`` (see :func:`resolve_backend`).
+        chunk_size: time steps per chunk; torch backend default: a cache-sized chunk; triton:
+            steps between saved states, rounded down to a power of two, default 32; ignored by
+            ``mamba_ssm``.
 
     Returns:
         out (B, D, L) in ``u``'s dtype, and the last state when ``return_last_state``.
     """
-    if backend not in SCAN_BACKENDS:
-        raise ValueError(f"selective_scan: backend = {backend!r} is not one of: {', '.join(SCAN_BACKENDS)}")
-    if backend in ("mamba_ssm", "auto"):
+    backend = resolve_backend(backend, u.device)
+    if backend == "mamba_ssm":
         kernel = _mamba_ssm_scan()
-        if backend == "mamba_ssm" and kernel is None:
+        if kernel is None:
             raise RuntimeError(
                 "selective_scan: backend='mamba_ssm' needs the mamba-ssm package "
                 "(mamba_ssm.ops.selective_scan_interface.selective_scan_fn), which is not importable; "
                 "use backend='torch' or 'auto'"
             )
-        if backend == "mamba_ssm" and not u.is_cuda:
+        if not u.is_cuda:
             raise RuntimeError(
                 f"selective_scan: backend='mamba_ssm' runs only on CUDA tensors, got u on {u.device}; "
                 "use backend='torch' or 'auto'"
             )
-        if kernel is not None and u.is_cuda:
-            return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"selective_scan: chunk_size must be >= 1, got {chunk_size}")
+    if backend == "triton":
+        scan = _triton_scan()
+        if scan is None:
+            raise RuntimeError(
+                "selective_scan: backend='triton' needs the triton package (it ships with CUDA builds "
+                "of torch), which is not importable; use backend='torch' or 'auto'"
+            )
+        out, last_state = scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), chunk_size)
+        return (out, last_state) if return_last_state else out
     b, d, L = u.shape
     if chunk_size is None:
         chunk_size = _auto_chunk(b, d, L, A.shape[1])
-    elif chunk_size < 1:
-        raise ValueError(f"selective_scan: chunk_size must be >= 1, got {chunk_size}")
     chunk_size = min(chunk_size, L)
     out, last_state, _ = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), int(chunk_size))
     return (out, last_state) if return_last_state else out

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mambapro.aggregation import build_aggregator
 from mambapro.config import Config
+from mambapro.modalities import MODALITIES
+from mambapro.models.backbone import build_backbone
 
-__all__ = ["MODALITIES", "BNNeckHead", "MambaPro", "build_model"]
-
-MODALITIES = ("RGB", "NI", "TI")
+__all__ = ["BNNeckHead", "MambaPro", "build_model"]
 
 
 class BNNeckHead(nn.Module):
@@ -138,9 +139,6 @@ class MambaPro(nn.Module):
 
 def build_model(cfg: Config, num_classes: int, num_cameras: int) -> MambaPro:
     """Assemble MambaPro from the ``model`` section of ``cfg``."""
-    from mambapro.aggregation import build_aggregator
-    from mambapro.models import build_backbone
-
     m = cfg.model
     backbone = build_backbone(m, cfg.img_size(), num_cameras)
     aggregator = None

@@ -1,0 +1,130 @@
+"""Test-time features: the loader, extraction, the features file, and the ``extract`` command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mambapro.config import Config
+from mambapro.data import build_dataset, build_test_loader, check_cameras
+from mambapro.engine.checkpoint import load_model
+from mambapro.engine.runtime import eval_amp
+
+__all__ = ["FeatureSet", "check_model_cameras", "eval_loader", "extract_features", "run_extract"]
+
+
+@dataclass
+class FeatureSet:
+    """Features of one split: feats (N, F) float32 and per-sample labels."""
+
+    feats: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    sceneids: np.ndarray
+    paths: list[str]
+
+    def labelled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(feats, pids, camids, sceneids)``: the input of ``evaluation.evaluate_features``."""
+        return self.feats, self.pids, self.camids, self.sceneids
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            path,
+            feats=self.feats,
+            pids=self.pids,
+            camids=self.camids,
+            sceneids=self.sceneids,
+            paths=np.asarray(self.paths, dtype=str),
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSet:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"features file not found: {path}")
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"feats", "pids", "camids", "sceneids", "paths"} - set(z.files)
+            if missing:
+                raise ValueError(f"{path} lacks the arrays {sorted(missing)} of a mambapro features file")
+            return cls(z["feats"], z["pids"], z["camids"], z["sceneids"], [str(p) for p in z["paths"]])
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    quiet: bool = True,
+    desc: str = "extract",
+) -> FeatureSet:
+    """Run ``model`` in eval mode over ``loader`` and collect its test features."""
+    was_training = model.training
+    model.eval()
+    feats, pids, camids, sceneids, paths = [], [], [], [], []
+    try:
+        # disable=None: no bar when stderr is not a terminal (logs, CI).
+        bar = tqdm(loader, desc=desc, disable=True if quiet else None, leave=False, dynamic_ncols=True)
+        for batch in bar:
+            inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                f = model(inputs)
+            feats.append(f.float().cpu())
+            pids.append(batch["pids"])
+            camids.append(batch["camids"])
+            sceneids.append(batch["sceneids"])
+            paths.extend(batch["paths"])
+    finally:
+        model.train(was_training)
+    return FeatureSet(
+        torch.cat(feats).numpy(),
+        torch.cat(pids).numpy(),
+        torch.cat(camids).numpy(),
+        torch.cat(sceneids).numpy(),
+        paths,
+    )
+
+
+def eval_loader(cfg: Config, samples: list, dataset_name: str, missing: str = "full") -> Any:
+    """Test-time loader (resize + normalise) over ``samples`` with the configured batch size."""
+    return build_test_loader(
+        cfg.data, samples, dataset_name, cfg.img_size(), batch_size=cfg.test.batch_size, missing=missing
+    )
+
+
+def check_model_cameras(model: nn.Module, samples: list, what: str) -> None:
+    """Name the first sample whose camera id has no row in the model's camera embedding."""
+    backbone = model.backbone
+    if backbone.camera_embedding is not None:
+        check_cameras(samples, backbone.num_cameras, what)
+
+
+def run_extract(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    split: str,
+    out: str | Path,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+) -> FeatureSet:
+    """The ``mambapro extract`` command: features of one split to an .npz file."""
+    model, cfg, _ = load_model(checkpoint, config, overrides, extra={"data": {"root": str(data_root)}})
+    device = next(model.parameters()).device
+    ds = build_dataset(cfg.data.dataset, cfg.data.root, skip_broken=cfg.data.skip_broken)
+    samples = {"query": ds.query, "gallery": ds.gallery, "train": ds.train}[split]
+    check_model_cameras(model, samples, f"{ds.name} {split}")
+    loader = eval_loader(cfg, samples, ds.name)
+    feats = extract_features(model, loader, device, eval_amp(cfg, device), quiet, split)
+    feats.save(out)
+    print(f"{len(feats.paths)} {split} features of dimension {feats.feats.shape[1]} written to {out}")
+    return feats
