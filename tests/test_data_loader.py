@@ -149,7 +149,10 @@ def test_dataset_from_config_generates_once(tmp_path: Path) -> None:
     dataset_from_config(cfg)
     assert meta.stat().st_mtime_ns == stamp  # reused, not regenerated
     cfg.synth.ids = 5
-    assert dataset_from_config(cfg).num_train_pids == 3  # other parameters: regenerated
+    # A tree made with other parameters is never replaced (it may be what a user made).
+    with pytest.raises(DatasetError, match=r"made with seed=0, ids=4.*refusing to replace it"):
+        dataset_from_config(cfg)
+    assert meta.stat().st_mtime_ns == stamp
     # Without the flag a missing dataset is an error naming the folder.
     missing = re.escape(str(tmp_path / "RGBNT201"))
     with pytest.raises(DatasetError, match=rf"^RGBNT201 dataset folder not found: {missing}; .*msvr310/"):

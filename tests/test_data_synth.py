@@ -98,12 +98,32 @@ def test_argument_errors(tmp_path: Path) -> None:
     assert (real / "keep.txt").is_file()
 
 
-def test_regenerating_replaces_the_tree(tmp_path: Path) -> None:
+def test_generating_never_replaces_a_tree(tmp_path: Path) -> None:
     synth.generate("rgbnt201", tmp_path, seed=0, ids=5, test_ids=2, cameras=2, shots=1)
-    synth.generate("rgbnt201", tmp_path, seed=0, ids=4, test_ids=2, cameras=2, shots=1)
-    ds = build_dataset("RGBNT201", tmp_path)
-    assert ds.num_train_pids == 2 and len(ds.gallery) == 4  # no stale files of the first run
-    assert "ids=4" in synth.summary("rgbnt201", tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(
+        FileExistsError, match=r"RGBNT201 already exists \(a synthetic dataset made with seed=0, ids=5"
+    ):
+        synth.generate("rgbnt201", tmp_path, seed=0, ids=4, test_ids=2, cameras=2, shots=1)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing touched
+    assert build_dataset("RGBNT201", tmp_path).num_train_pids == 3
+    assert "ids=5" in synth.summary("rgbnt201", tmp_path)
+
+
+def test_an_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def failing_save(arr, path) -> None:
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        real_save(arr, path)
+
+    real_save = synth._save
+    monkeypatch.setattr(synth, "_save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        synth.generate("rgbnt201", tmp_path, seed=0, ids=4, test_ids=2, cameras=2, shots=1)
+    assert len(calls) == 5 and list(tmp_path.iterdir()) == []  # no partial tree, no temporary folder
 
 
 # --------------------------------------------------------------------------- fairness

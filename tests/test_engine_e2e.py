@@ -22,6 +22,7 @@ from mambapro.engine.features import FeatureSet
 from mambapro.engine.trainer import TrainingError, run_training
 
 SMALL = [
+    "data.synthetic=false",  # the module's own small tree, not the demo's synthetic settings
     "data.img_size=[64,32]",
     "data.batch_size=8",
     "data.num_instances=2",

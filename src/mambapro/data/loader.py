@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..modalities import MODALITIES, missing_modalities
 from . import synth
 from .datasets import ReIDDataset, build_dataset
-from .io import Sample, read_triplet
+from .io import DatasetError, Sample, read_triplet
 from .sampler import RandomIdentitySampler
 from .transforms import apply_missing, build_test_transform, build_train_transform
 
@@ -145,19 +145,26 @@ def dataset_from_config(data_cfg: DataConfig, progress: bool = False) -> ReIDDat
     """Parse ``data_cfg.dataset`` under ``data_cfg.root``.
 
     With ``data.synthetic=true`` the embedded synthetic dataset is generated there first when the
-    dataset folder is absent, or when it holds a synthetic tree made with other ``data.synth``
-    parameters; a real (non-synthetic) dataset folder is used as it is. ``data.verify`` decodes
+    dataset folder is absent; a synthetic tree made with the same ``data.synth`` parameters is
+    reused, and a real (non-synthetic) dataset folder is used as it is. A synthetic tree made
+    with other parameters is never replaced: that is an error naming the folder. ``data.verify`` decodes
     every image first (broken ones are an error, or skipped with ``data.skip_broken``).
     """
     if data_cfg.synthetic:
         layout = data_cfg.dataset.lower()
         folder = synth.dataset_dir(layout, data_cfg.root)
         wanted = dataclasses.asdict(data_cfg.synth)
-        stale = False
         if (Path(folder) / synth.META_FILE).is_file():
             meta = synth.load_meta(layout, data_cfg.root)
-            stale = meta.get("params") != wanted or meta.get("generator_version") != synth.GENERATOR_VERSION
-        if not folder.exists() or stale:
+            if meta.get("params") != wanted or meta.get("generator_version") != synth.GENERATOR_VERSION:
+                asked = ", ".join(f"{k}={v}" for k, v in wanted.items())
+                raise DatasetError(
+                    f"{folder} holds {synth.describe_tree(folder)} (generator "
+                    f"v{meta.get('generator_version')}), not the data.synth settings asked for ({asked}, "
+                    f"v{synth.GENERATOR_VERSION}); refusing to replace it: delete it or choose another "
+                    "data.root"
+                )
+        elif not folder.exists():
             synth.generate(layout, data_cfg.root, progress=progress, **wanted)
     return build_dataset(
         data_cfg.dataset,

@@ -72,7 +72,9 @@ the nuisance flags (night, glare, low thermal contrast, occlusion, view), for an
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -81,6 +83,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
+from tqdm.auto import tqdm
 
 from .specs import DATASETS, DatasetSpec
 
@@ -621,24 +624,47 @@ def generate(layout: str, out: str | Path, *, progress: bool = False, **params: 
 
     ``params`` are the fields of :class:`SynthParams` (seed, ids, test_ids, cameras, shots,
     scenes), defaults there: ``ids`` identities (``test_ids`` of them for testing), each captured
-    ``shots`` times by each of ``cameras`` cameras. An existing synthetic tree at that place is
-    replaced; any other existing folder is left alone and is an error.
+    ``shots`` times by each of ``cameras`` cameras.
+
+    Nothing is ever replaced: an existing dataset folder at that place (synthetic or not) is
+    left alone and is an error naming it. The tree is written under a temporary name next to
+    its place and renamed at the end, so an interrupted run leaves no partial dataset.
     """
     spec = _spec(layout)
-    layout = spec.layout
     p = SynthParams(**params)
     _check_args(spec, p)
+    final = dataset_dir(layout, out)
+    if final.exists():
+        raise FileExistsError(
+            f"synth: {final} already exists ({describe_tree(final)}); refusing to replace it"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        _write_tree(spec, p, root, progress)
+        os.rename(root, final)  # fails rather than replace a folder that appeared meanwhile
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return final
+
+
+def describe_tree(folder: Path) -> str:
+    """What an existing dataset folder is, in a few words, for error messages."""
+    meta = folder / META_FILE
+    if not meta.is_file():
+        return "not a synthetic dataset: a real one, or other files"
+    try:
+        params = json.loads(meta.read_text()).get("params", {})
+    except (OSError, ValueError):
+        return "a synthetic dataset with an unreadable synth_meta.json"
+    return "a synthetic dataset made with " + ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _write_tree(spec: DatasetSpec, p: SynthParams, root: Path, progress: bool) -> None:
+    layout = spec.layout
     seed, ids, test_ids, cameras, shots, scenes = p.seed, p.ids, p.test_ids, p.cameras, p.shots, p.scenes
     t0 = time.perf_counter()
-    root = dataset_dir(layout, out)
-    if root.exists():
-        if not (root / META_FILE).is_file():
-            raise FileExistsError(
-                f"synth: {root} exists and is not a synthetic dataset (no {META_FILE}); "
-                "refusing to overwrite it: choose another --out"
-            )
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
     train_dir, test_dir = spec.splits["train"], spec.splits["gallery"]
     query_dir = None if spec.query_is_gallery else spec.splits["query"]
 
@@ -646,8 +672,6 @@ def generate(layout: str, out: str | Path, *, progress: bool = False, **params: 
     jobs = [(ident, cam, shot) for ident in identities for cam in range(cameras) for shot in range(shots)]
     it: Iterator[tuple[Identity, int, int]] = iter(jobs)
     if progress:
-        from tqdm import tqdm
-
         it = iter(tqdm(jobs, desc=f"synth {layout}", unit="capture", disable=None))
     captures = []
     for ident, cam, shot in it:
@@ -682,7 +706,6 @@ def generate(layout: str, out: str | Path, *, progress: bool = False, **params: 
         "captures": captures,
     }
     (root / META_FILE).write_text(json.dumps(meta, indent=1))
-    return root
 
 
 def load_meta(layout: str, out: str | Path) -> dict[str, Any]:
