@@ -111,8 +111,10 @@ def test_data_verify_refuses_or_skips_before_training(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="skipped"):
         bundle = prepare_data(cfg)
     assert all(s.paths[0] != str(empty) for s in bundle.dataset.train)
-    # Without data.verify the unreadable file is only found when loaded.
-    assert len(prepare_data(load_config(None, [f"data.root={root}"])).dataset.train) == 4 * 2 * 2
+    # Without data.verify the headers are still read: empty and non-image files are refused
+    # when the dataset is parsed, before any run folder exists.
+    with pytest.raises(DatasetError, match=f"2 broken triplet.*{empty.name}"):
+        prepare_data(load_config(None, [f"data.root={root}"]))
 
 
 def test_log_period_writes_per_iteration_scalars(data_root: Path, tmp_path: Path) -> None:

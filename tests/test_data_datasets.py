@@ -206,14 +206,39 @@ def test_msvr310_pid_must_match_folder(tiny) -> None:
 def test_truncated_image(tiny) -> None:
     root = tiny("rgbnt201")
     victim = sorted((root / "RGBNT201/test/TI").iterdir())[0]
-    victim.write_bytes(victim.read_bytes()[:600])
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) * 3 // 4])  # the header is intact, the pixels are not
     with pytest.raises(DatasetError, match=f"cannot read image {victim}"):
         build_dataset("RGBNT201", root, verify=True)
-    # Without verify the parser is lazy; the error comes when the triplet is decoded.
+    # skip_broken decodes everything so that it can skip what is broken.
+    with pytest.warns(UserWarning, match="skipped 1 broken triplet"):
+        skipping = build_dataset("RGBNT201", root, skip_broken=True)
+    assert [f for f, _ in skipping.skipped] == [sorted((root / "RGBNT201/test/RGB").iterdir())[0].as_posix()]
+    # Without verify only the headers are read; the error comes when the triplet is decoded.
     ds = build_dataset("RGBNT201", root)
     sample = next(s for s in ds.query if s.paths[2] == str(victim))
     with pytest.raises(ImageReadError, match=f"cannot read image {victim}"):
         read_triplet(sample, "RGBNT201")
+
+
+def test_headers_are_always_read(tiny) -> None:
+    # An empty file or a cut-off header is found when the dataset is parsed, verify or not, so
+    # training is refused before its run folder exists.
+    root = tiny("rgbnt201")
+    victim = sorted((root / "RGBNT201/train_171/NI").iterdir())[0]
+    victim.write_bytes(b"")
+    with pytest.raises(DatasetError, match=f"1 broken triplet.*cannot read image {victim}"):
+        build_dataset("RGBNT201", root)
+
+
+def test_far_smaller_sibling_is_named(tiny) -> None:
+    root = tiny("rgbnt201")
+    victim = sorted((root / "RGBNT201/test/TI").iterdir())[0]
+    with Image.open(victim) as img:
+        img.resize((img.width // 4, img.height // 4)).save(victim)
+    with pytest.warns(UserWarning, match=f"1 triplet.*far smaller than its siblings.*{victim}"):
+        ds = build_dataset("RGBNT201", root)
+    assert any(s.paths[2] == str(victim) for s in ds.gallery)  # kept: it is usable, only odd
 
 
 def test_garbage_image(tiny) -> None:
@@ -248,8 +273,8 @@ def test_skip_broken_warns_with_count(tiny) -> None:
 def test_skip_broken_with_verify_drops_truncated(tiny) -> None:
     root = tiny("msvr310")
     victim = sorted((root / "msvr310/bounding_box_test").glob("*/ni/*.jpg"))[-1]
-    victim.write_bytes(victim.read_bytes()[:500])
     full_gallery = len(build_dataset("MSVR310", root).gallery)
+    victim.write_bytes(victim.read_bytes()[:500])
     with pytest.warns(UserWarning, match="skipped 1 broken triplet"):
         ds = build_dataset("MSVR310", root, skip_broken=True, verify=True)
     assert len(ds.gallery) == full_gallery - 1

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mambapro.config import SynthConfig
-from mambapro.data import build_dataset, read_triplet, synth
+from mambapro.data import DatasetError, build_dataset, read_triplet, synth
 
 SMALL = dict(ids=4, test_ids=2, cameras=2, shots=2, scenes=2)
 
@@ -93,7 +93,7 @@ def test_argument_errors(tmp_path: Path) -> None:
     real = tmp_path / "RGBNT201"
     real.mkdir()
     (real / "keep.txt").write_text("a real dataset")
-    with pytest.raises(FileExistsError, match="not a synthetic dataset"):
+    with pytest.raises(DatasetError, match="not a synthetic dataset"):
         synth.generate("rgbnt201", tmp_path, **SMALL)
     assert (real / "keep.txt").is_file()
 
@@ -102,7 +102,7 @@ def test_generating_never_replaces_a_tree(tmp_path: Path) -> None:
     synth.generate("rgbnt201", tmp_path, seed=0, ids=5, test_ids=2, cameras=2, shots=1)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(
-        FileExistsError, match=r"RGBNT201 already exists \(a synthetic dataset made with seed=0, ids=5"
+        DatasetError, match=r"RGBNT201 already exists \(a synthetic dataset made with seed=0, ids=5"
     ):
         synth.generate("rgbnt201", tmp_path, seed=0, ids=4, test_ids=2, cameras=2, shots=1)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing touched

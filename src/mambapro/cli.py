@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from mambapro import __version__
-from mambapro.config import ConfigError, SynthConfig, dump_config, load_config
+from mambapro.config import SynthConfig, dump_config, load_config
 from mambapro.data.synth import LAYOUTS
-from mambapro.errors import UserError
+from mambapro.engine.runlog import check_run_folder
+from mambapro.errors import UserError, check_output_dir, check_output_file
+from mambapro.modalities import parse_missing
 
 __all__ = ["main", "build_parser"]
 
@@ -81,14 +85,23 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # Refused before the seconds of importing torch: config values, the run folder.
+    cfg = _cfg(args, extra=_path_flags(args))
+    check_run_folder(cfg, args.resume)
+
     from mambapro.engine.trainer import run_training
 
-    cfg = _cfg(args, extra=_path_flags(args))
     run_training(cfg, resume=args.resume, quiet=args.quiet)
     return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    _require_file(args.checkpoint, "--checkpoint")
+    if args.output is not None:
+        check_output_dir(args.output, "--output")
+    if args.missing not in (None, "all"):
+        parse_missing(args.missing)
+
     from mambapro.engine.evaluate import run_test
 
     cfg_extra = _path_flags(args)
@@ -106,6 +119,9 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    _require_file(args.checkpoint, "--checkpoint")
+    check_output_file(args.out, "--out")
+
     from mambapro.engine.features import run_extract
 
     run_extract(
@@ -121,6 +137,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    _require_file(args.checkpoint, "--checkpoint")
+    check_output_file(args.out, "--out")
+
     from mambapro.engine.search import run_search
 
     run_search(
@@ -137,6 +156,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        check_output_dir(args.output, "--output")
+
     from mambapro.engine.demo import run_demo
 
     run_demo(config=args.config, overrides=args.overrides, output=args.output, quiet=args.quiet)
@@ -144,8 +166,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    import warnings
-
     from mambapro.data import build_dataset
 
     cfg = _cfg(args, extra=_path_flags(args))
@@ -155,14 +175,20 @@ def cmd_check_data(args: argparse.Namespace) -> int:
             cfg.data.dataset, cfg.data.root, skip_broken=True, verify=True, progress=not args.quiet
         )
     print(ds)
-    broken = [(f, why) for f, why in ds.skipped if not why.startswith("junk")]
+    broken = ds.skipped
     for f, why in broken:
-        print(f"  broken: {f}: {why}")
+        print(f"  broken: {why if f in why else f'{f}: {why}'}")
     total = len({s.paths for s in (*ds.train, *ds.query, *ds.gallery)})  # query and gallery may share
     if broken:
         raise UserError(f"{ds.name} at {cfg.data.root}: {len(broken)} broken triplet(s), listed above")
     print(f"{ds.name} at {cfg.data.root}: all {total} triplets decode")
     return 0
+
+
+def _require_file(path: Path, option: str) -> None:
+    # Checked before the engine is imported: a mistyped path costs no seconds of loading torch.
+    if not path.is_file():
+        raise UserError(f"{option} {path}: {'is a folder' if path.is_dir() else 'no such file'}")
 
 
 def _path_flags(args: argparse.Namespace) -> dict:
@@ -179,13 +205,20 @@ def _path_flags(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (its default prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mambapro",
         description="MambaPro multi-modal (RGB/NIR/TIR) object re-identification toolkit.",
     )
     parser.add_argument("--version", action="version", version=f"mambapro {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
@@ -258,16 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors caused by what the user handed us: printed as one line, exit status 2.
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
-    Imported only when an error happens, so that start-up stays light.
-    """
-    from mambapro.data.io import DatasetError
-    from mambapro.engine.checkpoint import CheckpointError
-    from mambapro.engine.trainer import TrainingError
 
-    return (ConfigError, UserError, FileNotFoundError, DatasetError, CheckpointError, TrainingError)
+def _os_error_message(err: OSError) -> str:
+    """``cannot write /x/y: Permission denied`` rather than ``[Errno 13] ...`` and a traceback."""
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    reason = err.strerror or type(err).__name__
+    return f"{where}: {reason}" if where else _one_line(str(err)) or reason
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    # One line per warning, without the source line Python prints by default.
+    print(f"mambapro: warning: {_one_line(str(message))}", file=file or sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,12 +320,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0
+    warnings.showwarning = _show_warning
     try:
         return args.handler(args)
-    except Exception as err:
-        if not isinstance(err, _user_errors()):
-            raise
-        print(f"mambapro {args.command}: error: {err}", file=sys.stderr)
+    except UserError as err:
+        print(f"mambapro {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # File-system failures (permission denied, read-only, no space, a file where a folder
+        # should be) are the environment's, not bugs: one line naming the path.
+        print(f"mambapro {args.command}: error: {_os_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mambapro {args.command}: interrupted", file=sys.stderr)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -23,6 +22,8 @@ import yaml
 
 from mambapro.data.specs import dataset_names, dataset_spec
 from mambapro.data.synth import SynthParams as SynthConfig
+from mambapro.data.synth import check_params as check_synth_params
+from mambapro.errors import ConfigError
 from mambapro.modalities import MISSING_SETTINGS
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "TrainConfig",
     "SynthConfig",
     "load_config",
+    "config_diff",
     "config_to_dict",
     "dump_config",
     "PRESETS_DIR",
@@ -41,14 +43,51 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
-
-
-def _choices(*values: str | Callable[[], list[str]], default: Any) -> Any:
-    """A field whose value must be one of ``values`` (or of ``values[0]()``, a registry's names)."""
+def _choices(*values: Any, default: Any) -> Any:
+    """A field whose value must be one of ``values`` (or of ``values[0]()``, a registry's names);
+    strings match case-insensitively, numbers by value."""
     choices = values[0] if len(values) == 1 and callable(values[0]) else values
     return field(default=default, metadata={"choices": choices})
+
+
+def _range(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A numeric field (or list of numbers) whose value(s) must lie in the given bounds; ``None``
+    values (where the type allows them) are not checked."""
+    return field(default=default, metadata={"range": (ge, gt, le, lt)})
+
+
+def _range_rule(bounds: tuple[float | None, ...]) -> str:
+    ge, gt, le, lt = (None if b is None else int(b) if float(b).is_integer() else b for b in bounds)
+    low = f">= {ge}" if ge is not None else f"> {gt}" if gt is not None else ""
+    high = f"<= {le}" if le is not None else f"< {lt}" if lt is not None else ""
+    return " and ".join(r for r in (low, high) if r)
+
+
+def _in_range(value: float, bounds: tuple[float | None, ...]) -> bool:
+    ge, gt, le, lt = bounds
+    return (
+        (ge is None or value >= ge)
+        and (gt is None or value > gt)
+        and (le is None or value <= le)
+        and (lt is None or value < lt)
+    )
+
+
+def _device_problem(name: str) -> str | None:
+    """Why ``name`` is not a device spec (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), or None."""
+    kind, _, index = name.partition(":")
+    if kind in ("auto", "cpu", "mps") and not index:
+        return None
+    if kind == "cuda" and (not index or index.isdigit()):
+        return None
+    return "is not a device: use auto, cpu, cuda, cuda:N or mps"
 
 
 ADAPTERS = ("none", "pfa", "bna", "lora")
@@ -56,7 +95,11 @@ ADAPTERS = ("none", "pfa", "bna", "lora")
 ADAPTER_POSITIONS = ("side_ffn", "behind_ffn", "side_mhsa", "behind_mhsa")
 PROMPTS = ("none", "ip", "sp", "srp_separation", "srp_fusion")
 AGGREGATORS = ("none", "sum", "concat", "transformer", "intra_ma", "inter_ma", "ma", "ma_transformer")
-BACKBONES = ("clip_vit_b16", "vit_b16_imagenet", "tiny")
+#: Encoder depth of each registered backbone (``models.backbone`` builds them; a test checks
+#: that the built encoders have these depths), for checking layer indices at load time.
+BACKBONE_LAYERS = {"clip_vit_b16": 12, "vit_b16_imagenet": 12, "tiny": 4}
+BACKBONES = tuple(BACKBONE_LAYERS)
+PATCH_SIZE = 16  # every registered backbone's patch size
 ACTIVATIONS = ("quick_gelu", "gelu")
 
 
@@ -70,19 +113,19 @@ class DataConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     # (H, W) per modality; null takes the dataset's geometry (SPEC §1).
     img_size: list[int] | None = None
-    batch_size: int = 64  # P x K with K = num_instances
-    num_instances: int = 4
-    num_workers: int = 0
+    batch_size: int = _range(64, ge=1)  # P x K with K = num_instances
+    num_instances: int = _range(4, ge=1)
+    num_workers: int = _range(0, ge=0)
     # Draw flip/crop/erase separately per modality (the authors' release); false: one draw
     # shared by the three pixel-aligned modalities.
     independent_aug: bool = True
-    flip_prob: float = 0.5
-    padding: int = 10
-    erase_prob: float = 0.5
+    flip_prob: float = _range(0.5, ge=0, le=1)
+    padding: int = _range(10, ge=0)
+    erase_prob: float = _range(0.5, ge=0, le=1)
     # Test-time resize filter (the release: PIL bilinear); training always resizes bicubic.
     test_interpolation: str = _choices("bilinear", "bicubic", default="bilinear")
     mean: float = 0.5
-    std: float = 0.5
+    std: float = _range(0.5, gt=0)
     # Decode every image once before training (progress bar); a broken file is an error naming
     # all of them, or with skip_broken a counted warning (`mambapro check-data` does the same).
     verify: bool = False
@@ -90,7 +133,7 @@ class DataConfig:
     # unreadable image, with a counted warning, instead of failing.
     skip_broken: bool = False
     # Training identities held out as a validation query/gallery when train.select_best=val.
-    val_ids: int = 0
+    val_ids: int = _range(0, ge=0)
 
 
 @dataclass
@@ -101,32 +144,32 @@ class ModelConfig:
     adapter: str = _choices(*ADAPTERS, default="pfa")
     adapter_position: str = _choices(*ADAPTER_POSITIONS, default="side_ffn")
     adapter_act: str = _choices(*ACTIVATIONS, default="quick_gelu")
-    lora_rank: int = 64
+    lora_rank: int = _range(64, ge=1)
     # LoRA's update is scaled by lora_alpha / lora_rank (the release's LoRA_Linear, alpha = 1).
-    lora_alpha: float = 1.0
+    lora_alpha: float = _range(1.0, gt=0)
     # Layer indices (0-based) that get an adapter / prompts; null means every layer.
-    adapter_layers: list[int] | None = None
+    adapter_layers: list[int] | None = _range(None, ge=0)
     prompt: str = _choices(*PROMPTS, default="srp_fusion")
-    prompt_tokens: int = 4
-    prompt_layers: list[int] | None = None
+    prompt_tokens: int = _range(4, ge=1)
+    prompt_layers: list[int] | None = _range(None, ge=0)
     prompt_act: str = _choices(*ACTIVATIONS, default="quick_gelu")
     camera_embedding: bool = True
-    camera_coef: float = 1.0
+    camera_coef: float = _range(1.0, ge=0)
     # Tokens the camera embedding is added to: the cls token (the release's CLIP) or every
     # token (the release's ImageNet ViT, Table 9).
     camera_tokens: str = _choices("cls", "all", default="cls")
     # Stochastic depth of the encoder's blocks (linearly rising to this rate; the release's
     # ImageNet ViT uses 0.1, its CLIP none).
-    drop_path: float = 0.0
+    drop_path: float = _range(0.0, ge=0, lt=1)
     # Supervision of the backbone's cls features: one BNNeck head on their concatenation
     # (the release's MODEL.DIRECT = 1) or one head shared by the three modalities, each
     # modality's feature supervised separately (DIRECT = 0, the vehicle datasets).
     ori_head: str = _choices("concat", "per_modality", default="concat")
     aggregator: str = _choices(*AGGREGATORS, default="ma")
-    ma_depth: int = 2
-    ma_d_state: int = 16
-    ma_dt_rank: int = 32
-    ma_expand: int = 2
+    ma_depth: int = _range(2, ge=1)
+    ma_d_state: int = _range(16, ge=1)
+    ma_dt_rank: int = _range(32, ge=1)
+    ma_expand: int = _range(2, ge=1)
     ma_bidirectional: bool = False
     # MA initialisation: ``release`` re-initialises every Linear of the aggregator trunc-normal
     # (std 0.02, zero bias; dt_proj included, so the initial step is softplus(0)) as the
@@ -139,51 +182,52 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 1111  # the release's SOLVER.SEED
-    epochs: int = 60
-    warmup_epochs: int = 10
-    lr: float = 3.5e-4
-    backbone_lr: float = 5e-6
-    weight_decay: float = 1e-4
-    bias_lr_factor: float = 2.0  # for biases outside the fine-tuned encoder
+    seed: int = _range(1111, ge=0, le=2**32 - 1)  # the release's SOLVER.SEED
+    epochs: int = _range(60, ge=1)
+    warmup_epochs: int = _range(10, ge=0)
+    lr: float = _range(3.5e-4, gt=0)
+    backbone_lr: float = _range(5e-6, ge=0)
+    weight_decay: float = _range(1e-4, ge=0)
+    bias_lr_factor: float = _range(2.0, ge=0)  # for biases outside the fine-tuned encoder
     # The encoder's biases get backbone_lr x this when fine-tuning (the release: 1, no doubling).
-    backbone_bias_lr_factor: float = 1.0
-    warmup_lr_factor: float = 0.01
-    min_lr_factor: float = 0.001
+    backbone_bias_lr_factor: float = _range(1.0, ge=0)
+    warmup_lr_factor: float = _range(0.01, ge=0)
+    min_lr_factor: float = _range(0.001, ge=0)
     # Scheduler index of the first epoch: the release calls scheduler.step(epoch) with epochs
     # counted from 1, so its first epoch already runs one warm-up step in; 0 starts at the
     # warm-up's initial rate.
-    schedule_start: int = 1
-    ce_weight: float = 0.25
-    label_smoothing: float = 0.1
-    triplet_weight: float = 1.0
+    schedule_start: int = _choices(0, 1, default=1)
+    ce_weight: float = _range(0.25, ge=0)
+    label_smoothing: float = _range(0.1, ge=0, lt=1)
+    triplet_weight: float = _range(1.0, ge=0)
     # null: soft-margin (softplus) triplet, the default; a number: hinge with that margin.
-    triplet_margin: float | None = None
+    triplet_margin: float | None = _range(None, gt=0)
     amp: str = _choices("auto", "off", "bf16", "fp16", default="auto")
-    grad_clip: float | None = None
+    grad_clip: float | None = _range(None, gt=0)
+    # auto, cpu, cuda, cuda:N or mps; a GPU that is absent is refused when the run starts.
     device: str = "auto"
     # Iterations per epoch; null: one pass over the training identities' samples.
-    iters_per_epoch: int | None = None
-    eval_period: int = 0  # evaluate every N epochs (0: only at the end)
-    checkpoint_period: int = 1
+    iters_per_epoch: int | None = _range(None, ge=1)
+    eval_period: int = _range(0, ge=0)  # evaluate every N epochs (0: only at the end)
+    checkpoint_period: int = _range(1, ge=1)
     # final: report the last epoch; val: keep the best by a held-out validation split;
     # test_set_optimistic: select on the test set, as published recipes do (labelled as such).
     select_best: str = _choices("final", "val", "test_set_optimistic", default="final")
     output: str = "runs/default"
     # TensorBoard scalars (iter/*: loss terms, accuracy, lr) every N training steps; 0: off.
-    log_period: int = 10
+    log_period: int = _range(10, ge=0)
 
 
 @dataclass
 class TestConfig:
-    batch_size: int = 128
+    batch_size: int = _range(128, ge=1)
     missing: str = _choices(*MISSING_SETTINGS, default="full")
     distance: str = _choices("euclidean", "cosine", default="euclidean")
     rerank: bool = False
-    rerank_k1: int = 20
-    rerank_k2: int = 6
-    rerank_lambda: float = 0.3
-    max_rank: int = 50
+    rerank_k1: int = _range(20, ge=1)
+    rerank_k2: int = _range(6, ge=1)
+    rerank_lambda: float = _range(0.3, ge=0, le=1)
+    max_rank: int = _range(50, ge=1)
     # Autocast at test time (train.amp's dtype); off: fp32 features, as the release evaluates.
     amp: bool = False
     # The test feature before its BNNeck's BatchNorm (the release) or after it.
@@ -280,16 +324,31 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str, source: str) -> None:
             _apply(current, value, f"{key}.", source)
             continue
         value = _coerce(value, tp, key, source)
-        choices = fields[name].metadata.get("choices")
+        meta = fields[name].metadata
+        choices = meta.get("choices")
         if callable(choices):  # a registry's names, read when the value is checked
             choices = tuple(choices())
         if choices is not None:
             # Names are matched case-insensitively so 'rgbnt201' and 'RGBNT201' both work.
-            match = [c for c in choices if c.lower() == str(value).lower()]
+            match = [c for c in choices if _same_choice(c, value)]
             if not match:
-                raise ConfigError(f"{source}: '{key}' = {value!r} is not one of: {', '.join(choices)}")
+                allowed = ", ".join(str(c) for c in choices)
+                raise ConfigError(f"{source}: '{key}' = {value!r} is not one of: {allowed}")
             value = match[0]
+        bounds = meta.get("range")
+        if bounds is not None and value is not None:
+            items = value if isinstance(value, list) else [value]
+            bad = [v for v in items if not _in_range(v, bounds)]
+            if bad:
+                shown = f"{value!r}" if bad == [value] else f"{value!r} (item {bad[0]!r})"
+                raise ConfigError(f"{source}: '{key}' = {shown} must be {_range_rule(bounds)}")
         setattr(obj, name, value)
+
+
+def _same_choice(choice: Any, value: Any) -> bool:
+    if isinstance(choice, str):
+        return isinstance(value, str) and choice.lower() == value.lower()
+    return not isinstance(value, (bool, str)) and choice == value
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -303,7 +362,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        # PyYAML's own message spans several lines with a source excerpt: keep where and what.
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     base = data.pop("_base_", None)
@@ -371,10 +434,14 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     extra: dict[str, Any] | None = None,
+    base: tuple[dict[str, Any], str] | None = None,
 ) -> Config:
-    """Build the resolved configuration: defaults, then ``path`` (and its bases), then
-    ``extra`` (a nested dict, e.g. from command-line flags), then ``overrides``."""
+    """Build the resolved configuration: defaults, then ``base`` (a nested dict and the name of
+    its source, e.g. a checkpoint's stored config), then ``path`` (and its bases), then ``extra``
+    (a nested dict, e.g. from command-line flags), then ``overrides``."""
     cfg = Config()
+    if base is not None:
+        _apply(cfg, base[0], "", base[1])
     if path is not None:
         path = resolve_config_path(path)
         _apply(cfg, _read_yaml(path), "", str(path))
@@ -388,30 +455,61 @@ def load_config(
 
 
 def _check(cfg: Config) -> None:
-    """Cross-field checks that a single type cannot express."""
-    d = cfg.data
-    if d.img_size is not None and (len(d.img_size) != 2 or min(d.img_size) <= 0):
-        raise ConfigError(f"'data.img_size' = {d.img_size} must be [H, W] with positive sizes")
-    if d.num_instances <= 0 or d.batch_size <= 0:
-        raise ConfigError("'data.batch_size' and 'data.num_instances' must be positive")
+    """Cross-field checks that a single type or range cannot express."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    size = d.img_size
+    if size is not None and (len(size) != 2 or any(x <= 0 or x % PATCH_SIZE for x in size)):
+        raise ConfigError(
+            f"'data.img_size' = {size} must be [H, W], positive multiples of the patch size {PATCH_SIZE}"
+        )
     if d.batch_size % d.num_instances != 0:
         raise ConfigError(
             f"'data.batch_size' = {d.batch_size} must be a multiple of "
             f"'data.num_instances' = {d.num_instances} (P identities x K instances)"
         )
-    if cfg.train.select_best == "val" and d.val_ids <= 0:
+    if d.batch_size // d.num_instances < 2:
+        raise ConfigError(
+            f"'data.batch_size' = {d.batch_size} holds one identity of 'data.num_instances' = "
+            f"{d.num_instances}; the triplet loss needs at least two identities per batch"
+        )
+    for key in ("data.root", "train.output"):
+        section, name = key.split(".")
+        if not str(getattr(getattr(cfg, section), name)).strip():
+            raise ConfigError(f"'{key}' is empty")
+    if t.select_best == "val" and d.val_ids <= 0:
         raise ConfigError("'train.select_best' = val needs 'data.val_ids' > 0 held-out training identities")
-    if cfg.train.schedule_start not in (0, 1):
-        raise ConfigError(f"'train.schedule_start' = {cfg.train.schedule_start} must be 0 or 1")
+    problem = _device_problem(t.device)
+    if problem:
+        raise ConfigError(f"'train.device' = {t.device!r} {problem}")
+    depth = BACKBONE_LAYERS[m.backbone]
     for name in ("adapter_layers", "prompt_layers"):
-        layers = getattr(cfg.model, name)
-        if layers is not None and any(i < 0 for i in layers):
-            raise ConfigError(f"'model.{name}' = {layers} must hold 0-based layer indices")
+        layers = getattr(m, name)
+        if layers is not None and any(i >= depth for i in layers):
+            raise ConfigError(
+                f"'model.{name}' = {layers}: the {m.backbone} backbone has layers 0..{depth - 1}"
+            )
+    if cfg.test.feature == "fuse" and m.aggregator == "none":
+        raise ConfigError("'test.feature' = fuse needs an aggregator ('model.aggregator' is none)")
+    if d.synthetic:
+        check_synth_params(d.dataset, d.synth, prefix="data.synth.")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A plain nested dict of the configuration (JSON/YAML serialisable)."""
     return dataclasses.asdict(cfg)
+
+
+def config_diff(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: before -> after`` for every dotted key whose value differs (nested dicts walked);
+    a key present on one side only shows ``<absent>`` on the other."""
+    out = []
+    for key in sorted(set(before) | set(after), key=str):
+        a, b = before.get(key, "<absent>"), after.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def dump_config(cfg: Config) -> str:

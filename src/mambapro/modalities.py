@@ -8,6 +8,8 @@ its table label is ``full`` or ``-R``, ``-RN``, ...
 
 from __future__ import annotations
 
+from mambapro.errors import ConfigError
+
 __all__ = [
     "MISSING_SETTINGS",
     "MODALITIES",
@@ -29,14 +31,15 @@ _LETTER = {"R": "RGB", "N": "NI", "T": "TI"}
 
 def parse_missing(text: str) -> str:
     """The canonical setting of ``text``: any case, letters in any order, an optional leading
-    ``-`` (``-nt``, ``TN`` and ``NT`` are all ``NT``); ``ValueError`` naming the choices else."""
+    ``-`` (``-nt``, ``TN`` and ``NT`` are all ``NT``); :class:`ConfigError` (a ``ValueError``)
+    naming the choices else."""
     key = str(text).strip()
     if key.lower() == "full":
         return "full"
     letters = key.removeprefix("-").upper()
     canon = "".join(c for c in "RNT" if c in letters)
     if len(canon) != len(letters) or canon not in MISSING_SETTINGS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown missing-modality setting {text!r}; choose one of: {', '.join(MISSING_SETTINGS)} "
             "(letters name the missing modalities: R = RGB, N = NI, T = TI; a leading '-' is allowed)"
         )

@@ -10,9 +10,10 @@ names matched by the spec's pattern) and returns a :class:`ReIDDataset` of
 * Structural problems (missing root or split folder, empty split) always raise
   :class:`~mambapro.data.io.DatasetError` naming the path and listing what is there.
   Per-sample problems (a missing NI/TI/RGB partner, a name that does not parse, a camera out of
-  range, with ``verify=True`` an unreadable or truncated image) are collected and raised together
-  (first few named, all counted), or with ``skip_broken=True`` dropped with one counted warning
-  and kept in ``dataset.skipped``. Nothing is dropped silently.
+  range, a file whose header is not an image's or whose panels do not split; with ``verify=True``
+  or ``skip_broken=True``, which decode everything, also a truncated image) are collected and
+  raised together (first few named, all counted), or with ``skip_broken=True`` dropped with one
+  counted warning and kept in ``dataset.skipped``. Nothing is dropped silently.
 * Side-by-side samples (RGBNT100) keep their single file (``paths`` is a 1-tuple); the panel
   split happens when decoding (:func:`~mambapro.data.io.read_triplet`). Market-style junk images
   (``pid == -1``) are left out as the official protocol does, with a counted warning.
@@ -32,9 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .io import DatasetError, ImageReadError, Sample, read_triplet
+from .io import DatasetError, ImageReadError, Sample, panel_size, read_triplet
 from .specs import DATASETS, DatasetSpec
 
 __all__ = [
@@ -62,8 +64,10 @@ class ReIDDataset:
     train: list[Sample]
     query: list[Sample]
     gallery: list[Sample]
-    # (file, reason) of every triplet dropped with skip_broken=True or as junk.
+    # (file, reason) of every triplet dropped with skip_broken=True.
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # (file, reason) of the junk images (pid -1) left out by the official protocol.
+    junk: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def num_train_pids(self) -> int:
@@ -100,7 +104,9 @@ class ReIDDataset:
             lines.append(row)
         lines.append(rule)
         if self.skipped:
-            lines.append(f"  skipped {len(self.skipped)} broken or junk triplet(s)")
+            lines.append(f"  skipped {len(self.skipped)} broken triplet(s)")
+        if self.junk:
+            lines.append(f"  left out {len(self.junk)} junk image(s) (pid -1)")
         return "\n".join(lines)
 
 
@@ -169,7 +175,7 @@ class _Problems:
     def finish(self) -> list[tuple[str, str]]:
         if not self.items:
             return []
-        shown = "; ".join(f"{p}: {r}" for p, r in self.items[:_MAX_LISTED])
+        shown = "; ".join(r if p in r else f"{p}: {r}" for p, r in self.items[:_MAX_LISTED])
         more = f" (and {len(self.items) - _MAX_LISTED} more)" if len(self.items) > _MAX_LISTED else ""
         if not self.skip_broken:
             raise DatasetError(
@@ -193,23 +199,75 @@ def _non_empty(samples: list[Sample], folder: Path, name: str) -> list[Sample]:
     return samples
 
 
+#: A modality image with a side below this fraction of its largest sibling's is flagged: it is
+#: upscaled to the model's input size like the others, which is rarely what was meant.
+_SMALL_SIBLING = 0.5
+
+
+def _header_size(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:  # lazy: reads the header only
+            return img.size
+    except FileNotFoundError:
+        raise ImageReadError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"cannot read image {path}: {err}") from err
+
+
+def _probe(sample: Sample, dataset_name: str, decode: bool) -> tuple[str | None, str | None]:
+    """(why the sample is unusable or None, a size warning or None).
+
+    Without ``decode`` only the headers are read (format and size: catches empty, non-image and
+    wrongly sized files in well under a millisecond each); with it every pixel is decoded
+    (also catches truncated files).
+    """
+    try:
+        if decode:
+            sizes = [img.size for img in read_triplet(sample, dataset_name)]
+        else:
+            sizes = [_header_size(path) for path in sample.paths]
+            if len(sample.paths) == 1:
+                panel_size(sizes[0], sample.paths[0])
+    except ImageReadError as err:
+        return str(err), None
+    if len(sample.paths) == 1:  # side-by-side panels share one size
+        return None, None
+    big_w, big_h = max(w for w, _ in sizes), max(h for _, h in sizes)
+    for path, (w, h) in zip(sample.paths, sizes):
+        if w < _SMALL_SIBLING * big_w or h < _SMALL_SIBLING * big_h:
+            return None, f"{path} is {w}x{h}, its sibling modalities up to {big_w}x{big_h}"
+    return None, None
+
+
 def verify_samples(
     samples: list[Sample],
     dataset_name: str,
     problems: _Problems,
     progress: bool = False,
     desc: str = "verify",
+    decode: bool = True,
 ) -> list[Sample]:
-    """Decode every image of ``samples``; record unreadable ones in ``problems``."""
-    good = []
+    """Check every image of ``samples`` (decoded, or headers only with ``decode=False``); record
+    unusable ones in ``problems`` and return the others. Modality images far smaller than their
+    siblings are named in one counted warning."""
+    good, small = [], []
     # disable=None: no bar when stderr is not a terminal (logs, CI).
-    for s in tqdm(samples, desc=desc, unit="triplet", disable=None if progress else True, leave=False):
-        try:
-            read_triplet(s, dataset_name)
-        except ImageReadError as err:
-            problems.add(s.paths[0], str(err))
+    bar = tqdm(samples, desc=desc, unit="triplet", disable=None if progress else True, leave=False)
+    for s in bar:
+        why, size_note = _probe(s, dataset_name, decode)
+        if why is not None:
+            problems.add(s.paths[0], why)
             continue
+        if size_note is not None:
+            small.append(size_note)
         good.append(s)
+    if small:
+        more = f" (and {len(small) - 1} more)" if len(small) > 1 else ""
+        warnings.warn(
+            f"{dataset_name}: {len(small)} triplet(s) have a modality image far smaller than its siblings, "
+            f"upscaled to the input size: {small[0]}{more}",
+            stacklevel=3,
+        )
     return good
 
 
@@ -222,28 +280,28 @@ def _finalise(
     junk: list[tuple[str, str]] | None = None,
     progress: bool = False,
 ) -> ReIDDataset:
-    if verify:
-        done: list[tuple[list[Sample], list[Sample]]] = []  # (as parsed, readable)
-        verified = {}
-        for split, (samples, folder) in splits.items():
-            # RGBNT201's query and gallery are the same folder: decode it once.
-            good = next((v for s, v in done if s == samples), None)
-            if good is None:
-                good = verify_samples(samples, name, problems, progress, f"verify {name} {split}")
-                done.append((samples, good))
-            verified[split] = (list(good), folder)
-        splits = verified
+    done: list[tuple[list[Sample], list[Sample]]] = []  # (as parsed, usable)
+    checked = {}
+    for split, (samples, folder) in splits.items():
+        # RGBNT201's query and gallery are the same folder: check it once.
+        good = next((v for s, v in done if s == samples), None)
+        if good is None:
+            desc = f"{'verify' if verify else 'check'} {name} {split}"
+            good = verify_samples(samples, name, problems, progress and verify, desc, decode=verify)
+            done.append((samples, good))
+        checked[split] = (list(good), folder)
     skipped = problems.finish()
-    for samples, folder in splits.values():
+    for samples, folder in checked.values():
         _non_empty(samples, folder, name)
-    train = _relabel(splits["train"][0])
+    train = _relabel(checked["train"][0])
     return ReIDDataset(
         name=name,
         root=root,
         train=train,
-        query=splits["query"][0],
-        gallery=splits["gallery"][0],
-        skipped=skipped + (junk or []),
+        query=checked["query"][0],
+        gallery=checked["gallery"][0],
+        skipped=skipped,
+        junk=junk or [],
     )
 
 
@@ -366,9 +424,11 @@ def build_dataset(
     """Parse benchmark ``name`` (RGBNT201, RGBNT100, MSVR310, or any registered spec; any
     case) under the data root, by its :class:`~mambapro.data.specs.DatasetSpec`.
 
-    ``verify=True`` decodes every image up front (slow on the real datasets); otherwise an
-    unreadable image raises :class:`~mambapro.data.io.ImageReadError` when it is loaded.
-    ``progress`` shows a progress bar while verifying.
+    Every image's header is read (format and size: an empty, non-image or wrongly sized file
+    is found before training starts). ``verify=True``, and ``skip_broken=True`` (which must
+    find what it skips), decode every image up front (slower on the real datasets: a
+    progress bar shows it); otherwise a truncated image raises
+    :class:`~mambapro.data.io.ImageReadError` when it is loaded.
     """
     spec = _spec(name)
     base = _require_dir(Path(root) / spec.folder, f"{spec.name} dataset folder")
@@ -383,7 +443,7 @@ def build_dataset(
         splits[split] = (list(parsed[folder]), d)
     if junk:
         warnings.warn(f"{spec.name}: left out {len(junk)} junk image(s) with pid -1", stacklevel=2)
-    return _finalise(spec.name, base, splits, problems, verify, junk, progress)
+    return _finalise(spec.name, base, splits, problems, verify or skip_broken, junk, progress)
 
 
 def split_validation(
@@ -481,9 +541,11 @@ def samples_at(path: str | Path, dataset_name: str, skip_broken: bool = False) -
     else:
         raise DatasetError(f"{path} does not exist")
     samples = PARSERS[spec.structure](spec, split_dir, problems, [])
-    problems.finish()
     if wanted is not None:
         samples = [s for s in samples if s.paths[0] == wanted]
-        if not samples:
+        problems.items = [(f, why) for f, why in problems.items if f == wanted]
+        if not samples and not problems.items:
             raise DatasetError(f"{path}: no {spec.name} triplet of that name parses in {split_dir}")
+    samples = verify_samples(samples, spec.name, problems, decode=skip_broken)
+    problems.finish()
     return _non_empty(samples, split_dir, spec.name)

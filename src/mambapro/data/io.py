@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import DatasetError
 from .specs import DATASETS
 
 __all__ = [
@@ -27,11 +28,9 @@ __all__ = [
     "read_image",
     "read_triplet",
     "is_side_by_side",
+    "panel_size",
+    "split_panels",
 ]
-
-
-class DatasetError(ValueError):
-    """A dataset folder, file name or image is invalid; the message names it."""
 
 
 class ImageReadError(DatasetError):
@@ -73,14 +72,19 @@ def read_image(path: str | Path) -> Image.Image:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
 
 
-def split_panels(img: Image.Image, path: str | Path = "<image>") -> tuple[Image.Image, ...]:
-    """Crop a side-by-side image (H, 3W) into its three (H, W) panels, left to right."""
-    w, h = img.size
+def panel_size(size: tuple[int, int], path: str | Path = "<image>") -> tuple[int, int]:
+    """(W, H) of each panel of a side-by-side image of ``size`` (3W, H), or :class:`ImageReadError`."""
+    w, h = size
     if w % 3 != 0 or w < 3:
         raise ImageReadError(
             f"{path}: expected three modality panels side by side (width a multiple of 3), got {w}x{h}"
         )
-    p = w // 3
+    return w // 3, h
+
+
+def split_panels(img: Image.Image, path: str | Path = "<image>") -> tuple[Image.Image, ...]:
+    """Crop a side-by-side image (H, 3W) into its three (H, W) panels, left to right."""
+    p, h = panel_size(img.size, path)
     return tuple(img.crop((i * p, 0, (i + 1) * p, h)) for i in range(3))
 
 

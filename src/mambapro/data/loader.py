@@ -141,7 +141,7 @@ def build_test_loader(
     )
 
 
-def dataset_from_config(data_cfg: DataConfig, progress: bool = False) -> ReIDDataset:
+def dataset_from_config(data_cfg: DataConfig, progress: bool = False, generate: bool = True) -> ReIDDataset:
     """Parse ``data_cfg.dataset`` under ``data_cfg.root``.
 
     With ``data.synthetic=true`` the embedded synthetic dataset is generated there first when the
@@ -149,8 +149,9 @@ def dataset_from_config(data_cfg: DataConfig, progress: bool = False) -> ReIDDat
     reused, and a real (non-synthetic) dataset folder is used as it is. A synthetic tree made
     with other parameters is never replaced: that is an error naming the folder. ``data.verify`` decodes
     every image first (broken ones are an error, or skipped with ``data.skip_broken``).
+    ``generate=False`` (evaluation commands) parses what is there and never writes.
     """
-    if data_cfg.synthetic:
+    if data_cfg.synthetic and generate:
         layout = data_cfg.dataset.lower()
         folder = synth.dataset_dir(layout, data_cfg.root)
         wanted = dataclasses.asdict(data_cfg.synth)

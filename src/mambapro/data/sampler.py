@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from ..errors import ConfigError
+
 __all__ = ["RandomIdentitySampler"]
 
 _SEED_TAG = 0x5A3C  # separates the item-seed stream from the batch stream
@@ -88,10 +90,11 @@ class RandomIdentitySampler(Sampler[list[tuple[int, int]]]):
             self.index_of_pid[int(getattr(s, "pid", s))].append(i)
         self.pids = sorted(self.index_of_pid)
         if len(self.pids) < self.num_pids_per_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"the training set has {len(self.pids)} identities, fewer than the "
                 f"{self.num_pids_per_batch} per batch "
-                f"(batch_size = {batch_size} / num_instances = {num_instances})"
+                f"(data.batch_size = {batch_size} / data.num_instances = {num_instances}); "
+                "lower data.batch_size"
             )
         self._cache: tuple[int, list[list[tuple[int, int]]]] | None = None
 

@@ -85,6 +85,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError, DatasetError, check_output_dir
 from .specs import DATASETS, DatasetSpec
 
 __all__ = [
@@ -152,7 +153,9 @@ def dataset_dir(layout: str, out: str | Path) -> Path:
 def _spec(layout: str) -> DatasetSpec:
     """The dataset spec of a layout name (``rgbnt201``, any case)."""
     if str(layout).lower() not in DATASETS:
-        raise ValueError(f"unknown synthetic layout {layout!r}; choose one of: {', '.join(DATASETS.names())}")
+        raise ConfigError(
+            f"unknown synthetic layout {layout!r}; choose one of: {', '.join(DATASETS.names())}"
+        )
     return DATASETS.get(str(layout))
 
 
@@ -596,10 +599,18 @@ def _save(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr, mode="RGB").save(path, quality=_JPEG_QUALITY)
 
 
-def _check_args(spec: DatasetSpec, p: SynthParams) -> None:
-    def bad(name: str, value: int, rule: str) -> ValueError:
-        return ValueError(f"synth: {name} = {value} {rule}")
+def check_params(layout: str, p: SynthParams, prefix: str = "synth: ") -> None:
+    """Raise :class:`~mambapro.errors.ConfigError` when ``p`` cannot make a usable ``layout`` set.
 
+    ``prefix`` names where the values came from (``data.synth.`` in a config).
+    """
+    spec = _spec(layout)
+
+    def bad(name: str, value: int, rule: str) -> ConfigError:
+        return ConfigError(f"{prefix}{name} = {value} {rule}")
+
+    if p.seed < 0:
+        raise bad("seed", p.seed, "must be >= 0")
     if p.test_ids < 1:
         raise bad("test_ids", p.test_ids, "must be >= 1")
     if p.ids - p.test_ids < 1:
@@ -613,9 +624,9 @@ def _check_args(spec: DatasetSpec, p: SynthParams) -> None:
     if p.scenes < 1 or p.scenes > 999:
         raise bad("scenes", p.scenes, "must be in 1..999")
     if spec.has_scenes and min(p.shots, p.scenes) < 2:
-        raise ValueError(
-            f"synth: the {spec.layout} layout needs shots >= 2 and scenes >= 2 (got shots = {p.shots}, "
-            f"scenes = {p.scenes}) so that queries have matches in another scene"
+        raise ConfigError(
+            f"{prefix}shots = {p.shots}, scenes = {p.scenes}: the {spec.layout} layout needs shots >= 2 "
+            "and scenes >= 2 so that queries have matches in another scene"
         )
 
 
@@ -632,12 +643,11 @@ def generate(layout: str, out: str | Path, *, progress: bool = False, **params: 
     """
     spec = _spec(layout)
     p = SynthParams(**params)
-    _check_args(spec, p)
+    check_params(layout, p)
     final = dataset_dir(layout, out)
     if final.exists():
-        raise FileExistsError(
-            f"synth: {final} already exists ({describe_tree(final)}); refusing to replace it"
-        )
+        raise DatasetError(f"synth: {final} already exists ({describe_tree(final)}); refusing to replace it")
+    check_output_dir(final.parent, "synthetic data root")
     final.parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:

@@ -9,12 +9,35 @@ record), ``trainer``, ``features`` (test loader, extraction, features files), ``
 (parameter and FLOPs reports). The network itself is :mod:`mambapro.models`.
 """
 
-from mambapro.engine.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from mambapro.engine.demo import run_demo
-from mambapro.engine.evaluate import evaluate_model, run_test, write_report
-from mambapro.engine.features import FeatureSet, extract_features, run_extract
-from mambapro.engine.search import run_search
-from mambapro.engine.trainer import Trainer, TrainingError, run_training
+from importlib import import_module
+from typing import Any
+
+# Loaded on first use: the CLI imports light modules of this package (the run-folder checks of
+# ``runlog``) to refuse bad input before paying for torch.
+_LAZY = {
+    "CheckpointError": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "load_model": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "run_demo": "demo",
+    "evaluate_model": "evaluate",
+    "run_test": "evaluate",
+    "write_report": "evaluate",
+    "FeatureSet": "features",
+    "extract_features": "features",
+    "run_extract": "features",
+    "run_search": "search",
+    "Trainer": "trainer",
+    "TrainingError": "trainer",
+    "run_training": "trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointError",

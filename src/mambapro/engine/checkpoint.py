@@ -14,20 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
-from mambapro.config import Config, config_to_dict, load_config
+from mambapro.config import Config, config_diff, config_to_dict, load_config
 from mambapro.engine.runtime import resolve_device
+from mambapro.errors import CheckpointError
 from mambapro.models import build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "CheckpointError"]
 
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not a mambapro checkpoint."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -85,26 +81,27 @@ def load_model(
     extra: dict | None = None,
     device: torch.device | None = None,
 ) -> tuple[nn.Module, Config, dict[str, Any]]:
-    """Rebuild a model from a checkpoint; its stored config is the base for ``config``/overrides.
+    """Rebuild a model from a checkpoint; its stored config is the base that ``config``'s keys,
+    ``extra`` and ``overrides`` apply to.
 
-    Only test-time keys (``data``, ``test``) may differ from the stored configuration: changing
-    the model section would not match the stored weights.
+    The model section cannot change (the stored weights would not fit it): a differing
+    ``model.*`` key, from the file or the command line, is an error naming it. Keys a
+    checkpoint's stored config lacks (added to mambapro after it was written) take their
+    defaults, which keep the behaviour of the version that wrote it.
     """
     ckpt = load_checkpoint(checkpoint)
     stored = ckpt["config"]
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "stored.yaml"
-        base.write_text(yaml.safe_dump(stored))
-        cfg = load_config(base, overrides, extra=extra)
-        if config is not None:
-            user = load_config(config)
-            merged = config_to_dict(cfg)
-            for section in ("data", "test"):
-                merged[section] = config_to_dict(user)[section]
-            base.write_text(yaml.safe_dump(merged))
-            cfg = load_config(base, overrides, extra=extra)
-    if config_to_dict(cfg)["model"] != stored["model"]:
-        raise CheckpointError(f"{checkpoint}: model.* settings cannot be changed at test time")
+    cfg = load_config(config, overrides, extra=extra, base=(stored, f"{checkpoint} (stored config)"))
+    # model.weights is not compared: the encoder comes from the checkpoint, not from that file.
+    kept = {k: v for k, v in stored["model"].items() if k != "weights"}
+    asked = {k: v for k, v in config_to_dict(cfg)["model"].items() if k in kept}
+    changed = config_diff(kept, asked, "model.")
+    if changed:
+        source = f"--config {config} or the overrides" if config is not None else "the overrides"
+        raise CheckpointError(
+            f"{checkpoint}: {source} change the model, which comes from the checkpoint: "
+            f"{'; '.join(changed)} (checkpoint -> asked); drop these model.* settings"
+        )
     device = device or resolve_device(cfg.train.device)
     # The encoder weights come from the checkpoint, not from model.weights.
     cfg.model.weights = None

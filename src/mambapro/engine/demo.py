@@ -15,6 +15,7 @@ from mambapro.engine.data import prepare_data
 from mambapro.engine.evaluate import evaluate_model, write_report
 from mambapro.engine.runtime import resolve_device, seed_everything
 from mambapro.engine.trainer import run_training
+from mambapro.errors import check_output_dir
 from mambapro.models import build_model
 
 __all__ = ["run_demo", "fresh_output_dir"]
@@ -41,6 +42,9 @@ def run_demo(
     cfg = load_config(config or "demo", overrides)
     cfg.train.output = str(fresh_output_dir(output or cfg.train.output))
     out = Path(cfg.train.output)
+    # Refused now rather than after minutes of generating data and evaluating.
+    check_output_dir(out, "--output")
+    device = resolve_device(cfg.train.device)
 
     t0 = time.perf_counter()
     data = prepare_data(cfg, quiet=quiet)
@@ -50,7 +54,6 @@ def run_demo(
     # so this row is the starting point of the training run.
     seed_everything(cfg.train.seed)
     print(data.summary)
-    device = resolve_device(cfg.train.device)
     model = build_model(cfg, data.num_classes, data.num_cameras).to(device)
     print("[2/4] evaluating the untrained model ...", flush=True)
     untrained = evaluate_model(model, cfg, data.name, data.query, data.gallery, device, quiet=quiet)

@@ -9,6 +9,7 @@ missing-modality table loops over it.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,11 @@ import torch
 from torch import nn
 
 from mambapro.config import Config
-from mambapro.data import build_dataset, dataset_spec
+from mambapro.data import dataset_from_config, dataset_spec
 from mambapro.engine.checkpoint import load_model
 from mambapro.engine.features import check_model_cameras, eval_loader, extract_features
 from mambapro.engine.runtime import eval_amp
-from mambapro.errors import UserError
+from mambapro.errors import check_output_dir
 from mambapro.evaluation import (
     EvalResult,
     evaluate_features,
@@ -29,7 +30,7 @@ from mambapro.evaluation import (
     plot_cmc,
     save_results_json,
 )
-from mambapro.modalities import MISSING_SETTINGS, missing_label, parse_missing
+from mambapro.modalities import missing_label, parse_missing
 
 __all__ = ["evaluate_model", "run_test", "write_report"]
 
@@ -57,7 +58,7 @@ def evaluate_model(
         model, eval_loader(cfg, gallery, dataset_name, missing), device, amp, quiet, "gallery"
     )
     t = cfg.test
-    return evaluate_features(
+    result = evaluate_features(
         qf.labelled(),
         gf.labelled(),
         use_scenes=dataset_spec(dataset_name).has_scenes,
@@ -68,6 +69,14 @@ def evaluate_model(
         k2=t.rerank_k2,
         lambda_value=t.rerank_lambda,
     )
+    if result.num_skipped:
+        warnings.warn(
+            f"{dataset_name}: {result.num_skipped} of {result.num_skipped + result.num_valid} queries have "
+            "no valid match in the gallery (same identity from another camera or scene) and are left "
+            "out of mAP and CMC",
+            stacklevel=2,
+        )
+    return result
 
 
 def write_report(out_dir: str | Path, rows: dict[str, Any], title: str) -> str:
@@ -93,19 +102,15 @@ def run_test(
 ) -> dict[str, Any]:
     """The ``mambapro test`` command: result table, optional missing-modality table."""
     if missing is not None and missing != "all":
-        try:
-            missing = parse_missing(missing)
-        except ValueError:
-            raise UserError(
-                f"--missing {missing!r}: choose all or one of {', '.join(MISSING_SETTINGS)}"
-            ) from None
+        missing = parse_missing(missing)
+    out = Path(output) if output is not None else Path(checkpoint).parent / "test"
+    check_output_dir(out, "--output")
     model, cfg, _ = load_model(checkpoint, config, overrides, extra)
     if rerank:
         cfg.test.rerank = True
     device = next(model.parameters()).device
     amp = eval_amp(cfg, device)
-    ds = build_dataset(cfg.data.dataset, cfg.data.root, skip_broken=cfg.data.skip_broken)
-    out = Path(output) if output is not None else Path(checkpoint).parent / "test"
+    ds = dataset_from_config(cfg.data, generate=False)
 
     def evaluate_setting(setting: str) -> EvalResult:
         return evaluate_model(model, cfg, ds.name, ds.query, ds.gallery, device, amp, quiet, missing=setting)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mambapro.config import Config
-from mambapro.data import build_dataset, build_test_loader, check_cameras
+from mambapro.data import build_test_loader, check_cameras, dataset_from_config
 from mambapro.engine.checkpoint import load_model
 from mambapro.engine.runtime import eval_amp
+from mambapro.errors import UserError, check_output_file
 
 __all__ = ["FeatureSet", "check_model_cameras", "eval_loader", "extract_features", "run_extract"]
 
@@ -34,28 +37,45 @@ class FeatureSet:
         return self.feats, self.pids, self.camids, self.sceneids
 
     def save(self, path: str | Path) -> Path:
+        """Write an ``.npz`` file atomically (temporary file + rename); returns ``path``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path,
-            feats=self.feats,
-            pids=self.pids,
-            camids=self.camids,
-            sceneids=self.sceneids,
-            paths=np.asarray(self.paths, dtype=str),
-        )
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:  # a file object: NumPy appends no suffix
+                np.savez(
+                    fh,
+                    feats=self.feats,
+                    pids=self.pids,
+                    camids=self.camids,
+                    sceneids=self.sceneids,
+                    paths=np.asarray(self.paths, dtype=str),
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSet:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"features file not found: {path}")
-        with np.load(path, allow_pickle=False) as z:
+            raise UserError(f"features file not found: {path}")
+        try:
+            z = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path} is not a features file written by `mambapro extract` ({err})") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise UserError(f"{path} is not a features file written by `mambapro extract` (a bare array)")
+        with z:
             missing = {"feats", "pids", "camids", "sceneids", "paths"} - set(z.files)
             if missing:
-                raise ValueError(f"{path} lacks the arrays {sorted(missing)} of a mambapro features file")
-            return cls(z["feats"], z["pids"], z["camids"], z["sceneids"], [str(p) for p in z["paths"]])
+                raise UserError(f"{path} lacks the arrays {sorted(missing)} of a mambapro features file")
+            try:
+                return cls(z["feats"], z["pids"], z["camids"], z["sceneids"], [str(p) for p in z["paths"]])
+            except ValueError as err:  # e.g. an object array, which allow_pickle=False refuses
+                raise UserError(f"{path}: unreadable features file ({err})") from None
 
 
 @torch.no_grad()
@@ -117,10 +137,15 @@ def run_extract(
     overrides: list[str] | None = None,
     quiet: bool = False,
 ) -> FeatureSet:
-    """The ``mambapro extract`` command: features of one split to an .npz file."""
+    """The ``mambapro extract`` command: features of one split to an .npz file (``out`` gets the
+    ``.npz`` suffix when it lacks it, as NumPy would add it)."""
+    out = Path(out)
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")
+    check_output_file(out, "--out")
     model, cfg, _ = load_model(checkpoint, config, overrides, extra={"data": {"root": str(data_root)}})
     device = next(model.parameters()).device
-    ds = build_dataset(cfg.data.dataset, cfg.data.root, skip_broken=cfg.data.skip_broken)
+    ds = dataset_from_config(cfg.data, generate=False)
     samples = {"query": ds.query, "gallery": ds.gallery, "train": ds.train}[split]
     check_model_cameras(model, samples, f"{ds.name} {split}")
     loader = eval_loader(cfg, samples, ds.name)

@@ -10,6 +10,7 @@ the bias rule). The schedule is timm's ``CosineLRScheduler``: linear warm-up fro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
@@ -17,6 +18,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from mambapro.config import TrainConfig
+from mambapro.errors import ConfigError
 
 __all__ = ["build_optimizer", "build_scheduler", "step_epoch"]
 
@@ -44,23 +46,33 @@ def build_optimizer(
             lr *= cfg.backbone_bias_lr_factor if in_encoder else cfg.bias_lr_factor
         groups.setdefault((lr, wd), []).append(p)
     if not groups:
-        raise ValueError("the model has no trainable parameters; check model.freeze and the adapters/prompts")
+        raise ConfigError(
+            "the model has no trainable parameters; check model.freeze and the adapters/prompts"
+        )
     param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     return torch.optim.Adam(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> CosineLRScheduler:
     """Per-epoch cosine schedule with linear warm-up (call ``step(epoch)`` at each epoch start)."""
-    return CosineLRScheduler(
-        optimizer,
-        t_initial=cfg.epochs,
-        lr_min=cfg.min_lr_factor * cfg.lr,
-        warmup_t=cfg.warmup_epochs,
-        warmup_lr_init=cfg.warmup_lr_factor * cfg.lr,
-        warmup_prefix=False,
-        cycle_limit=1,
-        t_in_epochs=True,
-    )
+    # A one-epoch run has nothing to anneal, and timm logs a warning saying so that reads like a
+    # problem on every such run (tests, smoke runs): silenced for this construction only.
+    timm_log = logging.getLogger(CosineLRScheduler.__module__)
+    level = timm_log.level
+    timm_log.setLevel(logging.ERROR if cfg.epochs == 1 else level)
+    try:
+        return CosineLRScheduler(
+            optimizer,
+            t_initial=cfg.epochs,
+            lr_min=cfg.min_lr_factor * cfg.lr,
+            warmup_t=cfg.warmup_epochs,
+            warmup_lr_init=cfg.warmup_lr_factor * cfg.lr,
+            warmup_prefix=False,
+            cycle_limit=1,
+            t_in_epochs=True,
+        )
+    finally:
+        timm_log.setLevel(level)
 
 
 def step_epoch(scheduler: CosineLRScheduler, epoch: int, cfg: TrainConfig) -> None:

@@ -15,8 +15,27 @@ from pathlib import Path
 from typing import Any
 
 from mambapro.config import Config, dump_config
+from mambapro.errors import TrainingError, check_output_dir
 
-__all__ = ["RunLogger", "package_versions"]
+__all__ = ["RunLogger", "check_run_folder", "package_versions"]
+
+
+def check_run_folder(cfg: Config, resume: bool) -> Path:
+    """Refuse an output folder that cannot hold this run; the checkpoint path of the run.
+
+    Without ``resume`` the folder must hold no run yet; with it, it must hold ``last.ckpt``.
+    Torch-free, so the CLI refuses before importing the engine.
+    """
+    out = Path(cfg.train.output)
+    check_output_dir(out, "run folder (train.output, --output)")
+    last = out / "last.ckpt"
+    if resume and not last.exists():
+        raise TrainingError(f"--resume: no checkpoint at {last}")
+    if not resume and last.exists():
+        raise TrainingError(
+            f"{out} already holds a run (last.ckpt); pass --resume to continue it or choose another --output"
+        )
+    return last
 
 
 def package_versions() -> dict[str, str]:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mambapro.config import Config
+from mambapro.errors import ConfigError
 
 __all__ = ["amp_dtype", "eval_amp", "resolve_device", "seed_everything"]
 
@@ -23,10 +24,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` picks CUDA (this process's local GPU) when available, else CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("'train.device' = 'mps' but MPS is not available here (use cpu or auto)")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"'train.device' = {name!r} but CUDA is not available here")
+            raise ConfigError(f"'train.device' = {name!r} but CUDA is not available here (use cpu or auto)")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -28,7 +28,7 @@ from mambapro.data import DatasetError, read_triplet, samples_at, triplet_paths
 from mambapro.engine.checkpoint import load_model
 from mambapro.engine.features import FeatureSet, check_model_cameras, eval_loader, extract_features
 from mambapro.engine.runtime import eval_amp
-from mambapro.errors import UserError
+from mambapro.errors import UserError, check_output_file
 from mambapro.evaluation import compute_distmat
 
 __all__ = ["Match", "rank_gallery", "draw_rank_list", "run_search"]
@@ -122,12 +122,19 @@ def draw_rank_list(query_path: str, matches: list[Match], dataset_name: str, out
     return out
 
 
+def _check_gallery(gallery: Path) -> None:
+    if gallery.is_dir() or (gallery.is_file() and gallery.suffix == ".npz"):
+        return
+    what = "does not exist" if not gallery.exists() else "is neither"
+    raise UserError(
+        f"--gallery {gallery} {what}: it must be a dataset split folder or a features .npz file "
+        "written by `mambapro extract`"
+    )
+
+
 def _gallery_features(gallery: Path, model, cfg, device, amp, quiet: bool):
-    if gallery.suffix == ".npz":
-        try:
-            return FeatureSet.load(gallery)
-        except ValueError as err:
-            raise UserError(str(err)) from err
+    if gallery.suffix == ".npz" and gallery.is_file():
+        return FeatureSet.load(gallery)
     samples = samples_at(gallery, cfg.data.dataset, skip_broken=cfg.data.skip_broken)
     check_model_cameras(model, samples, f"gallery {gallery}")
     return extract_features(model, eval_loader(cfg, samples, cfg.data.dataset), device, amp, quiet, "gallery")
@@ -146,6 +153,12 @@ def run_search(
     """The ``search`` command; returns ``{query path: matches}``."""
     if k < 1:
         raise UserError(f"-k {k}: must be at least 1")
+    gallery, out = Path(gallery), Path(out)
+    _check_gallery(gallery)
+    if not Path(query).exists():
+        raise UserError(f"--query {query} does not exist: give a triplet's file or a split folder")
+    check_output_file(out, "--out")
+    check_output_file(out.with_suffix(".json"), "--out")
     model, cfg, _ = load_model(checkpoint, config, overrides)
     device = next(model.parameters()).device
     amp = eval_amp(cfg, device)
@@ -153,14 +166,13 @@ def run_search(
     q_samples = samples_at(query, name, skip_broken=cfg.data.skip_broken)
     check_model_cameras(model, q_samples, f"query {query}")
     qf = extract_features(model, eval_loader(cfg, q_samples, name), device, amp, quiet, "query")
-    gf = _gallery_features(Path(gallery), model, cfg, device, amp, quiet)
+    gf = _gallery_features(gallery, model, cfg, device, amp, quiet)
     if gf.feats.ndim != 2 or gf.feats.shape[1] != qf.feats.shape[1]:
         raise UserError(
             f"{gallery}: gallery features have shape {gf.feats.shape}, but this checkpoint gives "
             f"{qf.feats.shape[1]}-d features; extract them with the same checkpoint"
         )
     dist = compute_distmat(qf.feats, gf.feats, metric=cfg.test.distance)
-    out = Path(out)
     results: dict[str, list[Match]] = {}
     for i, qpath in enumerate(qf.paths):
         matches = rank_gallery(dist[i], qpath, int(qf.pids[i]), gf, k)

@@ -30,7 +30,7 @@ import torch.distributed as tdist
 from torch import nn
 from tqdm.auto import tqdm
 
-from mambapro.config import Config, config_to_dict
+from mambapro.config import Config, config_diff, config_to_dict
 from mambapro.data import build_train_loader
 from mambapro.engine.checkpoint import load_checkpoint, save_checkpoint
 from mambapro.engine.data import prepare_data
@@ -39,15 +39,12 @@ from mambapro.engine.evaluate import evaluate_model, write_report
 from mambapro.engine.features import check_model_cameras
 from mambapro.engine.losses import ReIDLoss
 from mambapro.engine.optim import build_optimizer, build_scheduler, step_epoch
-from mambapro.engine.runlog import RunLogger
+from mambapro.engine.runlog import RunLogger, check_run_folder
 from mambapro.engine.runtime import amp_dtype, eval_amp, resolve_device, seed_everything
+from mambapro.errors import TrainingError
 from mambapro.models import MambaPro, build_model
 
 __all__ = ["Trainer", "TrainingError", "run_training"]
-
-
-class TrainingError(RuntimeError):
-    """The run cannot continue (non-finite loss, nothing to train, ...); the message says why."""
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -90,8 +87,8 @@ class Trainer:
             world_size=dist_info.world_size,
             iters_per_epoch=cfg.train.iters_per_epoch,
         )
-        # Created only now, so that a run refused for bad data or config leaves no output folder.
-        self.logger = RunLogger(self.out, enabled=dist_info.is_main)
+        # The run folder appears only in start_logging(), once nothing can refuse the run any more.
+        self.logger = RunLogger(self.out, enabled=False)
         backbone_ids = {id(p) for p in self.model.parameter_parts()["backbone"]}
         self.optimizer = build_optimizer(self.model.named_parameters(), cfg.train, backbone_ids)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
@@ -139,13 +136,8 @@ class Trainer:
             return None
         return save_checkpoint(self.checkpoint_state(), self.out / name)
 
-    def resume(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)
-        if ckpt["config"] != config_to_dict(self.cfg):
-            raise TrainingError(
-                f"{path} was written with a different configuration; resume with the same config "
-                f"(compare {self.out / 'config.yaml'})"
-            )
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint of this run (see :func:`resumable_checkpoint`)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -158,7 +150,13 @@ class Trainer:
             best_metric=ckpt["best_metric"],
             best_epoch=ckpt["best_epoch"],
         )
+
+    def start_logging(self, extra: dict[str, Any]) -> None:
+        """Create the run folder and its record (rank 0); on resume keep the records of the
+        epochs already done."""
+        self.logger = RunLogger(self.out, enabled=self.dist.is_main)
         self.logger.truncate_after(self.state.epoch)  # epochs 1..state.epoch are done
+        self.logger.write_run_info(self.cfg, extra)
 
     # ----------------------------------------------------------------- loop
 
@@ -367,6 +365,31 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+#: Settings a resumed run may change: where the run and the data are, and how many processes
+#: read the data (the numbers do not depend on it). Everything else must be as the run had it.
+RESUME_MAY_DIFFER = ("train.output", "data.root", "data.num_workers")
+
+
+def _checked_output(cfg: Config, resume: bool) -> dict[str, Any] | None:
+    """Refuse an output folder that cannot hold this run; the checkpoint to resume, if any."""
+    last = check_run_folder(cfg, resume)
+    if not resume:
+        return None
+    ckpt = load_checkpoint(last)
+    diff = [
+        line
+        for line in config_diff(ckpt["config"], config_to_dict(cfg))
+        if line.split(":", 1)[0] not in RESUME_MAY_DIFFER
+    ]
+    if diff:
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise TrainingError(
+            f"--resume: {last} was written with other settings: {'; '.join(diff[:3])}{more}; "
+            "resume with the config and overrides of the run"
+        )
+    return ckpt
+
+
 def run_training(
     cfg: Config, resume: bool = False, quiet: bool = False, show_data: bool = True
 ) -> dict[str, Any]:
@@ -376,31 +399,23 @@ def run_training(
     """
     dist_info = init_distributed(cfg.train.device)
     try:
-        # Checked before anything is built or written, so a refused run leaves the folder as it was.
-        last = Path(cfg.train.output) / "last.ckpt"
-        if resume and not last.exists():
-            raise TrainingError(f"--resume: no checkpoint at {last}")
-        if not resume and last.exists():
-            raise TrainingError(
-                f"{last.parent} already holds a run (last.ckpt); pass --resume to continue it "
-                "or choose another --output"
-            )
+        # Everything that can refuse the run is checked before the run folder is touched, so a
+        # refusal leaves the file system as it was.
+        ckpt = _checked_output(cfg, resume)
         trainer = Trainer(cfg, dist_info, quiet=quiet)
-        if resume:
-            trainer.resume(last)
-        if dist_info.is_main:
-            trainer.logger.write_run_info(
-                cfg,
-                {
-                    "world_size": dist_info.world_size,
-                    "device": str(trainer.device),
-                    "num_classes": trainer.data.num_classes,
-                    "num_cameras": trainer.data.num_cameras,
-                    "resumed_from_epoch": trainer.state.epoch if resume else None,
-                },
-            )
-            if show_data and not trainer.quiet:
-                print(trainer.data.summary, flush=True)
+        if ckpt is not None:
+            trainer.restore(ckpt)
+        trainer.start_logging(
+            {
+                "world_size": dist_info.world_size,
+                "device": str(trainer.device),
+                "num_classes": trainer.data.num_classes,
+                "num_cameras": trainer.data.num_cameras,
+                "resumed_from_epoch": trainer.state.epoch if resume else None,
+            }
+        )
+        if dist_info.is_main and show_data and not trainer.quiet:
+            print(trainer.data.summary, flush=True)
         with _sigterm_as_interrupt():
             try:
                 return trainer.fit()

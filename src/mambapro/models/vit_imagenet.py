@@ -27,6 +27,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from mambapro.errors import WeightsError
 from mambapro.models.clip_vit import VisionTransformer
 from mambapro.models.weights import (
     read_checkpoint,
@@ -70,7 +71,7 @@ def load_timm_vit_state_dict(path: str | Path, grid: tuple[int, int] | None = No
     path = Path(path)
     sd = strip_prefix(read_checkpoint(path), "module.")
     if "patch_embed.proj.weight" not in sd:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: not a timm ViT checkpoint (no 'patch_embed.proj.weight'; first keys: "
             f"{', '.join(list(sd)[:5])})"
         )

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mambapro.errors import WeightsError
+
 __all__ = [
     "load_clip_state_dict",
     "load_encoder_state_dict",
@@ -82,12 +84,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: not a state dict readable without executing code (torch.load with "
             f"weights_only=True refused it: {str(err).splitlines()[0]})"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
+        raise WeightsError(f"{path}: not a readable checkpoint ({err})") from err
     return _unwrap_state_dict(obj, path)
 
 
@@ -109,10 +111,10 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
             break
         obj = nested[0]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
     out = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not out:
-        raise ValueError(f"{path}: holds no tensors (keys: {', '.join(map(str, list(obj)[:8]))})")
+        raise WeightsError(f"{path}: holds no tensors (keys: {', '.join(map(str, list(obj)[:8]))})")
     return out
 
 
@@ -206,21 +208,21 @@ def read_torchscript_tensors(path: str | Path) -> dict[str, Tensor]:
     with zipfile.ZipFile(path) as zf:
         data_pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if not data_pkl:
-            raise ValueError(
+            raise WeightsError(
                 f"{path}: a zip archive without a top-level data.pkl is not a TorchScript archive"
             )
         prefix = data_pkl[0].split("/")[0]
         byteorder = f"{prefix}/byteorder"
         if byteorder in zf.namelist() and zf.read(byteorder).strip() != b"little":
-            raise ValueError(f"{path}: big-endian archives are not supported")
+            raise WeightsError(f"{path}: big-endian archives are not supported")
         try:
             root = _RestrictedUnpickler(zf.read(data_pkl[0]), zf, prefix).load()
         except (pickle.UnpicklingError, KeyError, EOFError) as err:
-            raise ValueError(f"{path}: cannot read the TorchScript archive: {err}") from err
+            raise WeightsError(f"{path}: cannot read the TorchScript archive: {err}") from err
     out: dict[str, Tensor] = {}
     _collect(root, "", out, set())
     if not out:
-        raise ValueError(f"{path}: the TorchScript archive holds no tensors")
+        raise WeightsError(f"{path}: the TorchScript archive holds no tensors")
     # A tensor that is a part of a storage (shared, or a slice) becomes an independent copy.
     return {k: v if _owns_storage(v) else v.clone() for k, v in out.items()}
 
@@ -274,7 +276,7 @@ def timm_to_openai_layout(sd: Mapping[str, Tensor], keep_head: bool) -> dict[str
             if keep_head and key == "head.weight":
                 out["proj"] = value.t().contiguous()
             elif keep_head:
-                raise ValueError(f"'{key}': a projection head with a bias has no OpenAI equivalent")
+                raise WeightsError(f"'{key}': a projection head with a bias has no OpenAI equivalent")
         elif key.startswith("blocks."):
             _, idx, rest = key.split(".", 2)
             for src, dst in block_names.items():
@@ -315,7 +317,7 @@ def load_clip_state_dict(path: str | Path, grid: tuple[int, int] | None = None) 
     elif "patch_embed.proj.weight" in sd:
         sd = timm_to_openai_layout(sd, keep_head=True)
     elif "conv1.weight" not in sd:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: no CLIP image-encoder weights found (expected 'visual.conv1.weight', "
             f"'conv1.weight' or timm's 'patch_embed.proj.weight'; first keys: {', '.join(list(sd)[:5])})"
         )
@@ -336,17 +338,17 @@ def resize_pos_embed(
     """
     key = "positional_embedding"
     if key not in sd:
-        raise ValueError(f"{path}: missing '{key}'")
+        raise WeightsError(f"{path}: missing '{key}'")
     pos = sd[key]
     rows, cols = grid
     if pos.ndim != 2:
-        raise ValueError(f"{path}: '{key}' has shape {tuple(pos.shape)}, expected (1 + N, D)")
+        raise WeightsError(f"{path}: '{key}' has shape {tuple(pos.shape)}, expected (1 + N, D)")
     if pos.shape[0] == 1 + rows * cols:
         return pos
     n = pos.shape[0] - 1
     side = math.isqrt(n)
     if side * side != n:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: '{key}' holds {n} grid positions, which is neither a square grid nor the "
             f"input grid {rows}x{cols}"
         )
@@ -361,16 +363,16 @@ def load_encoder_state_dict(module: nn.Module, sd: Mapping[str, Tensor], path: s
     expected = module.state_dict()
     for key, value in expected.items():
         if key in sd and tuple(sd[key].shape) != tuple(value.shape):
-            raise ValueError(
+            raise WeightsError(
                 f"{path}: '{key}' has shape {tuple(sd[key].shape)} in the file but the encoder "
                 f"expects {tuple(value.shape)} (first mismatching key)"
             )
     missing = [k for k in expected if k not in sd]
     if missing:
-        raise ValueError(f"{path}: '{missing[0]}' is missing ({len(missing)} encoder keys missing in all)")
+        raise WeightsError(f"{path}: '{missing[0]}' is missing ({len(missing)} encoder keys missing in all)")
     unexpected = [k for k in sd if k not in expected]
     if unexpected:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: '{unexpected[0]}' is not a key of this encoder "
             f"({len(unexpected)} unexpected keys in all)"
         )

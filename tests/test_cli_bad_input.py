@@ -1,0 +1,590 @@
+"""Bad input through the real console script: one line, exit status 2, nothing changed.
+
+Every row of ``ROWS`` runs ``python -m mambapro.cli ...`` in a subprocess and asserts that it
+exits with status 2, prints no traceback, prints exactly one line that is not a warning, that
+this line names the culprit (the row's pattern), and that the files it could touch (the row's
+own folder and the shared inputs: dataset trees, a finished run, stray files) are byte for byte
+what they were (snapshot before and after).
+
+The rows cover the seven classes of the reliability issue for every command: data that must not
+be replaced, file-system errors (a file where a folder goes, read-only folders), values outside
+their range, errors of our own code reachable from the CLI, runs refused before their folder
+exists, and messages that used to mislead. When the tests run as root the subprocesses run
+without the capabilities that let root ignore file permissions (``setpriv``), so the read-only
+rows mean the same for root as for anyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mambapro.config import load_config
+from mambapro.data import build_dataset
+from mambapro.data.synth import generate
+from mambapro.engine.checkpoint import load_model
+from mambapro.engine.evaluate import evaluate_model
+from mambapro.engine.trainer import run_training
+
+# Small, fast training: the demo preset's tiny model on 32x32 inputs, one step.
+FAST = [
+    "data.synthetic=false",
+    "data.img_size=[32,32]",
+    "data.batch_size=4",
+    "data.num_instances=2",
+    "data.num_workers=0",
+    "train.epochs=1",
+    "train.warmup_epochs=0",
+    "train.iters_per_epoch=1",
+    "test.batch_size=8",
+]
+SMALL_SYNTH = ["--ids", "4", "--test-ids", "2", "--cameras", "2", "--shots", "2"]
+CKPT = "{s}/run/last.ckpt"
+TRAIN = ["train", "--config", "demo", "-q", *FAST]
+
+# (id, argv with {s} = shared inputs, {w} = the row's own folder, {q} = a query file;
+#  pattern the error line must match; setup of the row's folder: None, or "run" to copy the
+#  finished run there, or a name to create as a folder)
+ROWS: list[tuple[str, list[str], str, str | None]] = [
+    # 1. data that must never be replaced
+    (
+        "synth-onto-other-synthetic",
+        ["synth", "--out", "{s}/tree", *SMALL_SYNTH],
+        r"{s}/tree/RGBNT201 already exists \(a synthetic dataset made with seed=5, ids=6",
+        None,
+    ),
+    (
+        "train-demo-onto-other-synthetic",
+        ["train", "--config", "demo", "--data-root", "{s}/tree", "--output", "{w}/run"],
+        r"{s}/tree/RGBNT201 holds a synthetic dataset made with .*refusing to replace it",
+        None,
+    ),
+    (
+        "demo-onto-other-synthetic",
+        ["demo", "--output", "{w}/demo", "data.root={s}/tree"],
+        r"refusing to replace it",
+        None,
+    ),
+    (
+        "synth-onto-real-dataset",
+        ["synth", "--out", "{s}/panels", "--layout", "rgbnt100", *SMALL_SYNTH],
+        r"{s}/panels/RGBNT100/rgbir already exists",
+        None,
+    ),
+    # 2. file-system errors, before any long computation
+    (
+        "train-output-is-a-file",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{s}/afile"],
+        r"--output\) {s}/afile is a file, not a folder",
+        None,
+    ),
+    (
+        "train-output-below-a-file",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{s}/afile/run"],
+        r"{s}/afile is a file, not a folder",
+        None,
+    ),
+    (
+        "train-output-read-only",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{s}/ro/run"],
+        r"cannot write in {s}/ro",
+        None,
+    ),
+    (
+        "test-output-is-a-file",
+        ["test", "--checkpoint", CKPT, "--output", "{s}/afile"],
+        r"--output {s}/afile is a file",
+        None,
+    ),
+    (
+        "test-output-read-only",
+        ["test", "--checkpoint", CKPT, "--output", "{s}/ro/t"],
+        r"cannot write in {s}/ro",
+        None,
+    ),
+    (
+        "extract-out-below-a-file",
+        [
+            "extract",
+            "--checkpoint",
+            CKPT,
+            "--data-root",
+            "{s}/tree",
+            "--split",
+            "query",
+            "--out",
+            "{s}/afile/f.npz",
+        ],
+        r"{s}/afile is a file, not a folder",
+        None,
+    ),
+    (
+        "extract-out-is-a-folder",
+        [
+            "extract",
+            "--checkpoint",
+            CKPT,
+            "--data-root",
+            "{s}/tree",
+            "--split",
+            "query",
+            "--out",
+            "{w}/feats.npz",
+        ],
+        r"--out {w}/feats.npz is a folder",
+        "feats.npz",
+    ),
+    (
+        "extract-out-read-only",
+        [
+            "extract",
+            "--checkpoint",
+            CKPT,
+            "--data-root",
+            "{s}/tree",
+            "--split",
+            "query",
+            "--out",
+            "{s}/ro/f.npz",
+        ],
+        r"cannot write in {s}/ro",
+        None,
+    ),
+    (
+        "search-out-read-only",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--gallery",
+            "{s}/tree/RGBNT201/test",
+            "--out",
+            "{s}/ro/r.png",
+        ],
+        r"cannot write in {s}/ro",
+        None,
+    ),
+    ("synth-out-read-only", ["synth", "--out", "{s}/ro", *SMALL_SYNTH], r"cannot write in {s}/ro", None),
+    (
+        "synth-out-below-a-file",
+        ["synth", "--out", "{s}/afile/x", *SMALL_SYNTH],
+        r"{s}/afile is a file, not a folder",
+        None,
+    ),
+    ("demo-output-is-a-file", ["demo", "--output", "{s}/afile"], r"--output {s}/afile is a file", None),
+    (
+        "demo-read-only-data-root",
+        ["demo", "-q", "--output", "{w}/demo", "data.root={s}/ro"],
+        r"cannot write in {s}/ro",
+        None,
+    ),
+    (
+        "config-unreadable",
+        ["config", "--config", "{s}/secret.yaml"],
+        r"{s}/secret.yaml: Permission denied",
+        None,
+    ),
+    (
+        "check-data-root-is-a-file",
+        ["check-data", "--data-root", "{s}/afile"],
+        r"dataset folder not found: {s}/afile/RGBNT201",
+        None,
+    ),
+    # 3. values outside their range or choices, refused when the config is loaded
+    ("config-negative-epochs", ["config", "train.epochs=-3"], r"'train.epochs' = -3 must be >= 1", None),
+    (
+        "train-negative-lr",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run", "train.lr=-1"],
+        r"'train.lr' = -1.0 must be > 0",
+        None,
+    ),
+    (
+        "config-no-prompt-tokens",
+        ["config", "model.prompt_tokens=0"],
+        r"'model.prompt_tokens' = 0 must be >= 1",
+        None,
+    ),
+    ("config-negative-seed", ["config", "train.seed=-1"], r"'train.seed' = -1 must be >= 0", None),
+    (
+        "train-bogus-device",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run", "train.device=bogus"],
+        r"'train.device' = 'bogus' is not a device",
+        None,
+    ),
+    (
+        "config-erase-probability",
+        ["config", "data.erase_prob=2"],
+        r"'data.erase_prob' = 2.0 must be >= 0 and <= 1",
+        None,
+    ),
+    (
+        "config-image-size",
+        ["config", "data.img_size=[100,64]"],
+        r"'data.img_size' = \[100, 64\].*patch size 16",
+        None,
+    ),
+    (
+        "config-layer-beyond-depth",
+        ["config", "--config", "demo", "model.adapter_layers=[4]"],
+        r"'model.adapter_layers' = \[4\]: the tiny backbone has layers 0..3",
+        None,
+    ),
+    (
+        "config-schedule-start",
+        ["config", "train.schedule_start=2"],
+        r"'train.schedule_start' = 2 is not one of: 0, 1",
+        None,
+    ),
+    (
+        "config-batch-not-multiple",
+        ["config", "data.batch_size=6"],
+        r"'data.batch_size' = 6 must be a multiple",
+        None,
+    ),
+    ("config-unknown-key", ["config", "train.epoch=3"], r"unknown key 'train.epoch'", None),
+    (
+        "config-not-an-integer",
+        ["config", "train.epochs=ten"],
+        r"'train.epochs' = 'ten' must be an integer",
+        None,
+    ),
+    (
+        "test-rerank-lambda",
+        ["test", "--checkpoint", CKPT, "--output", "{w}/t", "test.rerank_lambda=3"],
+        r"'test.rerank_lambda' = 3.0 must be >= 0 and <= 1",
+        None,
+    ),
+    (
+        "search-k-zero",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--gallery",
+            "{s}/tree/RGBNT201/test",
+            "--out",
+            "{w}/r.png",
+            "-k",
+            "0",
+        ],
+        r"-k 0: must be at least 1",
+        None,
+    ),
+    # 4. errors of our own code that a user's input reaches
+    (
+        "train-more-ids-per-batch-than-exist",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run", "data.batch_size=16"],
+        r"the training set has 4 identities, fewer than the 8 per batch",
+        None,
+    ),
+    (
+        "synth-msvr310-one-scene",
+        ["synth", "--layout", "msvr310", "--out", "{w}/x", "--scenes", "1"],
+        r"needs shots >= 2 and scenes >= 2",
+        None,
+    ),
+    (
+        "synth-more-test-ids-than-ids",
+        ["synth", "--out", "{w}/x", "--ids", "5", "--test-ids", "10"],
+        r"ids = 5 must exceed test_ids = 10",
+        None,
+    ),
+    (
+        "synth-one-camera",
+        ["synth", "--out", "{w}/x", "--cameras", "1"],
+        r"cameras = 1 must be in 2..9 for the rgbnt201 layout",
+        None,
+    ),
+    (
+        "test-missing-setting",
+        ["test", "--checkpoint", CKPT, "--output", "{w}/t", "--missing", "X"],
+        r"unknown missing-modality setting 'X'; choose one of: full, R, N, T, RN, RT, NT",
+        None,
+    ),
+    (
+        "train-weights-not-found",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run", "model.weights={s}/nope.pt"],
+        r"weights file not found: {s}/nope.pt",
+        None,
+    ),
+    (
+        "train-weights-not-weights",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run", "model.weights={s}/photo.jpg"],
+        r"{s}/photo.jpg: not a",
+        None,
+    ),
+    (
+        "extract-missing-option",
+        ["extract", "--checkpoint", CKPT, "--out", "{w}/f.npz"],
+        r"the following arguments are required: --data-root, --split",
+        None,
+    ),
+    ("train-unknown-option", ["train", "--bogus"], r"unrecognized arguments: --bogus", None),
+    # 5. runs refused before their folder exists (and refused resumes add nothing)
+    (
+        "train-empty-image",
+        [*TRAIN, "--data-root", "{s}/broken", "--output", "{w}/run"],
+        r"1 broken triplet.*cannot read image {s}/broken/RGBNT201/train_171/NI/",
+        None,
+    ),
+    (
+        "train-wrong-panel-width",
+        [*TRAIN, "data.dataset=RGBNT100", "--data-root", "{s}/panels", "--output", "{w}/run"],
+        r"expected three modality panels side by side \(width a multiple of 3\), got 95x",
+        None,
+    ),
+    (
+        "train-resume-other-settings",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run", "--resume", "train.lr=0.5"],
+        r"--resume: {w}/run/last.ckpt was written with other settings: train.lr: 0.001 -> 0.5",
+        "run",
+    ),
+    (
+        "train-resume-nothing",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/none", "--resume"],
+        r"--resume: no checkpoint at {w}/none/last.ckpt",
+        None,
+    ),
+    (
+        "train-over-a-run",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run"],
+        r"{w}/run already holds a run \(last.ckpt\); pass --resume",
+        "run",
+    ),
+    (
+        "check-data-broken",
+        ["check-data", "-q", "--data-root", "{s}/broken"],
+        r"1 broken triplet\(s\), listed above",
+        None,
+    ),
+    # 7. messages that name the real problem
+    (
+        "config-yaml-syntax",
+        ["config", "--config", "{s}/bad.yaml"],
+        r"{s}/bad.yaml:3:\d+: not valid YAML: expected",
+        None,
+    ),
+    (
+        "test-checkpoint-is-a-jpeg",
+        ["test", "--checkpoint", "{s}/photo.jpg", "--output", "{w}/t"],
+        r"{s}/photo.jpg is not a mambapro checkpoint",
+        None,
+    ),
+    (
+        "test-checkpoint-missing",
+        ["test", "--checkpoint", "{s}/nope.ckpt"],
+        r"--checkpoint {s}/nope.ckpt: no such file",
+        None,
+    ),
+    (
+        "search-gallery-text-file",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--gallery",
+            "{s}/notes.txt",
+            "--out",
+            "{w}/r.png",
+        ],
+        r"--gallery {s}/notes.txt is neither.*split folder or a features .npz",
+        None,
+    ),
+    (
+        "search-gallery-junk-npz",
+        ["search", "--checkpoint", CKPT, "--query", "{q}", "--gallery", "{s}/junk.npz", "--out", "{w}/r.png"],
+        r"{s}/junk.npz is not a features file written by `mambapro extract`",
+        None,
+    ),
+    (
+        "test-config-changes-model",
+        ["test", "--checkpoint", CKPT, "--config", "{s}/other_model.yaml", "--output", "{w}/t"],
+        r"--config {s}/other_model.yaml or the overrides change the model.*model.aggregator: 'ma' -> 'sum'",
+        None,
+    ),
+    (
+        "test-override-changes-model",
+        ["test", "--checkpoint", CKPT, "--output", "{w}/t", "model.prompt_tokens=8"],
+        r"change the model, which comes from the checkpoint: model.prompt_tokens: 4 -> 8",
+        None,
+    ),
+]
+if not torch.cuda.is_available():
+    ROWS.append(
+        (
+            "train-cuda-without-gpu",
+            [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run", "train.device=cuda"],
+            r"'train.device' = 'cuda' but CUDA is not available here",
+            None,
+        )
+    )
+
+
+def _drop_root_powers() -> list[str]:
+    """A command prefix that runs without the capabilities that let root ignore permissions."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: read-only folders would not be read-only")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with its kind, mode and (files) content hash."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        mode = stat.S_IMODE(p.lstat().st_mode)
+        what = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        out[str(p.relative_to(root))] = f"{what} {mode:o}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    s = tmp_path_factory.mktemp("shared")
+    generate("rgbnt201", s / "tree", seed=5, ids=6, test_ids=2, cameras=2, shots=2)
+    shutil.copytree(s / "tree", s / "broken")
+    victim = sorted((s / "broken/RGBNT201/train_171/NI").iterdir())[0]
+    victim.write_bytes(b"")
+    generate("rgbnt100", s / "panels", seed=5, ids=6, test_ids=2, cameras=2, shots=2)
+    victim = sorted((s / "panels/RGBNT100/rgbir/bounding_box_train").iterdir())[0]
+    with Image.open(victim) as img:
+        img.crop((0, 0, 95, img.height)).save(victim)  # 95 is not three equal panels
+    run_training(
+        load_config("demo", [*FAST, f"data.root={s / 'tree'}", f"train.output={s / 'run'}"]), quiet=True
+    )
+    (s / "afile").write_text("a plain file\n")
+    (s / "notes.txt").write_text("some notes\n")
+    Image.new("RGB", (8, 8)).save(s / "photo.jpg")
+    np.save(s / "junk.npy", np.zeros(3))
+    (s / "junk.npy").rename(s / "junk.npz")
+    (s / "bad.yaml").write_text("train:\n  epochs: [1, 2\n  lr: 3\n")
+    (s / "other_model.yaml").write_text("model:\n  aggregator: sum\ntest:\n  batch_size: 8\n")
+    (s / "secret.yaml").write_text("train:\n  epochs: 3\n")
+    (s / "secret.yaml").chmod(0)
+    (s / "ro").mkdir()
+    (s / "ro").chmod(0o555)
+    return s
+
+
+def _run_row(shared: Path, base: Path, row: tuple, prefix: list[str]) -> str | None:
+    """Run one row; the description of what went wrong, or None."""
+    name, argv, pattern, setup = row
+    work = base / name
+    work.mkdir()
+    if setup == "run":
+        shutil.copytree(shared / "run", work / "run")
+    elif setup is not None:
+        (work / setup).mkdir()
+    query = sorted((shared / "tree/RGBNT201/test/RGB").iterdir())[0]
+    subst = {"{s}": str(shared), "{w}": str(work), "{q}": str(query)}
+
+    def fill(text: str, escape: bool = False) -> str:
+        for key, value in subst.items():
+            text = text.replace(key, re.escape(value) if escape else value)
+        return text
+
+    before = (_snapshot(shared), _snapshot(work))
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "mambapro.cli", *(fill(a) for a in argv)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    after = (_snapshot(shared), _snapshot(work))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if not line.startswith("mambapro: warning:")]
+    problems = []
+    if proc.returncode != 2:
+        problems.append(f"exit status {proc.returncode}")
+    if "Traceback" in proc.stderr:
+        problems.append("a traceback")
+    if len(errors) != 1:
+        problems.append(f"{len(errors)} error lines")
+    elif not re.search(fill(pattern, escape=True), errors[0]):
+        problems.append(f"the message does not match {fill(pattern)!r}")
+    for label, a, b in (("shared inputs", before[0], after[0]), ("its folder", before[1], after[1])):
+        if a != b:
+            changed = sorted(set(a.items()) ^ set(b.items()))[:3]
+            problems.append(f"{label} changed: {changed}")
+    if problems:
+        return f"{name}: {'; '.join(problems)}\n  stderr: {proc.stderr.strip()[-600:]}"
+    return None
+
+
+def test_every_bad_input_is_one_line_exit_2_and_changes_nothing(shared: Path, tmp_path: Path) -> None:
+    prefix = _drop_root_powers()
+    if prefix:  # the read-only folder must really be read-only for the subprocesses
+        probe = subprocess.run([*prefix, "touch", str(shared / "ro" / "x")], capture_output=True)
+        assert probe.returncode != 0, "setpriv did not drop root's permission override"
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the rows are independent
+        failures = [f for f in pool.map(lambda r: _run_row(shared, tmp_path, r, prefix), ROWS) if f]
+    assert not failures, "\n".join(failures)
+
+
+def test_the_rows_cover_every_command_and_class() -> None:
+    commands = {argv[0] for _, argv, _, _ in ROWS}
+    assert commands >= {"config", "synth", "demo", "train", "test", "extract", "search", "check-data"}
+    assert len(ROWS) >= 50
+
+
+def test_what_used_to_pass_silently_is_said(shared: Path, tmp_path: Path) -> None:
+    # extract --out without .npz: the file gets the suffix, and the printed path is the file's.
+    out = tmp_path / "adir"
+    argv = [
+        "extract",
+        "-q",
+        "--checkpoint",
+        str(shared / "run/last.ckpt"),
+        "--data-root",
+        str(shared / "tree"),
+        "--split",
+        "query",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run([sys.executable, "-m", "mambapro.cli", *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f"written to {out}.npz") and Path(f"{out}.npz").is_file()
+    assert not out.exists()
+    # A one-epoch run prints no scheduler warning from timm.
+    argv = [*TRAIN, "--data-root", str(shared / "tree"), "--output", str(tmp_path / "one")]
+    proc = subprocess.run([sys.executable, "-m", "mambapro.cli", *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "annealing" not in proc.stderr and "warning" not in proc.stderr.lower()
+
+
+def test_queries_without_a_gallery_match_are_counted_aloud(shared: Path) -> None:
+    model, cfg, _ = load_model(shared / "run/last.ckpt", extra={"data": {"root": str(shared / "tree")}})
+    ds = build_dataset("RGBNT201", shared / "tree")
+    lonely = ds.query[0]
+    # Keep only the gallery samples of other identities, or of this one from its own camera:
+    # that query has no valid match; the others keep theirs.
+    gallery = [g for g in ds.gallery if g.pid != lonely.pid or g.camid == lonely.camid]
+    n = len(ds.query)
+    with pytest.warns(
+        UserWarning, match=rf"RGBNT201: (\d+) of {n} queries have no valid match in the gallery"
+    ):
+        res = evaluate_model(model, cfg, "RGBNT201", ds.query, gallery, torch.device("cpu"))
+    expected = sum(not any(g.pid == q.pid and g.camid != q.camid for g in gallery) for q in ds.query)
+    assert res.num_skipped == expected >= 1
