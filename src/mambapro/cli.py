@@ -19,7 +19,7 @@ from mambapro.config import SynthConfig, dump_config, load_config
 from mambapro.data.synth import LAYOUTS
 from mambapro.engine.runlog import check_run_folder
 from mambapro.errors import UserError, check_output_dir, check_output_file
-from mambapro.modalities import parse_missing
+from mambapro.modalities import parse_missing_request
 
 __all__ = ["main", "build_parser"]
 
@@ -99,8 +99,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     _require_file(args.checkpoint, "--checkpoint")
     if args.output is not None:
         check_output_dir(args.output, "--output")
-    if args.missing not in (None, "all"):
-        parse_missing(args.missing)
+    if args.missing is not None:
+        parse_missing_request(args.missing)
 
     from mambapro.engine.evaluate import run_test
 
@@ -244,7 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("test", cmd_test, "evaluate a checkpoint (mAP, CMC, mINP)")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data-root", type=Path, default=None)
-    p.add_argument("--missing", default=None, help="all|R|N|T|RN|RT|NT: missing-modality evaluation")
+    p.add_argument(
+        "--missing",
+        default=None,
+        help="missing-modality evaluation: 'all' (the table of full, -R, -N, -T, -RN, -RT, -NT), "
+        "one of R, N, T, RN, RT, NT (the MISSING modalities) or a subset by the modalities PRESENT (e.g. "
+        "NI+TI), in query and gallery alike, 'cross' (the 7x7 "
+        "any-to-any matrix and heat map), or QUERY:GALLERY naming the modalities PRESENT on each "
+        "side, joined by '+' (e.g. TI:RGB+NI: a thermal-only query against an RGB+NIR gallery)",
+    )
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
     p.add_argument(
         "--output",

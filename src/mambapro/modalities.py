@@ -4,6 +4,10 @@ A sample is a pixel-aligned triplet in the fixed order :data:`MODALITIES` (RGB, 
 thermal-infrared). A missing-modality setting names the modalities that are absent at test time
 by their letters (SPEC §2): ``full`` (none missing), ``R``, ``N``, ``T``, ``RN``, ``RT``, ``NT``;
 its table label is ``full`` or ``-R``, ``-RN``, ...
+
+Any-to-any retrieval names a subset by the modalities *present* instead (``RGB``, ``NI+TI``,
+``RGB+NI+TI``), and a query/gallery pair as ``QUERY:GALLERY`` (``TI:RGB+NI``: a thermal-only
+query against an RGB+NIR gallery); :func:`parse_present` and :func:`present_label` convert.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ __all__ = [
     "missing_label",
     "missing_modalities",
     "parse_missing",
+    "parse_missing_request",
+    "parse_pair",
+    "parse_present",
+    "present_label",
 ]
 
 #: Modality keys of a batch, in the order every module uses (r, n, t).
@@ -56,3 +64,51 @@ def missing_label(setting: str) -> str:
     """Table label of a setting: ``full`` or ``-R``, ``-RN``, ..."""
     canon = parse_missing(setting)
     return canon if canon == "full" else f"-{canon}"
+
+
+def present_label(setting: str) -> str:
+    """The modalities a setting keeps, joined by ``+`` (``full`` -> ``RGB+NI+TI``, ``R`` -> ``NI+TI``)."""
+    gone = missing_modalities(setting)
+    return "+".join(m for m in MODALITIES if m not in gone)
+
+
+def parse_present(text: str) -> str:
+    """The missing-modality setting of a subset named by its present modalities (``NI+TI`` ->
+    ``R``; any case and order); :class:`ConfigError` for an empty subset or an unknown name."""
+    names = [part.strip().upper() for part in str(text).split("+")]
+    if not any(names) or "" in names:
+        raise ConfigError(
+            f"modality subset {text!r} is empty or has an empty name; name the modalities present, "
+            f"joined by '+' (e.g. RGB+NI), from {', '.join(MODALITIES)}"
+        )
+    unknown = [n for n in names if n not in MODALITIES]
+    if unknown:
+        raise ConfigError(
+            f"modality subset {text!r}: unknown modality {unknown[0]!r}; choose from {', '.join(MODALITIES)}"
+        )
+    gone = "".join(m[0] for m in MODALITIES if m not in names)  # R, N, T: the setting's letters
+    return parse_missing(gone or "full")
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    """``QUERY:GALLERY`` subsets named by their present modalities -> the two missing settings
+    (``TI:RGB+NI`` -> (``RN``, ``T``))."""
+    query, sep, gallery = str(text).partition(":")
+    if not sep:
+        raise ConfigError(f"modality pair {text!r} must look like QUERY:GALLERY, e.g. TI:RGB+NI")
+    return parse_present(query), parse_present(gallery)
+
+
+def parse_missing_request(text: str) -> str | tuple[str, str]:
+    """``mambapro test --missing``: ``all`` (the table of seven settings), ``cross`` (the 7 x 7
+    any-to-any matrix), ``QUERY:GALLERY`` (one pair, by the modalities present: a tuple of the
+    two settings), or one setting for both sides, by the missing letters (``RN``) or by the
+    modalities present (``TI``, ``NI+TI``)."""
+    key = str(text).strip()
+    if key.lower() in ("all", "cross"):
+        return key.lower()
+    if ":" in key:
+        return parse_pair(key)
+    if "+" in key or key.upper() in MODALITIES:  # one subset by its present modalities: both sides
+        return parse_present(key)
+    return parse_missing(key)

@@ -19,6 +19,7 @@ from mambapro.evaluation.report import (
     missing_label,
     missing_modality_table,
     plot_cmc,
+    plot_heatmap,
     save_results_json,
 )
 from mambapro.evaluation.rerank import re_ranking
@@ -37,6 +38,7 @@ __all__ = [
     "missing_label",
     "missing_modality_table",
     "plot_cmc",
+    "plot_heatmap",
     "re_ranking",
     "save_results_json",
 ]

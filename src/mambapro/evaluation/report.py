@@ -27,6 +27,7 @@ __all__ = [
     "save_results_json",
     "plot_cmc",
     "missing_label",
+    "plot_heatmap",
     "missing_modality_table",
     "evaluate_features",
 ]
@@ -145,6 +146,44 @@ def plot_cmc(
     ax.set_xlim(1, max(top, 2))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_heatmap(
+    path: str | Path,
+    values: np.ndarray | Sequence[Sequence[float]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+) -> Path:
+    """Save a (rows, cols) matrix of fractions as an annotated heat map (cells in percent)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = np.asarray(values, dtype=np.float64)
+    if grid.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"heat map of shape {grid.shape} needs {len(row_labels)} x {len(col_labels)} labels")
+    fig = Figure(figsize=(1.2 + 0.9 * grid.shape[1], 1.0 + 0.6 * grid.shape[0]), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(100 * grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            # Light text on the dark end of viridis, dark text on the light end.
+            colour = "white" if grid[i, j] < 0.6 else "black"
+            ax.text(j, i, f"{100 * grid[i, j]:.1f}", ha="center", va="center", color=colour, fontsize=8)
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="%")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
