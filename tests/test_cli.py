@@ -11,12 +11,13 @@ import yaml
 from PIL import Image
 
 from mambapro.cli import main
-from mambapro.config import load_config
+from mambapro.config import config_to_dict, load_config
 from mambapro.data import DatasetError
 from mambapro.data.synth import generate
-from mambapro.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mambapro.engine.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from mambapro.engine.data import prepare_data
 from mambapro.engine.trainer import run_training
+from mambapro.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +140,23 @@ def test_log_period_writes_per_iteration_scalars(data_root: Path, tmp_path: Path
     steps = [e.step for e in events.Scalars("iter/loss")]
     assert steps == [2, 5]  # every 2nd step of each 3-step epoch, counted over the run
     assert {"iter/acc", "iter/lr", "iter/fuse_ce"} <= set(events.Tags()["scalars"])
+
+
+def test_a_gpu_checkpoint_evaluates_on_a_cpu(tmp_path: Path) -> None:
+    # Trained on CUDA with the Triton scan: the stored train.device and model.scan_backend name
+    # things this machine lacks; test-time loading picks auto for both, and both may be overridden.
+    cfg = load_config("demo", ["data.img_size=[32,32]", "train.device=cuda", "model.scan_backend=triton"])
+    model = build_model(cfg, num_classes=4, num_cameras=2)
+    state = {"model": model.state_dict(), "config": config_to_dict(cfg), "num_classes": 4, "num_cameras": 2}
+    path = save_checkpoint(state, tmp_path / "gpu.ckpt")
+    loaded, loaded_cfg, _ = load_model(path)
+    assert next(loaded.parameters()).device.type == "cpu"
+    assert loaded_cfg.model.scan_backend == "auto"
+    batch = {m: torch.randn(2, 3, 32, 32) for m in ("RGB", "NI", "TI")}
+    batch["camids"] = torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.isfinite(loaded(batch)).all()
+    _, cfg_torch, _ = load_model(path, overrides=["model.scan_backend=torch", "train.device=cpu"])
+    assert cfg_torch.model.scan_backend == "torch"
+    with pytest.raises(CheckpointError, match="model.prompt_tokens: 4 -> 8"):
+        load_model(path, overrides=["model.prompt_tokens=8"])

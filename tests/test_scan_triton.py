@@ -277,6 +277,7 @@ def test_kernels_compile_for_a_cuda_target() -> None:
         assert compiled.asm["cubin"]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_triton_matches_torch_on_gpu(dtype: torch.dtype) -> None:

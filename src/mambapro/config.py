@@ -177,7 +177,8 @@ class ModelConfig:
     ma_init: str = _choices("release", "mamba", default="release")
     # Selective-scan implementation: pure PyTorch, Triton kernels (CUDA), mamba-ssm's CUDA kernel, or
     # auto (on CUDA: triton when it imports, else mamba_ssm when importable, else torch).
-    scan_backend: str = _choices("auto", "torch", "mamba_ssm", "triton", default="torch")
+    # A runtime choice, not part of the weights: a checkpoint may be evaluated with another one.
+    scan_backend: str = _choices("auto", "torch", "mamba_ssm", "triton", default="auto")
 
 
 @dataclass
@@ -206,6 +207,9 @@ class TrainConfig:
     grad_clip: float | None = _range(None, gt=0)
     # auto, cpu, cuda, cuda:N or mps; a GPU that is absent is refused when the run starts.
     device: str = "auto"
+    # Beyond the paper: probability that a training sample loses one or two modalities (one of
+    # the six missing settings, uniformly), zeroed as at test time; 0 in the paper presets.
+    modality_dropout: float = _range(0.0, ge=0, lt=1)
     # Iterations per epoch; null: one pass over the training identities' samples.
     iters_per_epoch: int | None = _range(None, ge=1)
     eval_period: int = _range(0, ge=0)  # evaluate every N epochs (0: only at the end)

@@ -25,6 +25,11 @@ __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "CheckpointError"
 
 FORMAT_VERSION = 1
 
+#: Model settings that choose how the stored weights are computed, not what they are: they may
+#: differ at test time (a checkpoint trained with the Triton scan evaluates on a CPU).
+RUNTIME_MODEL_KEYS = ("scan_backend",)
+CUDA_ONLY_SCANS = ("triton", "mamba_ssm")
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file + rename)."""
@@ -92,8 +97,9 @@ def load_model(
     ckpt = load_checkpoint(checkpoint)
     stored = ckpt["config"]
     cfg = load_config(config, overrides, extra=extra, base=(stored, f"{checkpoint} (stored config)"))
-    # model.weights is not compared: the encoder comes from the checkpoint, not from that file.
-    kept = {k: v for k, v in stored["model"].items() if k != "weights"}
+    # Not compared: model.weights (the encoder comes from the checkpoint, not from that file)
+    # and the scan backend (how the same weights are computed; see RUNTIME_MODEL_KEYS).
+    kept = {k: v for k, v in stored["model"].items() if k not in ("weights", *RUNTIME_MODEL_KEYS)}
     asked = {k: v for k, v in config_to_dict(cfg)["model"].items() if k in kept}
     changed = config_diff(kept, asked, "model.")
     if changed:
@@ -102,7 +108,14 @@ def load_model(
             f"{checkpoint}: {source} change the model, which comes from the checkpoint: "
             f"{'; '.join(changed)} (checkpoint -> asked); drop these model.* settings"
         )
-    device = device or resolve_device(cfg.train.device)
+    if device is None:
+        # The training machine's device need not exist here: auto, unless asked otherwise.
+        asked = cfg.train.device != stored.get("train", {}).get("device", cfg.train.device)
+        device = resolve_device(cfg.train.device if asked else "auto")
+        cfg.train.device = str(device.type)
+    if device.type != "cuda" and cfg.model.scan_backend in CUDA_ONLY_SCANS:
+        # A CUDA-only kernel stored by a GPU run: the same scan in PyTorch on this device.
+        cfg.model.scan_backend = "auto"
     # The encoder weights come from the checkpoint, not from model.weights.
     cfg.model.weights = None
     model = build_model(cfg, ckpt["num_classes"], ckpt["num_cameras"])
