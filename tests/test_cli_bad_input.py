@@ -318,6 +318,24 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         None,
     ),
     (
+        "test-unknown-modality-subset",
+        ["test", "--checkpoint", CKPT, "--output", "{w}/t", "--missing", "NIR:RGB"],
+        r"modality subset 'NIR': unknown modality 'NIR'; choose from RGB, NI, TI",
+        None,
+    ),
+    (
+        "test-empty-modality-subset",
+        ["test", "--checkpoint", CKPT, "--output", "{w}/t", "--missing", "RGB+"],
+        r"modality subset 'RGB\+' is empty or has an empty name",
+        None,
+    ),
+    (
+        "config-modality-dropout-one",
+        ["config", "train.modality_dropout=1"],
+        r"'train.modality_dropout' = 1.0 must be >= 0 and < 1",
+        None,
+    ),
+    (
         "train-weights-not-found",
         [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run", "model.weights={s}/nope.pt"],
         r"weights file not found: {s}/nope.pt",

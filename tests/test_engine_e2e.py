@@ -413,6 +413,13 @@ EXPECTED_TRAINABLE = {
     "table11_ma_mamba.yaml": _parts(**FULL, aggregator=_aggregator("ma", C, depth=1)),
     "table11_ma_trans.yaml": _parts(**FULL, aggregator=_aggregator("ma_transformer", C, depth=1)),
 }
+# The robust presets (modality dropout) train exactly what their bases train.
+EXPECTED_TRAINABLE.update(
+    {
+        f"{base}_robust.yaml": EXPECTED_TRAINABLE[f"{base}.yaml"]
+        for base in ("demo", "rgbnt201", "rgbnt100", "msvr310")
+    }
+)
 ENCODERS = {"clip_vit_b16": CLIP_F, "vit_b16_imagenet": VIT, "tiny": _clip_vit(192, 4, 33, 128)}
 
 

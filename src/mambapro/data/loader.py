@@ -19,10 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..modalities import MODALITIES, missing_modalities
+from ..modalities import MISSING_SETTINGS, MODALITIES, missing_modalities
 from . import synth
 from .datasets import ReIDDataset, build_dataset
 from .io import DatasetError, Sample, read_triplet
@@ -41,18 +42,46 @@ __all__ = [
 ]
 
 
+def draw_modality_dropout(item_seed: int, rate: float) -> str:
+    """The missing-modality setting a training item gets: ``full`` with probability 1 - ``rate``,
+    else one of the six settings that miss something (R, N, T, RN, RT, NT), uniformly.
+
+    A pure function of the item seed, from its own stream: the augmentation draws are the same
+    whatever the rate, and the worker count changes nothing.
+    """
+    if rate <= 0:
+        return "full"
+    rng = np.random.default_rng([item_seed, _DROPOUT_STREAM])
+    if rng.random() >= rate:
+        return "full"
+    return DROPPABLE[int(rng.integers(len(DROPPABLE)))]
+
+
+#: The settings modality dropout draws from (all but ``full``), and its seed stream's tag.
+DROPPABLE = tuple(s for s in MISSING_SETTINGS if s != "full")
+_DROPOUT_STREAM = 0x6D6F6461  # "moda"
+
+
 class TripletDataset(Dataset):
-    """Decodes and transforms samples; ``dataset[i]`` or ``dataset[(i, item_seed)]``."""
+    """Decodes and transforms samples; ``dataset[i]`` or ``dataset[(i, item_seed)]``.
+
+    ``modality_dropout`` (training, ``train.modality_dropout``): with that probability an item
+    seeded by the sampler loses one or two modalities (see :func:`draw_modality_dropout`), zeroed
+    after normalisation exactly as ``test --missing`` zeroes them; ``item["dropped"]`` names the
+    setting.
+    """
 
     def __init__(
         self,
         samples: Sequence[Sample],
         dataset_name: str,
         transform: Callable[[Sequence[Any]], Sequence[torch.Tensor]],
+        modality_dropout: float = 0.0,
     ) -> None:
         self.samples = list(samples)
         self.dataset_name = dataset_name
         self.transform = transform
+        self.modality_dropout = modality_dropout
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -68,8 +97,11 @@ class TripletDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(item_seed)
                 tensors = self.transform(images)
+        dropped = "full" if item_seed is None else draw_modality_dropout(item_seed, self.modality_dropout)
+        if dropped != "full":
+            tensors = apply_missing(tensors, dropped)
         out: dict[str, Any] = dict(zip(MODALITIES, tensors))
-        out.update(pid=s.pid, camid=s.camid, sceneid=s.sceneid, path=s.paths[0])
+        out.update(pid=s.pid, camid=s.camid, sceneid=s.sceneid, path=s.paths[0], dropped=dropped)
         return out
 
 
@@ -91,8 +123,10 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
     iters_per_epoch: int | None = None,
+    modality_dropout: float = 0.0,
 ) -> DataLoader:
     """P x K train loader over ``dataset.train``; call ``loader.batch_sampler.set_epoch(e)``.
+    ``modality_dropout``: see :class:`TripletDataset`.
 
     ``data_cfg.batch_size`` is the global batch; each rank gets ``batch_size / world_size``.
     To train without held-out validation ids, pass ``dataclasses.replace(dataset, train=...)``.
@@ -106,7 +140,9 @@ def build_train_loader(
         world_size=world_size,
         iters_per_epoch=iters_per_epoch,
     )
-    ds = TripletDataset(dataset.train, dataset.name, build_train_transform(data_cfg, img_size))
+    ds = TripletDataset(
+        dataset.train, dataset.name, build_train_transform(data_cfg, img_size), modality_dropout
+    )
     return DataLoader(
         ds,
         batch_sampler=sampler,

@@ -86,6 +86,7 @@ class Trainer:
             rank=dist_info.rank,
             world_size=dist_info.world_size,
             iters_per_epoch=cfg.train.iters_per_epoch,
+            modality_dropout=cfg.train.modality_dropout,
         )
         # The run folder appears only in start_logging(), once nothing can refuse the run any more.
         self.logger = RunLogger(self.out, enabled=False)
