@@ -6,9 +6,7 @@ The torch-based parts (loaders, sampler, transforms) load on first use, so that 
 dataset spec (as the config does for names and image sizes) does not import torch.
 """
 
-from importlib import import_module
-from typing import Any
-
+from ..lazy import lazy_getattr
 from ..modalities import MODALITIES, missing_modalities
 from . import synth
 from .datasets import (
@@ -38,10 +36,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

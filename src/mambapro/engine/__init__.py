@@ -9,8 +9,7 @@ record), ``trainer``, ``features`` (test loader, extraction, features files), ``
 (parameter and FLOPs reports). The network itself is :mod:`mambapro.models`.
 """
 
-from importlib import import_module
-from typing import Any
+from mambapro.lazy import lazy_getattr
 
 # Loaded on first use: the CLI imports light modules of this package (the run-folder checks of
 # ``runlog``) to refuse bad input before paying for torch.
@@ -33,10 +32,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

@@ -1,0 +1,24 @@
+"""Lazy exports of a package: names whose modules load on first use (module ``__getattr__``).
+
+The CLI and the config read light parts of ``mambapro.data`` and ``mambapro.engine`` (dataset
+specs, run-folder checks); the torch-based parts load only when one of their names is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any
+
+__all__ = ["lazy_getattr"]
+
+
+def lazy_getattr(package: str, table: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for ``package`` that imports ``table[name]`` (a submodule) on use."""
+
+    def __getattr__(name: str) -> Any:
+        if name in table:
+            return getattr(import_module(f".{table[name]}", package), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
