@@ -330,6 +330,48 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         None,
     ),
     (
+        "index-features-missing",
+        ["index", "build", "--features", "{s}/nope.npz", "--out", "{w}/g.index"],
+        r"--features {s}/nope.npz: no such file",
+        None,
+    ),
+    (
+        "index-features-not-features",
+        ["index", "build", "--features", "{s}/junk.npz", "--out", "{w}/g.index"],
+        r"{s}/junk.npz is not a features file written by `mambapro extract`",
+        None,
+    ),
+    (
+        "index-out-read-only",
+        ["index", "build", "--features", "{s}/junk.npz", "--out", "{s}/ro/g.index"],
+        r"cannot write in {s}/ro",
+        None,
+    ),
+    (
+        "search-index-not-an-index",
+        ["search", "--checkpoint", CKPT, "--query", "{q}", "--index", "{s}/junk.npz", "--out", "{w}/r.png"],
+        r"{s}/junk.npz is not a gallery index written by `mambapro index build`",
+        None,
+    ),
+    (
+        "search-gallery-and-index",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--gallery",
+            "{s}/notes.txt",
+            "--index",
+            "{s}/junk.npz",
+            "--out",
+            "{w}/r.png",
+        ],
+        r"give exactly one of --gallery \(a split folder or features .npz\) and --index",
+        None,
+    ),
+    (
         "config-modality-dropout-one",
         ["config", "train.modality_dropout=1"],
         r"'train.modality_dropout' = 1.0 must be >= 0 and < 1",
@@ -562,7 +604,17 @@ def test_every_bad_input_is_one_line_exit_2_and_changes_nothing(shared: Path, tm
 
 def test_the_rows_cover_every_command_and_class() -> None:
     commands = {argv[0] for _, argv, _, _ in ROWS}
-    assert commands >= {"config", "synth", "demo", "train", "test", "extract", "search", "check-data"}
+    assert commands >= {
+        "config",
+        "synth",
+        "demo",
+        "train",
+        "test",
+        "extract",
+        "search",
+        "check-data",
+        "index",
+    }
     assert len(ROWS) >= 50
 
 

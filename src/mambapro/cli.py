@@ -138,6 +138,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     _require_file(args.checkpoint, "--checkpoint")
+    if (args.gallery is None) == (args.index is None):
+        raise UserError("give exactly one of --gallery (a split folder or features .npz) and --index")
+    if args.index is not None:
+        _require_file(args.index, "--index")
     check_output_file(args.out, "--out")
 
     from mambapro.engine.search import run_search
@@ -151,6 +155,30 @@ def cmd_search(args: argparse.Namespace) -> int:
         config=args.config,
         overrides=args.overrides,
         quiet=args.quiet,
+        index=args.index,
+    )
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    for f in args.features:
+        _require_file(f, "--features")
+    if args.action == "add":
+        _require_file(args.index or args.out, "--index" if args.index else "--out")
+    check_output_file(args.out, "--out")
+
+    from mambapro.engine.index import run_index
+
+    run_index(
+        args.action,
+        args.features,
+        args.out,
+        kind=args.kind,
+        nlist=args.nlist,
+        m=args.m,
+        nbits=args.nbits,
+        nprobe=args.nprobe,
+        index=args.index,
     )
     return 0
 
@@ -273,10 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("search", cmd_search, "rank a gallery for a query triplet")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--query", type=Path, required=True, help="a triplet folder or a sample file")
-    p.add_argument("--gallery", type=Path, required=True, help="a dataset split folder or features .npz")
+    p.add_argument("--gallery", type=Path, default=None, help="a dataset split folder or features .npz")
+    p.add_argument("--index", type=Path, default=None, help="or a gallery index of `mambapro index build`")
     p.add_argument("-k", dest="k", type=int, default=10)
     p.add_argument("--out", type=Path, default=Path("ranklist.png"))
     _add_config_args(p)
+
+    p = add(
+        "index", cmd_index, "build or extend a FAISS gallery index of features .npz files (extra: deploy)"
+    )
+    p.add_argument("action", choices=["build", "add"])
+    p.add_argument("--features", type=Path, nargs="+", required=True, help="features .npz file(s) of extract")
+    p.add_argument("--out", type=Path, required=True, help="the index file (add: updated unless --index)")
+    p.add_argument("--index", type=Path, default=None, help="add: the index to extend (default: --out)")
+    p.add_argument("--kind", choices=["flat", "ivf-pq"], default="flat")
+    p.add_argument("--nlist", type=int, default=None, help="ivf-pq: cells (default about 4 sqrt(N))")
+    p.add_argument("--m", type=int, default=64, help="ivf-pq: PQ sub-quantizers (must divide the dimension)")
+    p.add_argument("--nbits", type=int, default=8, help="ivf-pq: bits per sub-quantizer code")
+    p.add_argument("--nprobe", type=int, default=16, help="ivf-pq: cells searched per query")
 
     p = add("params", cmd_params, "trainable and total parameters per part")
     p.add_argument("--json", action="store_true")

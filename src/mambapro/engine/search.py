@@ -27,11 +27,12 @@ from PIL import Image, ImageDraw
 from mambapro.data import DatasetError, read_triplet, samples_at, triplet_paths
 from mambapro.engine.checkpoint import load_model
 from mambapro.engine.features import FeatureSet, check_model_cameras, eval_loader, extract_features
+from mambapro.engine.index import GalleryIndex
 from mambapro.engine.runtime import eval_amp
 from mambapro.errors import UserError, check_output_file
 from mambapro.evaluation import compute_distmat
 
-__all__ = ["Match", "rank_gallery", "draw_rank_list", "run_search"]
+__all__ = ["rank_index", "Match", "rank_gallery", "draw_rank_list", "run_search"]
 
 _THUMB_HEIGHT = 96
 _BORDER = 4
@@ -93,6 +94,36 @@ def _thumbnails(first_path: str, dataset_name: str) -> list[Any]:
     return out
 
 
+def rank_index(
+    index: GalleryIndex, query: FeatureSet, k: int = 10, metric: str = "euclidean"
+) -> list[list[Match]]:
+    """``run_search``'s rankings against an index: per query (a FeatureSet), its top-``k``
+    :class:`Match` list, leaving out the query's own file as :func:`rank_gallery` does."""
+    dist, rows = index.search(query.feats, min(k + 1, max(index.ntotal, 1)), metric)
+    out: list[list[Match]] = []
+    for qpath, qpid, drow, irow in zip(query.paths, query.pids, dist, rows):
+        matches: list[Match] = []
+        for d, j in zip(drow, irow):
+            if j < 0 or index.paths[j] == qpath:
+                continue
+            pid = int(index.pids[j])
+            matches.append(
+                Match(
+                    rank=len(matches) + 1,
+                    index=int(j),
+                    distance=float(d),
+                    path=index.paths[j],
+                    pid=pid,
+                    camid=int(index.camids[j]),
+                    same_identity=pid == int(qpid),
+                )
+            )
+            if len(matches) == k:
+                break
+        out.append(matches)
+    return out
+
+
 def draw_rank_list(query_path: str, matches: list[Match], dataset_name: str, out: str | Path) -> Path:
     """Save a rank-list image: rows RGB/NI/TI, columns query + matches, coloured borders."""
     columns = [(query_path, "query", _COLOURS["query"])]
@@ -143,18 +174,27 @@ def _gallery_features(gallery: Path, model, cfg, device, amp, quiet: bool):
 def run_search(
     checkpoint: str | Path,
     query: str | Path,
-    gallery: str | Path,
+    gallery: str | Path | None = None,
     k: int = 10,
     out: str | Path = "ranklist.png",
     config: str | Path | None = None,
     overrides: list[str] | None = None,
     quiet: bool = False,
+    index: str | Path | None = None,
 ) -> dict[str, list[Match]]:
-    """The ``search`` command; returns ``{query path: matches}``."""
+    """The ``search`` command: queries against a ``gallery`` (a split folder or features
+    ``.npz``) or a FAISS ``index`` (``mambapro index build``); returns ``{query path: matches}``."""
     if k < 1:
         raise UserError(f"-k {k}: must be at least 1")
-    gallery, out = Path(gallery), Path(out)
-    _check_gallery(gallery)
+    if (gallery is None) == (index is None):
+        raise UserError("give exactly one of --gallery (a split folder or features .npz) and --index")
+    out = Path(out)
+    gallery_index = None
+    if index is not None:
+        gallery_index = GalleryIndex.load(index)  # a bad index is refused before the model loads
+    else:
+        gallery = Path(gallery)
+        _check_gallery(gallery)
     if not Path(query).exists():
         raise UserError(f"--query {query} does not exist: give a triplet's file or a split folder")
     check_output_file(out, "--out")
@@ -166,16 +206,20 @@ def run_search(
     q_samples = samples_at(query, name, skip_broken=cfg.data.skip_broken)
     check_model_cameras(model, q_samples, f"query {query}")
     qf = extract_features(model, eval_loader(cfg, q_samples, name), device, amp, quiet, "query")
-    gf = _gallery_features(gallery, model, cfg, device, amp, quiet)
-    if gf.feats.ndim != 2 or gf.feats.shape[1] != qf.feats.shape[1]:
-        raise UserError(
-            f"{gallery}: gallery features have shape {gf.feats.shape}, but this checkpoint gives "
-            f"{qf.feats.shape[1]}-d features; extract them with the same checkpoint"
-        )
-    dist = compute_distmat(qf.feats, gf.feats, metric=cfg.test.distance)
+    if gallery_index is not None:
+        ranked = rank_index(gallery_index, qf, k, metric=cfg.test.distance)
+    else:
+        gf = _gallery_features(gallery, model, cfg, device, amp, quiet)
+        if gf.feats.ndim != 2 or gf.feats.shape[1] != qf.feats.shape[1]:
+            raise UserError(
+                f"{gallery}: gallery features have shape {gf.feats.shape}, but this checkpoint gives "
+                f"{qf.feats.shape[1]}-d features; extract them with the same checkpoint"
+            )
+        dist = compute_distmat(qf.feats, gf.feats, metric=cfg.test.distance)
+        ranked = [rank_gallery(dist[i], p, int(qf.pids[i]), gf, k) for i, p in enumerate(qf.paths)]
     results: dict[str, list[Match]] = {}
     for i, qpath in enumerate(qf.paths):
-        matches = rank_gallery(dist[i], qpath, int(qf.pids[i]), gf, k)
+        matches = ranked[i]
         results[qpath] = matches
         print(f"query {qpath} (id {int(qf.pids[i])}, camera {int(qf.camids[i]) + 1}):")
         for m in matches:
@@ -188,7 +232,7 @@ def run_search(
         json.dumps(
             {
                 "checkpoint": str(checkpoint),
-                "gallery": str(gallery),
+                "gallery": str(index if index is not None else gallery),
                 "distance": cfg.test.distance,
                 "queries": {q: [m.__dict__ for m in ms] for q, ms in results.items()},
             },
