@@ -3,6 +3,9 @@ per-iteration TensorBoard scalars."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +163,26 @@ def test_a_gpu_checkpoint_evaluates_on_a_cpu(tmp_path: Path) -> None:
     assert cfg_torch.model.scan_backend == "torch"
     with pytest.raises(CheckpointError, match="model.prompt_tokens: 4 -> 8"):
         load_model(path, overrides=["model.prompt_tokens=8"])
+
+
+def _policy_seen_by_torch(env: dict[str, str]) -> list[str]:
+    """(whether `import mambapro.cli` imports torch, OMP_WAIT_POLICY after `main` ran)."""
+    code = (
+        "import os, sys\n"
+        "from mambapro.cli import main\n"
+        "print('torch' in sys.modules)\n"
+        "main([])\n"  # prints the help
+        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    return [lines[0], lines[-1]]
+
+
+def test_cli_lets_idle_openmp_threads_sleep_unless_told_otherwise() -> None:
+    """libgomp reads OMP_WAIT_POLICY when torch loads: the CLI sets PASSIVE before (its module
+    imports no torch), and an explicit choice in the environment wins."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert _policy_seen_by_torch(env) == ["False", "PASSIVE"]
+    assert _policy_seen_by_torch({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == ["False", "ACTIVE"]

@@ -11,7 +11,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "mambapro"
 
 #: Imports allowed inside engine functions: optional dependencies only.
-OPTIONAL = {"torch.utils.tensorboard"}
+# Optional dependencies, imported where used so the package works without them.
+OPTIONAL = {"torch.utils.tensorboard", "faiss"}
 
 
 def _module_name(path: Path) -> str:

@@ -41,6 +41,7 @@ import numpy as np
 
 from mambapro.engine.features import FeatureSet
 from mambapro.errors import UserError, check_output_file
+from mambapro.evaluation.distance import prepare_features
 
 __all__ = [
     "FORMAT",
@@ -80,8 +81,6 @@ def _faiss() -> Any:
 
 def _normalised(feats: Any, what: str) -> np.ndarray:
     """(N, D) float32 C-contiguous L2-normalised rows, normalised exactly as ``compute_distmat`` does."""
-    from mambapro.evaluation.distance import prepare_features
-
     arr = np.asarray(feats)
     if arr.ndim != 2 or arr.shape[1] < 1:
         raise GalleryIndexError(f"{what}: features must be 2-D (num_samples, dim), got shape {arr.shape}")
