@@ -8,8 +8,6 @@ interruption never leaves a partial checkpoint under the real name.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from torch import nn
 
 from mambapro.config import Config, config_diff, config_to_dict, load_config
 from mambapro.engine.runtime import resolve_device
-from mambapro.errors import CheckpointError
+from mambapro.errors import CheckpointError, atomic_write
 from mambapro.models import build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "CheckpointError"]
@@ -33,21 +31,10 @@ CUDA_ONLY_SCANS = ("triton", "mamba_ssm")
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format_version": FORMAT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave the temporary file behind.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path) as fh:
+        torch.save(state, fh)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

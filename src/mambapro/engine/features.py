@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from mambapro.config import Config
 from mambapro.data import build_test_loader, check_cameras, dataset_from_config
 from mambapro.engine.checkpoint import load_model
 from mambapro.engine.runtime import eval_amp
-from mambapro.errors import UserError, check_output_file
+from mambapro.errors import UserError, atomic_write, check_output_file
 
 __all__ = ["FeatureSet", "check_model_cameras", "eval_loader", "extract_features", "run_extract"]
 
@@ -39,22 +37,15 @@ class FeatureSet:
     def save(self, path: str | Path) -> Path:
         """Write an ``.npz`` file atomically (temporary file + rename); returns ``path``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:  # a file object: NumPy appends no suffix
-                np.savez(
-                    fh,
-                    feats=self.feats,
-                    pids=self.pids,
-                    camids=self.camids,
-                    sceneids=self.sceneids,
-                    paths=np.asarray(self.paths, dtype=str),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as fh:  # a file object: NumPy appends no suffix
+            np.savez(
+                fh,
+                feats=self.feats,
+                pids=self.pids,
+                camids=self.camids,
+                sceneids=self.sceneids,
+                paths=np.asarray(self.paths, dtype=str),
+            )
         return path
 
     @classmethod

@@ -28,8 +28,6 @@ and the functions that need it say which extra to install.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import warnings
 import zipfile
@@ -40,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from mambapro.engine.features import FeatureSet
-from mambapro.errors import UserError, check_output_file
+from mambapro.errors import UserError, atomic_write, check_output_file
 from mambapro.evaluation.distance import prepare_features
 
 __all__ = [
@@ -387,26 +385,17 @@ class GalleryIndex:
         """Write the index atomically (temporary file + ``os.replace``); returns ``path``."""
         faiss = _faiss()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         blob = faiss.serialize_index(self.index)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:  # a file object: NumPy appends no suffix
-                np.savez(
-                    fh,
-                    header=np.asarray(json.dumps(self.header())),
-                    index=np.asarray(blob, dtype=np.uint8),
-                    pids=self.pids,
-                    camids=self.camids,
-                    sceneids=self.sceneids,
-                    paths=np.asarray(self.paths, dtype=str),
-                )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as fh:  # a file object: NumPy appends no suffix
+            np.savez(
+                fh,
+                header=np.asarray(json.dumps(self.header())),
+                index=np.asarray(blob, dtype=np.uint8),
+                pids=self.pids,
+                camids=self.camids,
+                sceneids=self.sceneids,
+                paths=np.asarray(self.paths, dtype=str),
+            )
         return path
 
     @classmethod
