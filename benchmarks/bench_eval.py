@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _machine import describe  # noqa: E402
 from mambapro.evaluation import compute_distmat, evaluate, re_ranking  # noqa: E402
 from reference.eval import reference_evaluate  # noqa: E402
 
@@ -75,19 +74,7 @@ def clustered_features(rng: np.random.Generator, pids: np.ndarray, dim: int, noi
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"machine: {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), numpy {np.__version__}, load average at start {load:.1f}"
-    )
+    return describe()
 
 
 def bench_small(repeats: int) -> list[str]:

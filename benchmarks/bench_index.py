@@ -23,15 +23,13 @@ Usage: ``python benchmarks/bench_index.py [--n 1000000] [--dim 512] [--nprobe 16
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from _machine import describe
 from mambapro.engine.features import FeatureSet
 from mambapro.engine.index import GalleryIndex
 from mambapro.evaluation import compute_distmat
@@ -42,20 +40,7 @@ GIB = 1024**3
 def machine() -> str:
     import faiss
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"machine: {cpu}, {os.cpu_count()} CPU cores, faiss {faiss.__version__} "
-        f"({faiss.omp_get_max_threads()} threads), torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), numpy {np.__version__}, load average at start {load:.1f}"
-    )
+    return describe(f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)")
 
 
 def synthetic(

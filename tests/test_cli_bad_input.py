@@ -372,6 +372,30 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         None,
     ),
     (
+        "export-unknown-suffix",
+        ["export", "--checkpoint", CKPT, "--out", "{w}/model.bin"],
+        r"--out {w}/model.bin: give --format onnx or pt2 \(or name the file .onnx or .pt2\)",
+        None,
+    ),
+    (
+        "export-checkpoint-missing",
+        ["export", "--checkpoint", "{s}/nope.ckpt", "--out", "{w}/model.pt2"],
+        r"--checkpoint {s}/nope.ckpt: no such file",
+        None,
+    ),
+    (
+        "export-onnx-hop-scan",
+        ["export", "--checkpoint", CKPT, "--out", "{w}/model.onnx", "--scan", "hop"],
+        r"--scan hop: the ONNX exporter cannot lower torch's scan operator with a dynamic batch",
+        None,
+    ),
+    (
+        "export-out-read-only",
+        ["export", "--checkpoint", CKPT, "--out", "{s}/ro/model.pt2"],
+        r"cannot write in {s}/ro",
+        None,
+    ),
+    (
         "config-modality-dropout-one",
         ["config", "train.modality_dropout=1"],
         r"'train.modality_dropout' = 1.0 must be >= 0 and < 1",
@@ -614,6 +638,7 @@ def test_the_rows_cover_every_command_and_class() -> None:
         "search",
         "check-data",
         "index",
+        "export",
     }
     assert len(ROWS) >= 50
 

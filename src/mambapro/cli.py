@@ -184,6 +184,30 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    _require_file(args.checkpoint, "--checkpoint")
+    fmt = args.format or {".onnx": "onnx", ".pt2": "pt2"}.get(args.out.suffix)
+    if fmt is None:
+        raise UserError(f"--out {args.out}: give --format onnx or pt2 (or name the file .onnx or .pt2)")
+    if not args.tolerance > 0:
+        raise UserError(f"--tolerance {args.tolerance}: must be > 0")
+    check_output_file(args.out, "--out")
+
+    from mambapro.engine.export import run_export
+
+    run_export(
+        args.checkpoint,
+        fmt,
+        args.out,
+        scan=args.scan,
+        camids=not args.no_camids,
+        tolerance=args.tolerance,
+        overrides=args.overrides,
+        quiet=args.quiet,
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_dir(args.output, "--output")
@@ -320,6 +344,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", type=int, default=64, help="ivf-pq: PQ sub-quantizers (must divide the dimension)")
     p.add_argument("--nbits", type=int, default=8, help="ivf-pq: bits per sub-quantizer code")
     p.add_argument("--nprobe", type=int, default=16, help="ivf-pq: cells searched per query")
+
+    p = add(
+        "export",
+        cmd_export,
+        "write the test-time model as ONNX or torch.export pt2, checked against PyTorch (extra: deploy)",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the file to write (.onnx or .pt2)")
+    p.add_argument("--format", choices=["onnx", "pt2"], default=None, help="default: from --out's suffix")
+    p.add_argument(
+        "--scan",
+        choices=["parallel", "unrolled", "hop"],
+        default="parallel",
+        help="how the selective scan is written in the file (README: Deployment)",
+    )
+    p.add_argument("--no-camids", action="store_true", help="no camera-id input (unknown cameras)")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest relative feature difference accepted"
+    )
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (test.* keys)")
 
     p = add("params", cmd_params, "trainable and total parameters per part")
     p.add_argument("--json", action="store_true")

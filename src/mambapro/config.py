@@ -176,9 +176,12 @@ class ModelConfig:
     # authors' AAM does; ``mamba`` keeps Mamba's dt_proj init (steps in 1e-3..1e-1).
     ma_init: str = _choices("release", "mamba", default="release")
     # Selective-scan implementation: pure PyTorch, Triton kernels (CUDA), mamba-ssm's CUDA kernel, or
-    # auto (on CUDA: triton when it imports, else mamba_ssm when importable, else torch).
+    # auto (on CUDA: triton when it imports, else mamba_ssm when importable, else torch), or the
+    # plain-operator forms exported models use (unrolled, hop, parallel; ops/scan_export.py).
     # A runtime choice, not part of the weights: a checkpoint may be evaluated with another one.
-    scan_backend: str = _choices("auto", "torch", "mamba_ssm", "triton", default="auto")
+    scan_backend: str = _choices(
+        "auto", "torch", "mamba_ssm", "triton", "unrolled", "hop", "parallel", default="auto"
+    )
 
 
 @dataclass

@@ -214,7 +214,9 @@ class MultiModalBackbone(nn.Module):
         if camids is not None and self.camera_embedding is not None:
             if tuple(camids.shape) != (batch,):
                 raise ValueError(f"camids has shape {tuple(camids.shape)}, expected ({batch},)")
-            if batch and (int(camids.min()) < 0 or int(camids.max()) >= self.num_cameras):
+            # The value check reads the data, which a traced graph (torch.export, ONNX) cannot do.
+            tracing = torch.compiler.is_compiling()
+            if not tracing and batch and (int(camids.min()) < 0 or int(camids.max()) >= self.num_cameras):
                 raise ValueError(
                     f"camids range {int(camids.min())}..{int(camids.max())} is outside the camera "
                     f"embedding's 0..{self.num_cameras - 1}"
@@ -253,7 +255,8 @@ class MultiModalBackbone(nn.Module):
             x = x[:, :-n]
 
         tokens = self.encoder.project(x)  # (3B, 1 + HW, C)
-        return dict(zip(MODALITIES, tokens.chunk(NUM_MODALITIES, dim=0)))
+        # unflatten, not chunk: chunk makes torch.export guard on the batch size.
+        return dict(zip(MODALITIES, tokens.unflatten(0, (NUM_MODALITIES, -1)).unbind(0)))
 
 
 def build_backbone(model_cfg: ModelConfig, img_size: tuple[int, int], num_cameras: int) -> MultiModalBackbone:

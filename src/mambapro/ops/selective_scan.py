@@ -42,7 +42,8 @@ Triton kernels, CUDA tensors; CPU tensors only under Triton's interpreter), ``ma
 (mamba-ssm's CUDA extension) and ``auto``, which resolves per call (:func:`resolve_backend`):
 on CUDA tensors ``triton`` when Triton imports, else ``mamba_ssm`` when importable, else
 ``torch``; on any other device ``torch``. Triton is imported lazily, on the first call that
-needs it.
+needs it. ``unrolled`` and ``hop`` are the plain-operator forms of :mod:`mambapro.ops.scan_export`
+that exported models carry (forward only in spirit: autograd records every step).
 
 Precision: the state is accumulated in fp32 whatever the input dtype or autocast state (inputs
 are cast to fp32 inside with autocast disabled); the output has ``u``'s dtype, gradients have
@@ -63,9 +64,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from mambapro.ops.scan_export import EXPORT_FORMS, selective_scan_export
+
 __all__ = ["SCAN_BACKENDS", "resolve_backend", "selective_scan", "selective_scan_macs"]
 
-SCAN_BACKENDS = ("torch", "mamba_ssm", "triton", "auto")
+SCAN_BACKENDS = ("torch", "mamba_ssm", "triton", "auto", *EXPORT_FORMS)
 
 # Elements per time-major chunk buffer (T·B·D·N); 2^20 fp32 = 4 MiB keeps the three buffers of the
 # backward within a 32 MiB L3 cache. Chosen by the chunk-size sweep in benchmarks/bench_scan.py.
@@ -518,8 +521,9 @@ def selective_scan(
         return_last_state: also return the final state (B, D, N) in fp32.
         backend: ``torch`` (this implementation), ``triton`` (the Triton kernels of
             :mod:`mambapro.ops.scan_triton`; CUDA tensors, or CPU under ``TRITON_INTERPRET=1``),
-            ``mamba_ssm`` (mamba-ssm's CUDA kernel; CUDA tensors and the package are required) or
-            ``auto`` (see :func:`resolve_backend`).
+            ``mamba_ssm`` (mamba-ssm's CUDA kernel; CUDA tensors and the package are required),
+            ``auto`` (see :func:`resolve_backend`), or ``unrolled`` / ``hop``, the plain-operator
+            forms that exported models use (:mod:`mambapro.ops.scan_export`).
         chunk_size: time steps per chunk; torch backend default: a cache-sized chunk; triton:
             steps between saved states, rounded down to a power of two, default 32; ignored by
             ``mamba_ssm``.
@@ -545,6 +549,10 @@ def selective_scan(
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"selective_scan: chunk_size must be >= 1, got {chunk_size}")
+    if backend in EXPORT_FORMS:
+        if return_last_state:
+            raise ValueError(f"selective_scan: backend={backend!r} does not return the last state")
+        return selective_scan_export(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), form=backend)
     if backend == "triton":
         scan = _triton_scan()
         if scan is None:

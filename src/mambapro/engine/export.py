@@ -1,0 +1,344 @@
+"""``mambapro export``: the test-time model as a file that runs without this package's code.
+
+Two formats: ``onnx`` (``torch.onnx.export``'s dynamo exporter; run it with onnxruntime) and
+``pt2`` (``torch.export``'s ExportedProgram; ``torch.export.load`` runs it with bare torch).
+The file takes the three modality images, ``(B, 3, H, W)`` float32 after the test transform
+(resize + normalise; a missing modality is an all-zero tensor, as in ``--missing``), and, when
+the model has a camera embedding, ``camids`` ``(B,)`` int64 (0-based); it returns the test
+feature ``(B, F)``. The batch dimension is dynamic. What a caller needs to prepare the inputs
+(image size, mean/std, interpolation, input names) is stored in the file: ONNX metadata
+property ``mambapro``, the pt2 archive's extra file ``mambapro.json``.
+
+The selective scan is written in standard operators for export (``--scan``; see
+:mod:`mambapro.ops.scan_export`): the default, ``parallel``, was chosen by
+``benchmarks/bench_export.py`` (README). Before writing, the exported file is run on synthetic
+triplets at two batch sizes and compared with the PyTorch model (its own scan backend); a file
+whose features differ by more than ``tolerance`` relative to the largest feature value is not
+written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mambapro import __version__
+from mambapro.engine.checkpoint import load_model
+from mambapro.errors import UserError, atomic_write
+from mambapro.modalities import MODALITIES
+from mambapro.ops.scan_export import EXPORT_FORMS
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportError",
+    "ExportedFile",
+    "ExportMissingError",
+    "TestTimeModel",
+    "export_model",
+    "load_exported",
+    "run_export",
+]
+
+EXPORT_FORMATS = ("onnx", "pt2")
+DEFAULT_SCAN = "parallel"
+TOLERANCE = 1e-4
+METADATA_KEY = "mambapro"
+PT2_EXTRA = "mambapro.json"
+CHECK_BATCHES = (3, 1)  # not the tracing batch (2): a file that fixed its batch size fails here
+_INPUTS = tuple(m.lower() for m in MODALITIES)
+
+
+class ExportError(UserError, RuntimeError):
+    """The model could not be exported, or the exported file does not reproduce it."""
+
+
+class ExportMissingError(UserError, ImportError):
+    """The ONNX packages are not installed (they are the ``deploy`` extra)."""
+
+
+def _onnx_modules() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+    except ImportError as err:
+        raise ExportMissingError(
+            f"ONNX export needs onnx, onnxscript and onnxruntime ({err.name} is missing): "
+            "pip install 'mambapro[deploy]'"
+        ) from None
+    return onnx, onnxruntime
+
+
+class TestTimeModel(nn.Module):
+    """The model as ``extract`` runs it, with positional tensor inputs for export.
+
+    Args:
+        model: a :class:`mambapro.models.MambaPro` in eval mode.
+        camids: take a ``camids`` input (only meaningful with a camera embedding).
+
+    forward(rgb, ni, ti[, camids]): three (B, 3, H, W) float tensors[, (B,) int64] -> (B, F).
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, model: nn.Module, camids: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.takes_camids = camids
+
+    def forward(self, rgb: Tensor, ni: Tensor, ti: Tensor, camids: Tensor | None = None) -> Tensor:
+        batch = {"RGB": rgb, "NI": ni, "TI": ti}
+        if self.takes_camids:
+            batch["camids"] = camids
+        return self.model(batch)
+
+
+def _uses_cameras(model: nn.Module) -> bool:
+    return getattr(model.backbone, "camera_embedding", None) is not None
+
+
+def _example(cfg: Any, batch: int, num_cameras: int, camids: bool, seed: int) -> tuple[Tensor, ...]:
+    """Synthetic normalised triplets (and camera ids): the inputs' shapes and value range."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = cfg.img_size()
+    images = tuple(torch.randn(batch, 3, h, w, generator=gen) for _ in MODALITIES)
+    if not camids:
+        return images
+    return (*images, torch.randint(0, max(1, num_cameras), (batch,), generator=gen))
+
+
+def _metadata(cfg: Any, ckpt: dict, checkpoint: Path, fmt: str, scan: str, camids: bool, dim: int) -> dict:
+    return {
+        "format": "mambapro-export",
+        "format_version": 1,
+        "mambapro": __version__,
+        "export_format": fmt,
+        "checkpoint": str(checkpoint),
+        "dataset": cfg.data.dataset,
+        "inputs": [*_INPUTS, *(["camids"] if camids else [])],
+        "modalities": list(MODALITIES),
+        "image_size": list(cfg.img_size()),
+        "mean": cfg.data.mean,
+        "std": cfg.data.std,
+        "interpolation": cfg.data.test_interpolation,
+        "missing_modality": "an all-zero tensor after normalisation",
+        "num_cameras": int(ckpt["num_cameras"]),
+        "feature_dim": dim,
+        "feature": f"{cfg.test.feature} ({cfg.test.neck_feat} the BNNeck)",
+        "scan": scan,
+    }
+
+
+@dataclass
+class ExportedFile:
+    """An exported model loaded back: ``run(inputs)`` maps numpy inputs to the (B, F) features."""
+
+    path: Path
+    fmt: str
+    metadata: dict
+    runner: Any
+
+    def run(self, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        if self.fmt == "onnx":
+            names = [i.name for i in self.runner.get_inputs()]
+            return self.runner.run(None, dict(zip(names, inputs)))[0]
+        with torch.no_grad():
+            return self.runner(*(torch.from_numpy(x) for x in inputs)).numpy()
+
+
+def _onnx_session(source: bytes | str, what: str) -> Any:
+    _, ort = _onnx_modules()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # no per-node warnings on stderr
+    try:
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ExportError(f"{what}: onnxruntime cannot load it: {err}") from err
+
+
+def load_exported(path: str | Path) -> ExportedFile:
+    """Load a file of ``mambapro export`` (format from its content) with its metadata."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"PK"):  # a pt2 archive is a zip file
+        extra = {PT2_EXTRA: ""}
+        try:
+            program = torch.export.load(path, extra_files=extra)
+        except Exception as err:
+            raise ExportError(f"{path}: not a loadable pt2 file: {err}") from err
+        return ExportedFile(path, "pt2", json.loads(extra[PT2_EXTRA] or "{}"), program.module())
+    onnx, _ = _onnx_modules()
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise ExportError(f"{path}: neither a pt2 nor an ONNX file: {err}") from err
+    meta = {p.key: p.value for p in proto.metadata_props}
+    return ExportedFile(
+        path, "onnx", json.loads(meta.get(METADATA_KEY, "{}")), _onnx_session(str(path), str(path))
+    )
+
+
+def _export_program(wrapper: TestTimeModel, example: tuple[Tensor, ...]) -> torch.export.ExportedProgram:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    names = [*_INPUTS, *(["camids"] if wrapper.takes_camids else [])]
+    dynamic = {n: {0: batch} for n in names}
+    return torch.export.export(wrapper, example, dynamic_shapes=dynamic)
+
+
+def _to_bytes_pt2(program: torch.export.ExportedProgram, metadata: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={PT2_EXTRA: json.dumps(metadata)})
+    return buf.getvalue()
+
+
+def _to_bytes_onnx(wrapper: TestTimeModel, example: tuple[Tensor, ...], metadata: dict) -> bytes:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    names = [*_INPUTS, *(["camids"] if wrapper.takes_camids else [])]
+    # The exporter reports each step with print() and warns about its internals: neither is ours.
+    with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper,
+            example,
+            input_names=names,
+            output_names=["features"],
+            dynamic_shapes={n: {0: batch} for n in names},
+            dynamo=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    if proto.ByteSize() >= 2**31:
+        raise ExportError("the ONNX model is over 2 GB, beyond a single protobuf file")
+    return proto.SerializeToString()
+
+
+class _quiet_loggers:
+    def __init__(self, *names: str) -> None:
+        self.loggers = [logging.getLogger(n) for n in names]
+
+    def __enter__(self) -> None:
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+
+
+def _runner(fmt: str, data: bytes) -> Any:
+    if fmt == "onnx":
+        return _onnx_session(data, "the exported ONNX model")
+    return torch.export.load(io.BytesIO(data)).module()
+
+
+def export_model(
+    checkpoint: str | Path,
+    fmt: str,
+    scan: str = DEFAULT_SCAN,
+    camids: bool = True,
+    tolerance: float = TOLERANCE,
+    overrides: list[str] | None = None,
+) -> tuple[bytes, dict, float]:
+    """Export a checkpoint's test-time model; returns (file bytes, metadata, max relative error).
+
+    The bytes are checked (run and compared) before they are returned; raises :class:`ExportError`
+    when the relative error exceeds ``tolerance``.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"--format {fmt!r} is not one of: {', '.join(EXPORT_FORMATS)}")
+    if scan not in EXPORT_FORMS:
+        raise ExportError(f"--scan {scan!r} is not one of: {', '.join(EXPORT_FORMS)}")
+    if fmt == "onnx":
+        if scan == "hop":
+            raise ExportError(
+                "--scan hop: the ONNX exporter cannot lower torch's scan operator with a dynamic "
+                "batch; use parallel or unrolled"
+            )
+        _onnx_modules()
+    checkpoint = Path(checkpoint)
+    cpu = torch.device("cpu")
+    reference, cfg, ckpt = load_model(checkpoint, overrides=overrides, device=cpu)
+    model, _, _ = load_model(
+        checkpoint, overrides=[*(overrides or []), f"model.scan_backend={scan}"], device=cpu
+    )
+    takes = camids and _uses_cameras(model)
+    wrapper = TestTimeModel(model, takes).eval()
+    ref_wrapper = TestTimeModel(reference, takes).eval()
+    num_cameras = int(ckpt["num_cameras"])
+    example = _example(cfg, 2, num_cameras, takes, seed=0)
+    with torch.no_grad():
+        dim = int(ref_wrapper(*example).shape[1])
+    metadata = _metadata(cfg, ckpt, checkpoint, fmt, scan, takes, dim)
+    try:
+        if fmt == "pt2":
+            data = _to_bytes_pt2(_export_program(wrapper, example), metadata)
+        else:
+            data = _to_bytes_onnx(wrapper, example, metadata)
+    except UserError:
+        raise
+    except Exception as err:
+        raise ExportError(f"{checkpoint}: {fmt} export failed: {type(err).__name__}: {err}") from err
+    runner = _runner(fmt, data)
+    exported = ExportedFile(Path("<memory>"), fmt, metadata, runner)
+    worst = 0.0
+    for i, b in enumerate(CHECK_BATCHES):
+        inputs = _example(cfg, b, num_cameras, takes, seed=1 + i)
+        with torch.no_grad():
+            want = ref_wrapper(*inputs).numpy()
+        got = exported.run(tuple(x.numpy() for x in inputs))
+        if got.shape != want.shape:
+            raise ExportError(
+                f"the exported {fmt} model returns {got.shape} for batch {b}, expected {want.shape}"
+            )
+        rel = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+        worst = max(worst, rel)
+    if not worst <= tolerance:
+        raise ExportError(
+            f"the exported {fmt} model differs from the PyTorch model by {worst:.2e} (relative), "
+            f"above the tolerance {tolerance:.0e}; nothing written"
+        )
+    return data, metadata, worst
+
+
+def run_export(
+    checkpoint: str | Path,
+    fmt: str,
+    out: str | Path,
+    scan: str = DEFAULT_SCAN,
+    camids: bool = True,
+    tolerance: float = TOLERANCE,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Export, check and write ``out`` atomically (the ``mambapro export`` command)."""
+    data, metadata, worst = export_model(checkpoint, fmt, scan, camids, tolerance, overrides)
+    out = Path(out)
+    with atomic_write(out) as fh:
+        fh.write(data)
+    if not quiet:
+        inputs = ", ".join(metadata["inputs"])
+        h, w = metadata["image_size"]
+        print(
+            f"wrote {out} ({fmt}, {len(data) / 2**20:.1f} MiB): inputs {inputs} "
+            f"(B, 3, {h}, {w}) normalised with mean {metadata['mean']} std {metadata['std']}"
+            f"{', camids (B,) int64' if 'camids' in metadata['inputs'] else ''}; "
+            f"output features (B, {metadata['feature_dim']})"
+        )
+        print(
+            f"checked against the PyTorch model at batch sizes {list(CHECK_BATCHES)}: "
+            f"max relative difference {worst:.2e}"
+        )
+    return out
