@@ -12,7 +12,7 @@ PACKAGE = SRC / "mambapro"
 
 #: Imports allowed inside engine functions: optional dependencies only.
 # Optional dependencies, imported where used so the package works without them.
-OPTIONAL = {"torch.utils.tensorboard", "faiss"}
+OPTIONAL = {"torch.utils.tensorboard", "faiss", "onnx", "onnxruntime", "onnxscript"}
 
 
 def _module_name(path: Path) -> str:

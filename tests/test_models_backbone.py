@@ -237,8 +237,11 @@ def test_batched_forward_equals_per_modality_reference(prompt: str) -> None:
     with torch.no_grad():
         got = backbone(images, camids)
         expected = _reference_forward(backbone, images, camids)
+    # The batched path multiplies differently shaped matrices than the reference, so float32
+    # summation order differs (measured up to 1.5e-5 on randomised weights); a wiring mistake
+    # moves values by O(1).
     for name in MODALITIES:
-        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[name], expected[name], atol=1e-4, rtol=1e-4)
 
 
 def test_prompts_exchange_information_between_modalities() -> None:
