@@ -11,6 +11,10 @@ subset; its diagonal is the ``--missing all`` table). Prints one table and write
 
     python benchmarks/bench_robust.py                    # rates 0 and 0.5, the demo's 12 epochs
     python benchmarks/bench_robust.py --rates 0,0.3,0.5 --epochs 6
+    python benchmarks/bench_robust.py --rates 0.2:feature --append   # one more row, same file
+
+A rate may name the dropout mode (``RATE:input``, the default, or ``RATE:feature``:
+``train.modality_dropout_mode``, learned tokens for the missing modality before MA).
 """
 
 from __future__ import annotations
@@ -34,8 +38,13 @@ from mambapro.modalities import MISSING_SETTINGS, missing_label
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def measure(rate: float, epochs: int | None, runs: Path, data_root: str | None) -> dict:
-    overrides = [f"train.modality_dropout={rate}", f"train.output={runs / f'rate_{rate}'}"]
+def measure(rate: float, mode: str, epochs: int | None, runs: Path, data_root: str | None) -> dict:
+    out = runs / f"rate_{rate}_{mode}"
+    overrides = [
+        f"train.modality_dropout={rate}",
+        f"train.modality_dropout_mode={mode}",
+        f"train.output={out}",
+    ]
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     if data_root is not None:
@@ -44,13 +53,14 @@ def measure(rate: float, epochs: int | None, runs: Path, data_root: str | None) 
     t0 = time.perf_counter()
     run_training(cfg, quiet=True, show_data=False)
     minutes = (time.perf_counter() - t0) / 60
-    model, cfg, _ = load_model(runs / f"rate_{rate}" / "last.ckpt")
+    model, cfg, _ = load_model(out / "last.ckpt")
     data = prepare_data(cfg)
     matrix = cross_missing_matrix(model, cfg, data.name, data.query, data.gallery, torch.device("cpu"))
     diag = {s: matrix[(s, s)].mAP for s in MISSING_SETTINGS}
     six = [diag[s] for s in MISSING_SETTINGS if s != "full"]
     return {
         "rate": rate,
+        "mode": mode,
         "diag": diag,
         "six_mean": float(np.mean(six)),
         "cross_mean": float(np.mean([r.mAP for r in matrix.values()])),
@@ -64,7 +74,8 @@ def format_rows(rows: list[dict], header: str) -> str:
     lines = [header, " | ".join(f"{c:>9}" for c in cols)]
     lines.append("-" * len(lines[-1]))
     for r in rows:
-        cells = [f"{r['rate']:g}", *(f"{100 * r['diag'][s]:.1f}" for s in MISSING_SETTINGS)]
+        label = f"{r['rate']:g}" + (" feat" if r["mode"] == "feature" else "")
+        cells = [label, *(f"{100 * r['diag'][s]:.1f}" for s in MISSING_SETTINGS)]
         cells += [
             f"{100 * r['six_mean']:.1f}",
             f"{100 * r['six_mean'] / max(r['diag']['full'], 1e-12):.0f}%",
@@ -80,12 +91,18 @@ def main() -> None:
     ap.add_argument("--rates", default="0,0.5", help="comma-separated train.modality_dropout rates (0 first)")
     ap.add_argument("--epochs", type=int, default=None, help="default: the demo preset's")
     ap.add_argument("--data-root", default=None, help="default: the demo preset's (generated if absent)")
+    ap.add_argument("--append", action="store_true", help="add the rows to the existing results file")
     args = ap.parse_args()
-    rates = [float(r) for r in args.rates.split(",")]
+    runs = []
+    for spec in args.rates.split(","):
+        rate, _, mode = spec.partition(":")
+        if (mode or "input") not in ("input", "feature"):
+            ap.error(f"--rates {spec}: the mode must be input or feature")
+        runs.append((float(rate), mode or "input"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for rate in rates:
-            rows.append(measure(rate, args.epochs, Path(tmp), args.data_root))
+        for rate, mode in runs:
+            rows.append(measure(rate, mode, args.epochs, Path(tmp), args.data_root))
             print(f"rate {rate:g}: full {100 * rows[-1]['diag']['full']:.1f} mAP", flush=True)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     header = (
@@ -95,7 +112,14 @@ def main() -> None:
     table = format_rows(rows, header)
     print(table)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_robust.txt").write_text(table + "\n")
+    path = RESULTS / "bench_robust.txt"
+    if args.append and path.is_file():
+        new_rows = table.splitlines()[3:]  # below the header and its rule
+        path.write_text(
+            path.read_text() + "\n".join(f"{r}   (appended: {args.rates})" for r in new_rows) + "\n"
+        )
+    else:
+        path.write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -396,6 +396,36 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         None,
     ),
     (
+        "serve-checkpoint-missing",
+        ["serve", "--checkpoint", "{s}/nope.ckpt", "--index", "{s}/junk.npz"],
+        r"--checkpoint {s}/nope.ckpt: no such file",
+        None,
+    ),
+    (
+        "serve-index-not-an-index",
+        ["serve", "--checkpoint", CKPT, "--index", "{s}/junk.npz", "--port", "65000"],
+        r"{s}/junk.npz is not a gallery index written by `mambapro index build`",
+        None,
+    ),
+    (
+        "serve-port-out-of-range",
+        ["serve", "--checkpoint", CKPT, "--index", "{s}/junk.npz", "--port", "70000"],
+        r"--port 70000: must be in 1..65535",
+        None,
+    ),
+    (
+        "serve-gallery-root-is-a-file",
+        ["serve", "--checkpoint", CKPT, "--index", "{s}/junk.npz", "--gallery-root", "{s}/junk.npz"],
+        r"--gallery-root {s}/junk.npz: is a file",
+        None,
+    ),
+    (
+        "serve-k-zero",
+        ["serve", "--checkpoint", CKPT, "--index", "{s}/junk.npz", "-k", "0"],
+        r"-k 0: must be in 1..1000",
+        None,
+    ),
+    (
         "config-modality-dropout-one",
         ["config", "train.modality_dropout=1"],
         r"'train.modality_dropout' = 1.0 must be >= 0 and < 1",
@@ -639,6 +669,7 @@ def test_the_rows_cover_every_command_and_class() -> None:
         "check-data",
         "index",
         "export",
+        "serve",
     }
     assert len(ROWS) >= 50
 

@@ -208,6 +208,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    _require_file(args.checkpoint, "--checkpoint")
+    _require_file(args.index, "--index")
+    if args.gallery_root is not None and not args.gallery_root.is_dir():
+        what = "is a file" if args.gallery_root.exists() else "no such folder"
+        raise UserError(f"--gallery-root {args.gallery_root}: {what}")
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: must be in 1..65535")
+    if not 1 <= args.k <= 1000:
+        raise UserError(f"-k {args.k}: must be in 1..1000")
+    if not args.max_upload_mb > 0:
+        raise UserError(f"--max-upload-mb {args.max_upload_mb}: must be > 0")
+    if args.max_batch < 1:
+        raise UserError(f"--max-batch {args.max_batch}: must be at least 1")
+
+    from mambapro.engine.serve import run_serve
+
+    run_serve(
+        args.checkpoint,
+        args.index,
+        gallery_root=args.gallery_root,
+        host=args.host,
+        port=args.port,
+        k=args.k,
+        max_upload_mb=args.max_upload_mb,
+        max_batch=args.max_batch,
+        overrides=args.overrides,
+        quiet=args.quiet,
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_dir(args.output, "--output")
@@ -362,6 +394,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-camids", action="store_true", help="no camera-id input (unknown cameras)")
     p.add_argument(
         "--tolerance", type=float, default=1e-4, help="largest relative feature difference accepted"
+    )
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (test.* keys)")
+
+    p = add(
+        "serve",
+        cmd_serve,
+        "serve searches over a gallery index: POST /search, GET /health, an upload page at / (extra: deploy)",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--index", type=Path, required=True, help="a gallery index of `mambapro index build`")
+    p.add_argument(
+        "--gallery-root",
+        type=Path,
+        default=None,
+        help="folder the gallery images are served from, read-only (default: the deepest folder "
+        "holding every file the index lists); nothing outside it is served",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default loopback only; the service has no auth)"
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("-k", dest="k", type=int, default=10, help="matches per query when a request gives no k")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image upload")
+    p.add_argument(
+        "--max-batch", type=int, default=8, help="most concurrent queries embedded in one model call"
     )
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (test.* keys)")
 

@@ -213,6 +213,10 @@ class TrainConfig:
     # Beyond the paper: probability that a training sample loses one or two modalities (one of
     # the six missing settings, uniformly), zeroed as at test time; 0 in the paper presets.
     modality_dropout: float = _range(0.0, ge=0, lt=1)
+    # What a dropped (and at test time a missing) modality becomes before MA: ``input``, the
+    # backbone's tokens of the zeroed image; ``feature``, learned tokens (models/missing.py;
+    # adds parameters, so it is part of the model a checkpoint stores).
+    modality_dropout_mode: str = _choices("input", "feature", default="input")
     # Iterations per epoch; null: one pass over the training identities' samples.
     iters_per_epoch: int | None = _range(None, ge=1)
     eval_period: int = _range(0, ge=0)  # evaluate every N epochs (0: only at the end)

@@ -15,7 +15,7 @@ from mambapro.models import build_model
 
 __all__ = ["parameter_report", "format_parameter_report", "flops_report"]
 
-PART_ORDER = ("backbone", "adapters", "prompts", "camera", "aggregator", "heads")
+PART_ORDER = ("backbone", "adapters", "prompts", "camera", "aggregator", "heads", "missing")
 
 
 def _count(params: list[torch.nn.Parameter]) -> dict[str, int]:
@@ -48,7 +48,8 @@ def parameter_report(
         cfg.model.weights = weights
         models_log.setLevel(level)
     parts = model.parameter_parts()
-    report = {"parts": {name: _count(parts.get(name, [])) for name in PART_ORDER}}
+    # "missing" (learned missing-modality tokens) exists only in models that have them.
+    report = {"parts": {name: _count(parts[name]) for name in PART_ORDER if name in parts}}
     everything = [p for name in PART_ORDER for p in parts.get(name, [])]
     if len({id(p) for p in everything}) != len(list(model.parameters())):
         raise RuntimeError("parameter parts overlap or miss parameters; this is a bug in parameter_parts()")

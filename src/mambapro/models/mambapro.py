@@ -24,6 +24,7 @@ from mambapro.aggregation import build_aggregator
 from mambapro.config import Config
 from mambapro.modalities import MODALITIES
 from mambapro.models.backbone import build_backbone
+from mambapro.models.missing import MissingTokens
 
 __all__ = ["BNNeckHead", "MambaPro", "build_model"]
 
@@ -61,6 +62,8 @@ class MambaPro(nn.Module):
         ori_head: ``concat`` (one head on the 3·C concatenation) or ``per_modality`` (one C-wide
             head shared by the three modalities' cls features).
         neck_feat: test feature ``before`` or ``after`` its head's BatchNorm.
+        missing_tokens: learned tokens stand in for a missing (all-zero) modality's backbone
+            tokens before MA and the ``ori`` head (``train.modality_dropout_mode: feature``).
     """
 
     ORI_HEADS = ("concat", "per_modality")
@@ -74,6 +77,7 @@ class MambaPro(nn.Module):
         test_feature: str = "auto",
         ori_head: str = "concat",
         neck_feat: str = "before",
+        missing_tokens: bool = False,
     ) -> None:
         super().__init__()
         if ori_head not in self.ORI_HEADS:
@@ -92,11 +96,15 @@ class MambaPro(nn.Module):
             test_feature = "fuse" if aggregator is not None else "ori"
         self.test_feature = test_feature
         self.neck_feat = neck_feat
+        h, w = backbone.grid
+        self.missing = MissingTokens(1 + h * w, c) if missing_tokens else None
 
     def features(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Pre-BN features ``ori`` (B, 3·C) and, with an aggregator, ``fuse`` (B, F)."""
         images = {m: batch[m] for m in MODALITIES}
         tokens = self.backbone(images, batch.get("camids"))
+        if self.missing is not None:
+            tokens = self.missing(images, tokens)
         out = {"ori": torch.cat([tokens[m][:, 0] for m in MODALITIES], dim=1)}
         if self.aggregator is not None:
             out["fuse"] = self.aggregator(tokens["RGB"], tokens["NI"], tokens["TI"])
@@ -134,6 +142,8 @@ class MambaPro(nn.Module):
         if self.fuse_head is not None:
             heads += list(self.fuse_head.parameters())
         parts["heads"] = heads
+        if self.missing is not None:
+            parts["missing"] = list(self.missing.parameters())
         return parts
 
 
@@ -162,4 +172,5 @@ def build_model(cfg: Config, num_classes: int, num_cameras: int) -> MambaPro:
         test_feature=cfg.test.feature,
         ori_head=m.ori_head,
         neck_feat=cfg.test.neck_feat,
+        missing_tokens=cfg.train.modality_dropout_mode == "feature",
     )

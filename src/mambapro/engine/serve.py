@@ -1,0 +1,633 @@
+"""``mambapro serve``: a search service over a gallery index (FastAPI + uvicorn).
+
+:class:`SearchService` holds one model (from a checkpoint) and one gallery index (``mambapro
+index build``); :func:`create_app` puts it behind HTTP:
+
+* ``POST /search``: ``multipart/form-data`` with the query's modality images as the file
+  fields ``RGB``, ``NI``, ``TI`` (any non-empty subset: the absent ones are zero-filled after
+  normalisation, exactly as ``mambapro test --missing`` does) and the optional fields ``k``
+  (1..1000) and ``camid`` (the 0-based camera id of the index's ``camid`` column; absent: no
+  camera term). Returns the top-``k`` gallery entries (rank, row, distance, identity, camera,
+  path and the URLs of their images) as JSON.
+* ``GET /health``: the model, the index and the limits.
+* ``GET /``: a self-contained HTML page (no external script, style or font) to upload a triplet
+  and see the ranked gallery.
+* ``GET /gallery/{row}/{modality}``: one modality image of an index row, as PNG. Only files that
+  the index lists *and* that lie inside the gallery root (symlinks resolved) are read; the client
+  never names a path, so nothing else can be reached.
+
+Bad requests get a 4xx with a one-line ``detail``: a missing or unknown field (400), a ``k`` or
+``camid`` out of range (400), an upload over the size limit (413), a file that is not a decodable
+image or has too many pixels (415 / 413), a body that is not multipart (415). Requests run the
+model one call at a time (a lock); queries that arrive while it is busy wait and are embedded
+together in the next call (up to ``max_batch``), so concurrent load costs fewer, larger forward
+passes; ``benchmarks/bench_serve.py`` measures latency and throughput under a burst.
+
+fastapi and uvicorn come with the ``deploy`` extra; :func:`create_app` and :func:`run_serve` say
+which extra to install when they are missing.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mambapro.data import DatasetError, apply_missing, build_test_transform, read_triplet, triplet_paths
+from mambapro.engine.checkpoint import load_model
+from mambapro.engine.index import GalleryIndex
+from mambapro.engine.runtime import eval_amp
+from mambapro.errors import UserError
+from mambapro.modalities import MODALITIES, missing_label, parse_missing, present_label
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "MAX_K",
+    "RequestError",
+    "SearchService",
+    "ServeMissingError",
+    "create_app",
+    "run_serve",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+MAX_K = 1000
+DEFAULT_MAX_UPLOAD_MB = 10.0
+#: Decoded size limit of one upload (a small PNG can decode to gigabytes).
+MAX_PIXELS = 40_000_000
+_FIELDS = ("k", "camid")
+
+
+class ServeMissingError(UserError, ImportError):
+    """fastapi or uvicorn is not installed."""
+
+
+class RequestError(Exception):
+    """A request the service refuses: an HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def _web() -> tuple[Any, Any]:
+    try:
+        import fastapi
+        import uvicorn
+    except ImportError as err:
+        raise ServeMissingError(
+            f"{err.name or 'fastapi'} is not installed: pip install 'mambapro[deploy]'"
+        ) from None
+    return fastapi, uvicorn
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _default_root(paths: list[str]) -> Path:
+    """The deepest folder holding every listed file (the service's working folder if none)."""
+    if not paths:
+        return Path.cwd().resolve()
+    return Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths]))
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A preprocessed query waiting for the model."""
+
+    tensors: tuple[torch.Tensor, ...]
+    camid: int | None
+    feature: np.ndarray | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class SearchService:
+    """A model and a gallery index answering multi-modal queries.
+
+    Args:
+        model: a MambaPro model in eval mode (``load_model``).
+        cfg: its config (the test transform, distance and autocast come from it).
+        index: the gallery index; its features must come from the same checkpoint.
+        gallery_root: the folder gallery images are served from (default: the deepest folder
+            holding every path in the index).
+        default_k: ``k`` when a request gives none.
+        max_upload_bytes: the largest accepted upload, per image.
+        checkpoint: the checkpoint's path, reported by ``/health``.
+        max_batch: most queries embedded in one model call. Queries that arrive while the model
+            is busy wait and then run together, so under concurrent load a forward pass serves
+            several requests (``benchmarks/bench_serve.py`` measures it); 1 serialises them.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: Any,
+        index: GalleryIndex,
+        gallery_root: str | Path | None = None,
+        default_k: int = 10,
+        max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
+        checkpoint: str | Path | None = None,
+        max_batch: int = 8,
+    ) -> None:
+        if not 1 <= default_k <= MAX_K:
+            raise UserError(f"-k {default_k}: must be in 1..{MAX_K}")
+        self.model = model.eval()
+        self.cfg = cfg
+        self.index = index
+        self.dataset = cfg.data.dataset
+        self.default_k = default_k
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.checkpoint = str(checkpoint) if checkpoint is not None else None
+        self.device = next(model.parameters()).device
+        self.amp = eval_amp(cfg, self.device)
+        self.img_size = tuple(int(x) for x in cfg.img_size())
+        self.transform = build_test_transform(cfg.data, self.img_size)
+        backbone = model.backbone
+        self.num_cameras = backbone.num_cameras if backbone.camera_embedding is not None else None
+        if gallery_root is None:
+            self.gallery_root = _default_root(index.paths)
+        else:
+            root = Path(gallery_root)
+            if not root.is_dir():
+                raise UserError(
+                    f"--gallery-root {root}: {'no such folder' if not root.exists() else 'not a folder'}"
+                )
+            self.gallery_root = root.resolve()
+        if max_batch < 1:
+            raise UserError(f"--max-batch {max_batch}: must be at least 1")
+        self.max_batch = max_batch
+        self._lock = threading.Lock()  # the model: one forward at a time
+        self._queue_lock = threading.Lock()  # the waiting queries and the counters
+        self._queue: list[_Pending] = []
+        self.requests = 0
+        self.batches = 0
+        dim = self.embed(self._tensors(self._placeholders(), "full"), None).shape[0]
+        if dim != index.dim:
+            where = f" {index.source}" if index.source is not None else ""
+            raise UserError(
+                f"--index{where} holds {index.dim}-d features but the checkpoint gives {dim}-d features; "
+                "build the index from features of this checkpoint (mambapro extract + index build)"
+            )
+
+    # ------------------------------------------------------------------ queries
+
+    def _placeholders(self) -> dict[str, Image.Image]:
+        h, w = self.img_size
+        return {m: Image.new("RGB", (w, h)) for m in MODALITIES}
+
+    def decode(self, modality: str, data: bytes) -> Image.Image:
+        """An uploaded file as an RGB image, or :class:`RequestError` (413 / 415)."""
+        if len(data) > self.max_upload_bytes:
+            raise RequestError(
+                413,
+                f"{modality}: the upload has {len(data)} bytes, more than the limit of "
+                f"{self.max_upload_bytes}",
+            )
+        if not data:
+            raise RequestError(400, f"{modality}: the file is empty")
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise RequestError(
+                        413, f"{modality}: the image is {w}x{h}, more than {MAX_PIXELS} pixels"
+                    )
+                img.load()
+                return img.convert("RGB")
+        except RequestError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+            raise RequestError(415, f"{modality}: not a decodable image ({type(err).__name__})") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise RequestError(415, f"{modality}: not a decodable image ({reason})") from None
+
+    def _tensors(self, images: dict[str, Image.Image], missing: str) -> tuple[torch.Tensor, ...]:
+        tensors = self.transform([images[m] for m in MODALITIES])
+        return apply_missing(tensors, missing) if missing != "full" else tensors
+
+    def _forward(self, items: list[_Pending]) -> np.ndarray:
+        """One model call over ``items`` (all with or all without a camera id): (len, F)."""
+        batch: dict[str, Any] = {
+            m: torch.stack([it.tensors[i] for it in items]).to(self.device) for i, m in enumerate(MODALITIES)
+        }
+        if items[0].camid is not None:
+            batch["camids"] = torch.tensor([it.camid for it in items], device=self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            return self.model(batch).float().cpu().numpy()
+
+    def _run_pending(self) -> None:
+        """Take up to ``max_batch`` waiting queries and embed them (caller holds the model lock)."""
+        with self._queue_lock:
+            items, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        for with_camid in (False, True):  # the model takes camera ids for all of a batch or none
+            group = [it for it in items if (it.camid is not None) == with_camid]
+            if not group:
+                continue
+            try:
+                feats = self._forward(group)
+            except Exception as err:  # handed to each waiting request, which re-raises it
+                for it in group:
+                    it.error = err
+            else:
+                for it, f in zip(group, feats):
+                    it.feature = f
+            self.batches += 1
+            for it in group:
+                it.done.set()
+
+    def embed(self, tensors: tuple[torch.Tensor, ...], camid: int | None) -> np.ndarray:
+        """The test feature (F,) of one preprocessed query, computed in a batch with the queries
+        that wait at the same time (at most ``max_batch``)."""
+        item = _Pending(tensors, camid)
+        with self._queue_lock:
+            self._queue.append(item)
+        while not item.done.is_set():
+            with self._lock:  # whoever holds the model runs everything queued, up to max_batch
+                if not item.done.is_set():
+                    self._run_pending()
+        if item.error is not None:
+            raise item.error
+        return item.feature
+
+    def check_k(self, k: Any) -> int:
+        try:
+            value = int(str(k).strip())
+        except ValueError:
+            raise RequestError(400, f"k={k!r}: must be an integer in 1..{MAX_K}") from None
+        if not 1 <= value <= MAX_K:
+            raise RequestError(400, f"k={value}: must be in 1..{MAX_K}")
+        return value
+
+    def check_camid(self, camid: Any) -> int | None:
+        if camid is None or str(camid).strip() == "":
+            return None
+        if self.num_cameras is None:
+            raise RequestError(400, f"camid={camid!r}: this model has no camera embedding; leave camid out")
+        try:
+            value = int(str(camid).strip())
+        except ValueError:
+            raise RequestError(
+                400, f"camid={camid!r}: must be an integer in 0..{self.num_cameras - 1}"
+            ) from None
+        if not 0 <= value < self.num_cameras:
+            raise RequestError(400, f"camid={value}: the model knows cameras 0..{self.num_cameras - 1}")
+        return value
+
+    def search(self, uploads: dict[str, bytes], k: Any = None, camid: Any = None) -> dict[str, Any]:
+        """Rank the gallery for one query: ``uploads`` maps modality names to encoded images.
+
+        Returns the JSON answer of ``POST /search``; raises :class:`RequestError` on bad input.
+        """
+        start = time.perf_counter()
+        unknown = sorted(set(uploads) - set(MODALITIES))
+        if unknown:
+            raise RequestError(400, f"unknown image field(s) {unknown}: send {', '.join(MODALITIES)}")
+        if not uploads:
+            raise RequestError(400, f"no image: send at least one of the file fields {', '.join(MODALITIES)}")
+        k = self.default_k if k is None else self.check_k(k)
+        cam = self.check_camid(camid)
+        images = self._placeholders()
+        for m, data in uploads.items():
+            images[m] = self.decode(m, data)
+        missing = parse_missing("".join(m[0] for m in MODALITIES if m not in uploads) or "full")
+        feature = self.embed(self._tensors(images, missing), cam)
+        # FAISS searches a read-only index safely from several threads.
+        dist, rows = self.index.search(feature[None], k, self.cfg.test.distance)
+        with self._queue_lock:
+            self.requests += 1
+        matches = []
+        for d, j in zip(dist[0], rows[0]):
+            if j < 0:  # an approximate index may return fewer than k rows
+                continue
+            j = int(j)
+            matches.append(
+                {
+                    "rank": len(matches) + 1,
+                    "row": j,
+                    "distance": float(d),
+                    "pid": int(self.index.pids[j]),
+                    "camid": int(self.index.camids[j]),
+                    "path": self.index.paths[j],
+                    "images": {m: f"/gallery/{j}/{m}" for m in MODALITIES},
+                }
+            )
+        identities: list[int] = []
+        for m in matches:
+            if m["pid"] not in identities:
+                identities.append(m["pid"])
+        return {
+            "query": {"present": present_label(missing), "missing": missing_label(missing), "camid": cam},
+            "k": k,
+            "distance": self.cfg.test.distance,
+            "identities": identities,
+            "matches": matches,
+            "took_ms": round(1000 * (time.perf_counter() - start), 2),
+        }
+
+    # ------------------------------------------------------------------ gallery images
+
+    def gallery_image(self, row: int, modality: str) -> bytes:
+        """PNG bytes of ``modality`` of index row ``row``; :class:`RequestError` 404 otherwise."""
+        if modality not in MODALITIES:
+            raise RequestError(404, f"unknown modality {modality!r}: one of {', '.join(MODALITIES)}")
+        if not 0 <= row < len(self.index.paths):
+            raise RequestError(404, f"no gallery row {row} (the index has {len(self.index.paths)})")
+        try:
+            files = triplet_paths(self.index.paths[row], self.dataset)
+        except DatasetError:
+            raise RequestError(
+                404, f"gallery row {row}: its files are not in the {self.dataset} layout"
+            ) from None
+        resolved = [Path(f).resolve() for f in files]
+        if not all(_inside(p, self.gallery_root) for p in resolved):
+            raise RequestError(404, f"gallery row {row}: its files lie outside the gallery root")
+        try:
+            images = read_triplet(tuple(str(p) for p in resolved), self.dataset)
+        except DatasetError:
+            raise RequestError(404, f"gallery row {row}: its image files cannot be read") from None
+        buf = io.BytesIO()
+        images[MODALITIES.index(modality)].save(buf, format="PNG")
+        return buf.getvalue()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "checkpoint": self.checkpoint,
+            "dataset": self.dataset,
+            "device": str(self.device),
+            "image_size": list(self.img_size),
+            "distance": self.cfg.test.distance,
+            "cameras": self.num_cameras,
+            "index": {
+                "kind": self.index.kind,
+                "captures": self.index.ntotal,
+                "dim": self.index.dim,
+                "recall_at_10": self.index.recall,
+            },
+            "gallery_root": str(self.gallery_root),
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_k": MAX_K,
+            "requests": self.requests,
+            "model_calls": self.batches,
+            "max_batch": self.max_batch,
+        }
+
+
+# ---------------------------------------------------------------------- HTTP
+
+
+def create_app(service: SearchService) -> Any:
+    """The FastAPI application of ``service`` (see the module docstring for the routes)."""
+    fastapi, _ = _web()
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException
+
+    app = fastapi.FastAPI(title="mambapro search", version="1", docs_url=None, redoc_url=None)
+    # Three images and two short fields, with room for the multipart framing.
+    body_limit = 3 * service.max_upload_bytes + 64 * 1024
+
+    def refuse(status: int, detail: str) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> HTMLResponse:
+        return HTMLResponse(_page(service))
+
+    @app.get("/health")
+    def health() -> dict:
+        return service.health()
+
+    # A plain Starlette route: the form is parsed here, under the limits above, rather than by
+    # FastAPI's parameter validation (whose errors would name pydantic types, not our fields).
+    async def search(request: Any) -> Any:
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            return refuse(415, f"send multipart/form-data with the file fields {', '.join(MODALITIES)}")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > body_limit:
+            return refuse(413, f"the request has {length} bytes, more than the limit of {body_limit}")
+        try:
+            async with request.form(max_files=len(MODALITIES), max_fields=len(_FIELDS)) as form:
+                uploads: dict[str, bytes] = {}
+                fields: dict[str, str] = {}
+                for key, value in form.multi_items():
+                    if key in uploads or key in fields:
+                        return refuse(400, f"field {key!r} is given twice")
+                    if isinstance(value, UploadFile):
+                        if value.size is not None and value.size > service.max_upload_bytes:
+                            return refuse(
+                                413,
+                                f"{key}: the upload has {value.size} bytes, more than the limit of "
+                                f"{service.max_upload_bytes}",
+                            )
+                        data = await value.read(service.max_upload_bytes + 1)
+                        if key not in MODALITIES:
+                            return refuse(400, f"unknown file field {key!r}: send {', '.join(MODALITIES)}")
+                        uploads[key] = data
+                    elif key in _FIELDS:
+                        fields[key] = value
+                    elif key in MODALITIES:
+                        return refuse(400, f"{key}: send the image as a file, not as a text field")
+                    else:
+                        return refuse(
+                            400, f"unknown field {key!r}: send {', '.join((*MODALITIES, *_FIELDS))}"
+                        )
+        except MultiPartException as err:
+            return refuse(400, f"malformed multipart body: {err.message}")
+        try:
+            answer = await run_in_threadpool(service.search, uploads, fields.get("k"), fields.get("camid"))
+        except RequestError as err:
+            return refuse(err.status, err.detail)
+        return JSONResponse(answer)
+
+    app.add_route("/search", search, methods=["POST"])
+
+    @app.get("/gallery/{row}/{modality}")
+    def gallery(row: int, modality: str) -> Response:
+        try:
+            data = service.gallery_image(row, modality)
+        except RequestError as err:
+            return refuse(err.status, err.detail)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    return app
+
+
+def _page(service: SearchService) -> str:
+    """The upload page: one self-contained HTML document (inline style and script only)."""
+    info = html.escape(
+        f"{service.dataset}: {service.index.ntotal} gallery captures ({service.index.kind} index), "
+        f"distance {service.cfg.test.distance}"
+    )
+    camid_hint = (
+        f"0..{service.num_cameras - 1}, optional"
+        if service.num_cameras is not None
+        else "no camera embedding"
+    )
+    inputs = "\n".join(
+        f'<label>{m} <input type="file" name="{m}" accept="image/*"></label>' for m in MODALITIES
+    )
+    config = json.dumps({"modalities": list(MODALITIES), "k": service.default_k, "maxK": MAX_K})
+    return _PAGE.format(
+        info=info,
+        inputs=inputs,
+        k=service.default_k,
+        max_k=MAX_K,
+        camid_hint=html.escape(camid_hint),
+        camid_disabled="" if service.num_cameras is not None else " disabled",
+        config=config,
+    )
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mambapro search</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
+form {{ display: flex; flex-wrap: wrap; gap: 1em; align-items: end; margin-bottom: 1em; }}
+label {{ display: flex; flex-direction: column; font-size: 0.9em; }}
+#status {{ margin: 0.5em 0; color: #555; }}
+#status.error {{ color: #b00; }}
+#results {{ display: flex; flex-wrap: wrap; gap: 0.6em; }}
+.match {{ border: 3px solid #ccc; padding: 4px; text-align: center; font-size: 0.8em; }}
+.match img {{ display: block; height: 96px; margin: 2px auto; }}
+.query {{ border-color: #2860dc; }}
+</style></head>
+<body>
+<h1>mambapro search</h1>
+<p>{info}. Upload any non-empty subset of the three modality images of one capture; the
+missing ones are zero-filled as in <code>mambapro test --missing</code>.</p>
+<form id="query">
+{inputs}
+<label>k <input type="number" name="k" min="1" max="{max_k}" value="{k}"></label>
+<label>camid ({camid_hint}) <input type="number" name="camid" min="0"{camid_disabled}></label>
+<button type="submit">Search</button>
+</form>
+<div id="status"></div>
+<div id="results"></div>
+<script>
+const CONFIG = {config};
+const form = document.getElementById("query");
+const status = document.getElementById("status");
+const results = document.getElementById("results");
+function cell(title, images, cls) {{
+  const div = document.createElement("div");
+  div.className = "match " + cls;
+  const caption = document.createElement("div");
+  caption.textContent = title;
+  div.appendChild(caption);
+  for (const src of images) {{
+    const img = document.createElement("img");
+    if (src) {{ img.src = src; }} else {{ img.alt = "missing"; }}
+    div.appendChild(img);
+  }}
+  return div;
+}}
+form.addEventListener("submit", async (event) => {{
+  event.preventDefault();
+  const data = new FormData();
+  const query = [];
+  for (const m of CONFIG.modalities) {{
+    const file = form.elements[m].files[0];
+    if (file) {{ data.append(m, file); query.push(URL.createObjectURL(file)); }} else {{ query.push(null); }}
+  }}
+  for (const key of ["k", "camid"]) {{
+    const value = form.elements[key].value;
+    if (value !== "" && !form.elements[key].disabled) {{ data.append(key, value); }}
+  }}
+  status.className = ""; status.textContent = "searching ...";
+  results.replaceChildren();
+  const response = await fetch("/search", {{ method: "POST", body: data }});
+  const answer = await response.json();
+  if (!response.ok) {{
+    status.className = "error"; status.textContent = response.status + ": " + answer.detail; return;
+  }}
+  status.textContent = "query " + answer.query.present + ": " + answer.matches.length +
+    " matches in " + answer.took_ms + " ms";
+  results.appendChild(cell("query", query, "query"));
+  for (const m of answer.matches) {{
+    const title = m.rank + ": id " + m.pid + ", d " + m.distance.toPrecision(3);
+    results.appendChild(cell(title, CONFIG.modalities.map((x) => m.images[x]), ""));
+  }}
+}});
+</script>
+</body></html>
+"""
+
+
+# ---------------------------------------------------------------------- command
+
+
+def _check_port_free(host: str, port: int) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise UserError(f"--host {host}: cannot resolve it ({err.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            raise UserError(f"--port {port}: cannot listen on {host} ({err.strerror})") from None
+
+
+def run_serve(
+    checkpoint: str | Path,
+    index: str | Path,
+    gallery_root: str | Path | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    k: int = 10,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_batch: int = 8,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+) -> None:
+    """The ``serve`` command: load the checkpoint and the index, then serve until interrupted."""
+    _, uvicorn = _web()
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: must be in 1..65535")
+    if not 1 <= k <= MAX_K:
+        raise UserError(f"-k {k}: must be in 1..{MAX_K}")
+    if not max_upload_mb > 0:
+        raise UserError(f"--max-upload-mb {max_upload_mb}: must be > 0")
+    gallery_index = GalleryIndex.load(index)  # a bad index is refused before the model loads
+    _check_port_free(host, port)
+    model, cfg, _ = load_model(checkpoint, None, overrides)
+    service = SearchService(
+        model,
+        cfg,
+        gallery_index,
+        gallery_root,
+        k,
+        int(max_upload_mb * 2**20),
+        checkpoint=checkpoint,
+        max_batch=max_batch,
+    )
+    app = create_app(service)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: serving on {host}: other machines can reach this service, which has no authentication"
+        )
+    print(f"gallery: {gallery_index.summary()}; images from {service.gallery_root}")
+    print(f"serving http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")
