@@ -53,6 +53,7 @@ FAST = [
 SMALL_SYNTH = ["--ids", "4", "--test-ids", "2", "--cameras", "2", "--shots", "2"]
 CKPT = "{s}/run/last.ckpt"
 TRAIN = ["train", "--config", "demo", "-q", *FAST]
+SWEEP = ["sweep", "--config", "demo", "-q", *FAST, "--data-root", "{s}/tree"]
 
 # (id, argv with {s} = shared inputs, {w} = the row's own folder, {q} = a query file;
 #  pattern the error line must match; setup of the row's folder: None, or "run" to copy the
@@ -540,6 +541,37 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         r"change the model, which comes from the checkpoint: model.prompt_tokens: 4 -> 8",
         None,
     ),
+    # sweep: the whole grid is checked before its first point trains
+    (
+        "sweep-unknown-key",
+        [*SWEEP, "--output", "{w}/sw", "--set", "model.ma_dstate=4,8"],
+        r"unknown key 'model.ma_dstate'",
+        None,
+    ),
+    (
+        "sweep-no-values",
+        [*SWEEP, "--output", "{w}/sw", "--set", "model.ma_d_state="],
+        r"--set model.ma_d_state=: no values",
+        None,
+    ),
+    (
+        "sweep-key-twice",
+        [*SWEEP, "--output", "{w}/sw", "--set", "model.ma_d_state=4", "--set", "model.ma_d_state=8"],
+        r"--set model.ma_d_state is given twice",
+        None,
+    ),
+    (
+        "sweep-output-is-a-file",
+        [*SWEEP, "--output", "{s}/afile", "--set", "model.ma_d_state=4,8"],
+        r"--output {s}/afile is a file, not a folder",
+        None,
+    ),
+    (
+        "sweep-negative-depth-at-one-point",
+        [*SWEEP, "--output", "{w}/sw", "--set", "model.ma_d_state=4,8", "--set", "model.ma_depth=2,-1"],
+        r"sweep point model.ma_d_state=4 model.ma_depth=-1: .*'model.ma_depth' = -1 must be >= 1",
+        None,
+    ),
 ]
 if not torch.cuda.is_available():
     ROWS.append(
@@ -670,6 +702,7 @@ def test_the_rows_cover_every_command_and_class() -> None:
         "index",
         "export",
         "serve",
+        "sweep",
     }
     assert len(ROWS) >= 50
 

@@ -96,6 +96,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    # The whole grid is refused before torch loads: every point's config, the point folders.
+    check_output_dir(args.output, "--output")
+    from mambapro.engine.sweep import plan_sweep, run_sweep
+
+    plan = plan_sweep(args.config, args.set, args.output, args.overrides, extra=_path_flags(args))
+    run_sweep(plan, quiet=args.quiet)
+    return 0
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     _require_file(args.checkpoint, "--checkpoint")
     if args.output is not None:
@@ -320,6 +330,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-weights", type=Path, default=None, help="local OpenAI CLIP ViT-B-16.pt")
     p.add_argument("--output", "-o", type=Path, default=None)
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.ckpt")
+    _add_config_args(p)
+
+    p = add(
+        "sweep",
+        cmd_sweep,
+        "train one run per point of a hyper-parameter grid; sweep.csv and a plot of mAP per key",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2,...",
+        help="a config key and its values (typed like overrides; repeat for a grid of all combinations)",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        required=True,
+        help="sweep folder: one run folder per point, sweep.csv, sweep.png (rerun to skip/resume points)",
+    )
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--clip-weights", type=Path, default=None, help="local OpenAI CLIP ViT-B-16.pt")
     _add_config_args(p)
 
     p = add("check-data", cmd_check_data, "decode every image of a dataset once and list the broken ones")
