@@ -14,10 +14,29 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mambapro.config import Config, dump_config
+from mambapro.config import Config, config_diff, config_to_dict, dump_config
 from mambapro.errors import TrainingError, check_output_dir
 
 __all__ = ["RunLogger", "check_run_folder", "package_versions"]
+
+
+#: Settings a resumed run may change: where the run and the data are, and how many processes
+#: read the data (the numbers do not depend on it). Everything else must be as the run had it.
+RESUME_MAY_DIFFER = ("train.output", "data.root", "data.num_workers")
+
+
+def changed_settings(recorded: dict[str, Any], cfg: Config) -> str | None:
+    """The settings in which ``cfg`` differs from a run's ``recorded`` config, beyond
+    :data:`RESUME_MAY_DIFFER`, as ``key: old -> new; ...`` (three named); None if none."""
+    diff = [
+        line
+        for line in config_diff(recorded, config_to_dict(cfg))
+        if line.split(":", 1)[0] not in RESUME_MAY_DIFFER
+    ]
+    if not diff:
+        return None
+    more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+    return "; ".join(diff[:3]) + more
 
 
 def check_run_folder(cfg: Config, resume: bool) -> Path:

@@ -36,13 +36,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mambapro import engine
-from mambapro.config import Config, config_diff, config_to_dict, load_config, parse_override
+from mambapro.config import Config, load_config, parse_override
+from mambapro.engine.runlog import changed_settings
 from mambapro.errors import ConfigError, UserError, atomic_write, check_output_dir
 
 __all__ = ["SweepPlan", "SweepPoint", "parse_sets", "plan_sweep", "point_name", "run_sweep", "run_state"]
 
-#: Settings a finished or interrupted point may have with other values (as ``--resume`` allows).
-MAY_DIFFER = ("train.output", "data.root", "data.num_workers")
 CSV_NAME = "sweep.csv"
 PLOT_NAME = "sweep.png"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
@@ -210,15 +209,10 @@ def _check_same_settings(point: SweepPoint) -> None:
             f"{point.folder} holds a run without a readable config.yaml; "
             "move it away or choose another --output"
         )
-    diff = [
-        line
-        for line in config_diff(recorded, config_to_dict(point.cfg))
-        if line.split(":", 1)[0] not in MAY_DIFFER
-    ]
-    if diff:
-        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+    changed = changed_settings(recorded, point.cfg)
+    if changed:
         raise UserError(
-            f"{point.folder} holds a run with other settings: {'; '.join(diff[:3])}{more}; "
+            f"{point.folder} holds a run with other settings: {changed}; "
             "repeat the sweep's own config and overrides, or choose another --output"
         )
 

@@ -30,7 +30,7 @@ import torch.distributed as tdist
 from torch import nn
 from tqdm.auto import tqdm
 
-from mambapro.config import Config, config_diff, config_to_dict
+from mambapro.config import Config, config_to_dict
 from mambapro.data import build_train_loader
 from mambapro.engine.checkpoint import load_checkpoint, save_checkpoint
 from mambapro.engine.data import prepare_data
@@ -39,7 +39,7 @@ from mambapro.engine.evaluate import evaluate_model, write_report
 from mambapro.engine.features import check_model_cameras
 from mambapro.engine.losses import ReIDLoss
 from mambapro.engine.optim import build_optimizer, build_scheduler, step_epoch
-from mambapro.engine.runlog import RunLogger, check_run_folder
+from mambapro.engine.runlog import RunLogger, changed_settings, check_run_folder
 from mambapro.engine.runtime import amp_dtype, eval_amp, resolve_device, seed_everything
 from mambapro.errors import TrainingError
 from mambapro.models import MambaPro, build_model
@@ -366,26 +366,16 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-#: Settings a resumed run may change: where the run and the data are, and how many processes
-#: read the data (the numbers do not depend on it). Everything else must be as the run had it.
-RESUME_MAY_DIFFER = ("train.output", "data.root", "data.num_workers")
-
-
 def _checked_output(cfg: Config, resume: bool) -> dict[str, Any] | None:
     """Refuse an output folder that cannot hold this run; the checkpoint to resume, if any."""
     last = check_run_folder(cfg, resume)
     if not resume:
         return None
     ckpt = load_checkpoint(last)
-    diff = [
-        line
-        for line in config_diff(ckpt["config"], config_to_dict(cfg))
-        if line.split(":", 1)[0] not in RESUME_MAY_DIFFER
-    ]
-    if diff:
-        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+    changed = changed_settings(ckpt["config"], cfg)
+    if changed:
         raise TrainingError(
-            f"--resume: {last} was written with other settings: {'; '.join(diff[:3])}{more}; "
+            f"--resume: {last} was written with other settings: {changed}; "
             "resume with the config and overrides of the run"
         )
     return ckpt
