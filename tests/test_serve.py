@@ -214,6 +214,14 @@ def test_gallery_images_come_from_the_index_rows_only(world: dict) -> None:
         assert b"root:" not in response.content
 
 
+def test_the_default_gallery_root_holds_every_modality_folder(world: dict) -> None:
+    service = SearchService(world["model"], world["cfg"], world["service"].index)
+    assert service.gallery_root == (world["data"] / "RGBNT201" / "test").resolve()
+    client = TestClient(create_app(service))
+    for m in MODALITIES:  # the index lists the RGB files; NI and TI sit in sibling folders
+        assert client.get(f"/gallery/0/{m}").status_code == 200, m
+
+
 def test_files_outside_the_gallery_root_are_not_served(world: dict) -> None:
     index = world["service"].index
     outside = world["tmp"] / "outside"

@@ -129,6 +129,34 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    _require_file(args.checkpoint, "--checkpoint")
+    for c in args.compare:
+        _require_file(c, "--compare")
+    if args.ids < 2:
+        raise UserError(f"--ids {args.ids}: t-SNE needs at least 2 identities")
+    if args.queries < 0:
+        raise UserError(f"--queries {args.queries}: must be >= 0")
+    out = args.out if args.out is not None else args.checkpoint.parent / "analysis"
+    check_output_dir(out, "--out")
+
+    from mambapro.engine.analysis import run_analyze
+
+    run_analyze(
+        args.checkpoint,
+        compare=args.compare,
+        data_root=args.data_root,
+        out=out,
+        ids=args.ids,
+        queries=args.queries,
+        missing=args.missing,
+        seed=args.seed,
+        overrides=args.overrides,
+        quiet=args.quiet,
+    )
+    return 0
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     _require_file(args.checkpoint, "--checkpoint")
     check_output_file(args.out, "--out")
@@ -381,6 +409,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
 
+    p = add(
+        "analyze",
+        cmd_analyze,
+        "figures of checkpoints on their test set: t-SNE, modality alignment before/after MA, "
+        "Grad-CAM, rank lists, CMC; report.html",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument(
+        "--compare", type=Path, nargs="+", default=[], metavar="CKPT", help="checkpoints of the same dataset"
+    )
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument(
+        "--out", "-o", type=Path, default=None, help="output folder (default: analysis/ by the checkpoint)"
+    )
+    p.add_argument("--ids", type=int, default=20, help="test identities in the t-SNE (same in every panel)")
+    p.add_argument("--queries", type=int, default=8, help="queries for Grad-CAM: the best- and worst-AP ones")
+    p.add_argument("--missing", choices=["all"], default=None, help="also the missing-modality table")
+    p.add_argument("--seed", type=int, default=0, help="seed of the identity choice and of t-SNE")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (test.* keys)")
+
     p = add("extract", cmd_extract, "extract features of a split to an .npz file")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data-root", type=Path, required=True)
@@ -442,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="folder the gallery images are served from, read-only (default: the deepest folder "
-        "holding every file the index lists); nothing outside it is served",
+        "holding all modality files of the captures the index lists); nothing outside it is served",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default loopback only; the service has no auth)"

@@ -99,11 +99,19 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _default_root(paths: list[str]) -> Path:
-    """The deepest folder holding every listed file (the service's working folder if none)."""
+def _default_root(paths: list[str], dataset: str) -> Path:
+    """The deepest folder holding every file of every listed capture (all three modality
+    folders, not only the folder of the listed file); the working folder if none."""
     if not paths:
         return Path.cwd().resolve()
-    return Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths]))
+    folders = {os.path.dirname(os.path.abspath(p)) for p in paths}
+    dirs = set()
+    for folder in folders:
+        try:
+            dirs.update(os.path.dirname(f) for f in triplet_paths(os.path.join(folder, "x"), dataset))
+        except DatasetError:  # not in the layout: its files are not served anyway
+            dirs.add(folder)
+    return Path(os.path.commonpath(sorted(dirs))).resolve()
 
 
 @dataclass(eq=False)
@@ -125,7 +133,7 @@ class SearchService:
         cfg: its config (the test transform, distance and autocast come from it).
         index: the gallery index; its features must come from the same checkpoint.
         gallery_root: the folder gallery images are served from (default: the deepest folder
-            holding every path in the index).
+            holding all modality files of the captures the index lists).
         default_k: ``k`` when a request gives none.
         max_upload_bytes: the largest accepted upload, per image.
         checkpoint: the checkpoint's path, reported by ``/health``.
@@ -161,7 +169,7 @@ class SearchService:
         backbone = model.backbone
         self.num_cameras = backbone.num_cameras if backbone.camera_embedding is not None else None
         if gallery_root is None:
-            self.gallery_root = _default_root(index.paths)
+            self.gallery_root = _default_root(index.paths, self.dataset)
         else:
             root = Path(gallery_root)
             if not root.is_dir():
