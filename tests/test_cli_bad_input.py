@@ -541,6 +541,49 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         r"change the model, which comes from the checkpoint: model.prompt_tokens: 4 -> 8",
         None,
     ),
+    # analyze: refused before any figure is written
+    (
+        "analyze-checkpoint-missing",
+        ["analyze", "--checkpoint", "{s}/nope.ckpt"],
+        r"--checkpoint {s}/nope.ckpt: no such file",
+        None,
+    ),
+    (
+        "analyze-compare-missing",
+        ["analyze", "--checkpoint", CKPT, "--compare", "{s}/nope.ckpt", "--out", "{w}/a"],
+        r"--compare {s}/nope.ckpt: no such file",
+        None,
+    ),
+    (
+        "analyze-compare-not-a-checkpoint",
+        ["analyze", "--checkpoint", CKPT, "--compare", "{s}/photo.jpg", "--out", "{w}/a"],
+        r"{s}/photo.jpg is not a mambapro checkpoint",
+        None,
+    ),
+    (
+        "analyze-more-ids-than-the-test-set",
+        ["analyze", "--checkpoint", CKPT, "--data-root", "{s}/tree"],
+        r"--ids 20: the test set \(query \+ gallery\) has only 2 identities",
+        None,
+    ),
+    (
+        "analyze-one-id",
+        ["analyze", "--checkpoint", CKPT, "--ids", "1", "--out", "{w}/a"],
+        r"--ids 1: t-SNE needs at least 2 identities",
+        None,
+    ),
+    (
+        "analyze-out-is-a-file",
+        ["analyze", "--checkpoint", CKPT, "--out", "{s}/afile"],
+        r"--out {s}/afile is a file, not a folder",
+        None,
+    ),
+    (
+        "analyze-out-read-only",
+        ["analyze", "--checkpoint", CKPT, "--ids", "2", "--out", "{s}/ro/a"],
+        r"cannot write in {s}/ro",
+        None,
+    ),
     # sweep: the whole grid is checked before its first point trains
     (
         "sweep-unknown-key",
@@ -703,6 +746,7 @@ def test_the_rows_cover_every_command_and_class() -> None:
         "export",
         "serve",
         "sweep",
+        "analyze",
     }
     assert len(ROWS) >= 50
 

@@ -130,6 +130,10 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    # --compare takes every following word: key=value overrides after it are overrides.
+    overrides = [str(c) for c in args.compare if "=" in str(c) and not c.exists()]
+    args.compare = [c for c in args.compare if str(c) not in overrides]
+    args.overrides = [*overrides, *args.overrides]
     _require_file(args.checkpoint, "--checkpoint")
     for c in args.compare:
         _require_file(c, "--compare")

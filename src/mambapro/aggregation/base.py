@@ -86,6 +86,12 @@ class PatchAggregator(nn.Module):
 
     Subclasses implement :meth:`mix`, which maps the three (B, H·W, C) patch tensors (and the
     (H, W) grid they lie on) to three (B, H·W, C) tensors for the readout.
+
+    ``mixed_taps`` holds one ``nn.Identity`` per modality (RGB, NI, TI) that the mixed patch
+    tokens pass through on their way to the readout: the paper's f_ir^M after MA, (B, H·W, C).
+    They compute nothing and hold no weights; they are where forward hooks read those tokens
+    (``mambapro analyze``: modality alignment after MA, Grad-CAM targets), as timm models
+    expose their intermediate features.
     """
 
     def __init__(self, dim: int, grid: tuple[int, int]) -> None:
@@ -97,6 +103,7 @@ class PatchAggregator(nn.Module):
         self.out_dim = 3 * dim
         self.readout = TriModalReadout(dim)
         init_linear_(self.readout)
+        self.mixed_taps = nn.ModuleList(nn.Identity() for _ in MODALITIES)
 
     def mix(self, patches: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:
         raise NotImplementedError
@@ -105,7 +112,8 @@ class PatchAggregator(nn.Module):
         """(B, 1 + H·W, C) × 3 -> (B, 3·C); ``grid`` overrides the built (H, W) token grid."""
         grid = self.grid if grid is None else check_grid(grid)
         cls, patches = split_tokens((r, n, t), self.dim, grid)
-        return self.readout(cls, self.mix(patches, grid))
+        mixed = [tap(p) for tap, p in zip(self.mixed_taps, self.mix(patches, grid))]
+        return self.readout(cls, mixed)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, grid={self.grid}"

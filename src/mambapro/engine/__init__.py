@@ -14,6 +14,7 @@ from mambapro.lazy import lazy_getattr
 # Loaded on first use: the CLI imports light modules of this package (the run-folder checks of
 # ``runlog``) to refuse bad input before paying for torch.
 _LAZY = {
+    "run_analyze": "analysis",
     "CheckpointError": "checkpoint",
     "load_checkpoint": "checkpoint",
     "load_model": "checkpoint",
@@ -46,6 +47,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "parameter_report",
+    "run_analyze",
     "run_demo",
     "run_extract",
     "run_search",

@@ -1,0 +1,430 @@
+"""``mambapro analyze`` on a tiny trained model: the t-SNE input, the modality cosines, Grad-CAM,
+the report page (links, no network, rendered in headless Chromium) and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mambapro.aggregation.base import split_tokens
+from mambapro.cli import main
+from mambapro.config import load_config
+from mambapro.data import build_dataset
+from mambapro.data.synth import generate
+from mambapro.engine.analysis import (
+    PAIRS,
+    extract_analysis_features,
+    grad_cam_maps,
+    histogram_intersection,
+    joint_bins,
+    pair_cosines,
+    per_query_ap,
+    select_identities,
+)
+from mambapro.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+from mambapro.engine.features import eval_loader, extract_features
+from mambapro.engine.trainer import run_training
+from mambapro.evaluation import compute_distmat, evaluate
+from mambapro.modalities import MODALITIES
+
+FAST = [
+    "data.synthetic=false",
+    "data.img_size=[64,32]",  # a 4 x 2 token grid
+    "data.batch_size=4",
+    "data.num_instances=2",
+    "data.num_workers=0",
+    "train.epochs=1",
+    "train.warmup_epochs=0",
+    "train.iters_per_epoch=2",
+    "test.batch_size=16",
+]
+TEST_IDS = 4
+IDS = 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # This module's models are tiny: one intra-op thread is faster than two whose OpenMP workers
+    # spin (pytest imported torch before the CLI could ask for passive waits) on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    s = tmp_path_factory.mktemp("analyze")
+    generate("rgbnt201", s / "tree", seed=7, ids=8, test_ids=TEST_IDS, cameras=2, shots=2)
+    run_training(
+        load_config("demo", [*FAST, f"data.root={s / 'tree'}", f"train.output={s / 'ma'}"]), quiet=True
+    )
+    # The same weights without the aggregator and its head: a model.aggregator=none checkpoint.
+    state = load_checkpoint(s / "ma/last.ckpt")
+    state["config"]["model"]["aggregator"] = "none"
+    state["model"] = {
+        k: v for k, v in state["model"].items() if not k.startswith(("aggregator.", "fuse_head."))
+    }
+    (s / "none").mkdir()
+    save_checkpoint(state, s / "none/last.ckpt")
+    # The MA weights, stored as a checkpoint of another dataset.
+    state = load_checkpoint(s / "ma/last.ckpt")
+    state["config"]["data"]["dataset"] = "RGBNT100"
+    save_checkpoint(state, s / "other_dataset.ckpt")
+    rc = main(
+        [
+            "analyze",
+            "-q",
+            "--checkpoint",
+            str(s / "ma/last.ckpt"),
+            "--compare",
+            str(s / "none/last.ckpt"),
+            "--ids",
+            str(IDS),
+            "--queries",
+            "4",
+            "--out",
+            str(s / "out"),
+        ]
+    )
+    assert rc == 0
+    return s
+
+
+@pytest.fixture(scope="module")
+def report(shared: Path) -> dict:
+    return json.loads((shared / "out/analysis.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def ma_model(shared: Path):
+    model, cfg, _ = load_model(shared / "ma/last.ckpt", extra={"data": {"root": str(shared / "tree")}})
+    ds = build_dataset("RGBNT201", shared / "tree")
+    return model, cfg, ds
+
+
+def _label(report: dict, aggregator: str) -> str:
+    return next(c["label"] for c in report["checkpoints"] if c["aggregator"] == aggregator)
+
+
+# ----------------------------------------------------------------------------- t-SNE
+
+
+def test_tsne_rows_are_the_extracted_features_of_the_chosen_identities(shared, report, ma_model) -> None:
+    model, cfg, ds = ma_model
+    ids = report["tsne"]["identities"]
+    assert len(ids) == IDS and len(set(ids)) == IDS
+    assert set(ids) <= {s.pid for s in ds.gallery}
+    label = _label(report, "ma")
+    z = np.load(shared / "out" / report["tsne"]["inputs"][label])
+    # Independently: the test features of `extract` (fuse, after its BatchNorm: test.neck_feat=after),
+    # and the ori feature the same way, of every test capture of those identities.
+    gallery = [s for s in ds.gallery if s.pid in ids]
+    fuse = extract_features(model, eval_loader(cfg, gallery, "RGBNT201"), torch.device("cpu"))
+    assert model.test_feature == "fuse" and model.neck_feat == "after"
+    model.test_feature = "ori"
+    try:
+        ori = extract_features(model, eval_loader(cfg, gallery, "RGBNT201"), torch.device("cpu"))
+    finally:
+        model.test_feature = "fuse"
+    assert sorted(z["paths"].tolist()) == sorted(fuse.paths)
+    order = [fuse.paths.index(p) for p in z["paths"]]
+    np.testing.assert_allclose(z["fuse"], fuse.feats[order], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z["ori"], ori.feats[order], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(z["pids"], fuse.pids[order])
+    assert z["fuse_embedding"].shape == (len(gallery), 2) and np.isfinite(z["fuse_embedding"]).all()
+    # The compared checkpoint gets the same captures, and only an ori panel (no aggregator).
+    other = np.load(shared / "out" / report["tsne"]["inputs"][_label(report, "none")])
+    assert other["paths"].tolist() == z["paths"].tolist()
+    assert "ori" in other and "fuse" not in other
+
+
+def test_identity_choice_is_seeded_and_refuses_too_many() -> None:
+    pids = np.array([5, 5, 9, 1, 1, 7, 3])
+    a, b = select_identities(pids, 3, seed=4), select_identities(pids, 3, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert len(set(a)) == 3 and set(a) <= {1, 3, 5, 7, 9}
+    with pytest.raises(Exception, match=r"--ids 6: the test set .* has only 5 identities"):
+        select_identities(pids, 6)
+    with pytest.raises(Exception, match="at least 2"):
+        select_identities(np.array([4, 4]), 2)
+
+
+# ----------------------------------------------------------------------------- alignment
+
+
+def test_cosines_before_and_after_ma_match_a_hand_computation(shared, report, ma_model) -> None:
+    model, cfg, ds = ma_model
+    samples = ds.gallery
+    batch = next(iter(eval_loader(cfg, samples, "RGBNT201")))
+    with torch.no_grad():
+        tokens = model.backbone({m: batch[m] for m in MODALITIES}, batch["camids"])
+        cls, patches = split_tokens(
+            tuple(tokens[m] for m in MODALITIES), model.aggregator.dim, model.aggregator.grid
+        )
+        mixed = model.aggregator.mix(patches, model.aggregator.grid)
+    feats = extract_analysis_features(model, eval_loader(cfg, samples, "RGBNT201"), torch.device("cpu"))
+    n = len(batch["pids"])
+    for i, j in PAIRS:
+        hand_before = F.cosine_similarity(cls[i], cls[j], dim=1).numpy()
+        hand_after = F.cosine_similarity(mixed[i].mean(1), mixed[j].mean(1), dim=1).numpy()
+        np.testing.assert_allclose(pair_cosines(feats.before[i], feats.before[j])[:n], hand_before, atol=1e-5)
+        np.testing.assert_allclose(pair_cosines(feats.after[i], feats.after[j])[:n], hand_after, atol=1e-5)
+    # analysis.json's means are over every test capture (RGBNT201: the gallery folder).
+    assert len(feats.paths) == report["config"]["num_captures"]
+    stats = report["alignment"][_label(report, "ma")]
+    for i, j in PAIRS:
+        pair = f"{MODALITIES[i]}-{MODALITIES[j]}"
+        before = pair_cosines(feats.before[i], feats.before[j])
+        after = pair_cosines(feats.after[i], feats.after[j])
+        assert stats[pair]["before"]["mean"] == pytest.approx(before.mean(), abs=1e-5)
+        assert stats[pair]["after"]["mean"] == pytest.approx(after.mean(), abs=1e-5)
+        assert 0.0 <= stats[pair]["before_after_overlap"] <= 1.0
+    # Without an aggregator there is no after-MA stage.
+    assert "after" not in report["alignment"][_label(report, "none")]["RGB-NI"]
+
+
+def test_histogram_intersection_by_hand() -> None:
+    x = np.array([0.51, 0.52, 0.53, 0.54])
+    y = np.array([0.51, 0.52, -0.9, -0.91])  # half of x's values, half far away
+    assert histogram_intersection(x, x) == pytest.approx(1.0)
+    # Each bin holding y's 0.51 or 0.52 holds at least as much of x: min(p, q) = q there.
+    assert histogram_intersection(x, y) == pytest.approx(0.5)
+    assert histogram_intersection(x, -x) == pytest.approx(0.0)
+    # The bins span both samples: shifting one by a tenth of the joint range separates them.
+    assert histogram_intersection(x, x + 0.1) == pytest.approx(0.0)
+    bins = joint_bins(x, y)
+    assert len(bins) == 51 and bins[0] == pytest.approx(-0.91) and bins[-1] == pytest.approx(0.54)
+    # On coarse bins both samples share one bin: the intersection is the shared mass.
+    assert histogram_intersection(x, y, bins=np.array([-1.0, 0.0, 1.0])) == pytest.approx(0.5)
+    assert histogram_intersection(x, x + 0.1, bins=np.array([-1.0, 1.0])) == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+
+def _brute_force_cam(model, batch, k: int) -> torch.Tensor:
+    """Grad-CAM by hand, without hooks: activations A = modality k's mixed patch tokens, score =
+    the norm of their mean, weights = the gradient averaged over the token grid,
+    ReLU(sum_c w_c A_c), min-max scaled, bilinear upsampling (half-pixel centres) to the image,
+    min-max scaled again (pytorch-grad-cam's convention: an interior maximum of the token grid is
+    not a pixel centre of the upsampled map)."""
+    agg = model.aggregator
+    h, w = agg.grid
+    tokens = model.backbone({m: batch[m] for m in MODALITIES}, batch["camids"])
+    _, patches = split_tokens(tuple(tokens[m] for m in MODALITIES), agg.dim, agg.grid)
+    a = agg.mix(patches, agg.grid)[k].detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(a.mean(dim=1).norm(dim=1).sum(), a)
+    weights = grad.mean(dim=1, keepdim=True)  # (B, 1, C)
+    raw = (weights * a).sum(-1).detach()
+    # The closed form: the gradient of |mean A| is mean(A) / (|mean A| L) at every token.
+    m = a.detach().mean(dim=1, keepdim=True)
+    closed = (a.detach() * m).sum(-1) / (m.norm(dim=-1) * a.shape[1])
+    torch.testing.assert_close(raw, closed, rtol=1e-4, atol=1e-6)
+    cam = torch.relu(raw).reshape(-1, 1, h, w)
+    cam = cam - cam.amin(dim=(2, 3), keepdim=True)
+    cam = cam / (1e-7 + cam.amax(dim=(2, 3), keepdim=True))
+    size = batch[MODALITIES[0]].shape[-2:]
+    up = F.interpolate(cam, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    up = up - up.amin(dim=(1, 2), keepdim=True)
+    return up / (1e-7 + up.amax(dim=(1, 2), keepdim=True))
+
+
+def test_grad_cam_maps_match_a_brute_force_computation(ma_model) -> None:
+    model, cfg, ds = ma_model
+    batch = next(iter(eval_loader(cfg, ds.query[:3], "RGBNT201")))
+    h, w = cfg.img_size()
+    for k, m in enumerate(MODALITIES):
+        maps = grad_cam_maps(model, batch, m)
+        assert maps.shape == (3, h, w)
+        assert (maps >= 0).all() and maps.max() <= 1 + 1e-6
+        assert (maps.reshape(3, -1).max(1) > 0.99).all()  # not all zero: a map to compare
+        expected = _brute_force_cam(model, batch, k).numpy()
+        np.testing.assert_allclose(maps, expected, atol=2e-3)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_grad_cam_maps_change_with_the_input(ma_model) -> None:
+    model, cfg, ds = ma_model
+    batch = next(iter(eval_loader(cfg, ds.query[:2], "RGBNT201")))
+    before = grad_cam_maps(model, batch, "NI")
+    changed = {**batch, "NI": batch["NI"].flip(-2)}  # the NIR image upside down
+    after = grad_cam_maps(model, changed, "NI")
+    assert np.abs(before - after).max() > 0.05
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_metrics_and_query_choice(shared, report) -> None:
+    label = _label(report, "ma")
+    trained = json.loads((shared / "ma/results.json").read_text())["results"]
+    final = next(iter(trained.values()))  # the trainer's own evaluation of the same weights
+    assert report["metrics"][label]["mAP"] == pytest.approx(final["mAP"], abs=1e-6)
+    queries = report["queries"]
+    assert len(queries["best"]) == 2 and len(queries["worst"]) == 2
+    assert min(q[f"AP {label}"] for q in queries["best"]) >= max(q[f"AP {label}"] for q in queries["worst"])
+    assert "missing" not in report and not (shared / "out/missing_modality.txt").exists()
+
+
+def test_per_query_ap_averages_to_the_map(ma_model) -> None:
+    model, cfg, ds = ma_model
+    feats = extract_analysis_features(model, eval_loader(cfg, ds.gallery, "RGBNT201"), torch.device("cpu"))
+    fs = feats.feature_set()
+    dist = compute_distmat(fs.feats, fs.feats)
+    ap = per_query_ap(dist, fs, fs, use_scenes=False)
+    res = evaluate(dist, fs.pids, fs.pids, fs.camids, fs.camids)
+    assert np.nanmean(ap) == pytest.approx(res.mAP, abs=1e-9) and np.isfinite(ap).sum() == res.num_valid
+
+
+def test_missing_modality_table(shared, tmp_path) -> None:
+    # Without an aggregator (cheap): the table of the seven settings, full = the metrics row.
+    out = tmp_path / "missing"
+    argv = ["analyze", "-q", "--checkpoint", str(shared / "none/last.ckpt"), "--ids", "2", "--queries", "1"]
+    assert main([*argv, "--missing", "all", "--out", str(out)]) == 0
+    report = json.loads((out / "analysis.json").read_text())
+    (label,) = report["missing"]
+    rows = report["missing"][label]
+    assert list(rows) == ["full", "-R", "-N", "-T", "-RN", "-RT", "-NT"]
+    assert rows["full"] == report["metrics"][label]
+    assert len({r["mAP"] for r in rows.values()}) > 1  # zeroing modalities changes the features
+    text = (out / "missing_modality.txt").read_text()
+    assert f"{100 * rows['-RT']['mAP']:.1f}" in text
+    page = (out / "report.html").read_text()
+    assert "Missing modalities" in page and "Grad-CAM" not in page
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        for key, value in attrs:
+            if key in ("src", "href") and value is not None:
+                self.links.append(value)
+                if tag == "img":
+                    self.images.append(value)
+
+
+def test_report_links_only_existing_local_files(shared, report) -> None:
+    out = shared / "out"
+    page = (out / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    parser = _Links()
+    parser.feed(page)
+    assert len(parser.images) == len(report["figures"]) >= 5
+    for link in parser.links:
+        assert not re.match(r"^[a-z]+:", link) and not link.startswith("/"), link
+        assert (out / link).is_file(), link
+    for src in parser.images:  # every figure decodes
+        with Image.open(out / src) as img:
+            img.load()
+            assert img.width > 10 and img.height > 10
+    expected = {"cmc.png", "tsne.png", "alignment.png", f"gradcam-{_label(report, 'ma')}.png"}
+    assert expected <= set(parser.images)
+    assert not any(src.startswith("gradcam-" + _label(report, "none")) for src in parser.images)
+    assert sum(src.startswith("ranklist-") for src in parser.images) == 2 * len(report["queries"]["worst"])
+    assert f"{100 * report['metrics'][_label(report, 'ma')]['mAP']:.1f}" in page
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium binary")
+def test_report_renders_in_headless_chromium(shared, tmp_path) -> None:
+    # A copy of the page with a probe script that writes each image's decoded width into the DOM.
+    site = tmp_path / "site"
+    shutil.copytree(shared / "out", site)
+    probe = (
+        "<script>window.addEventListener('load', () => { document.body.setAttribute('data-decoded', "
+        "Array.from(document.images).map(i => i.complete ? i.naturalWidth : -1).join(',')); });</script>"
+    )
+    page = (site / "report.html").read_text()
+    (site / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    proc = subprocess.run(
+        [_chromium(), *flags, "--dump-dom", (site / "probe.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    found = re.search(r'data-decoded="([^"]*)"', proc.stdout)
+    assert found, proc.stderr[-2000:]
+    widths = [int(v) for v in found.group(1).split(",")]
+    assert len(widths) == page.count("<img ") and all(v > 0 for v in widths), widths
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            _chromium(),
+            *flags,
+            "--window-size=1200,1600",
+            f"--screenshot={shot}",
+            (site / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    with Image.open(shot) as img:
+        assert img.size == (1200, 1600)
+        assert len(img.convert("L").getcolors(1 << 16) or []) > 50  # not a blank page
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _error(capsys, argv: list[str]) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    return err[0]
+
+
+def test_bad_input_is_one_line_exit_2(shared, capsys, tmp_path) -> None:
+    ckpt = str(shared / "ma/last.ckpt")
+    out = tmp_path / "never"
+    line = _error(
+        capsys,
+        [
+            "analyze",
+            "-q",
+            "--checkpoint",
+            ckpt,
+            "--compare",
+            str(shared / "other_dataset.ckpt"),
+            "-o",
+            str(out),
+        ],
+    )
+    assert "is a RGBNT100 checkpoint but --checkpoint" in line and "RGBNT201" in line
+    line = _error(capsys, ["analyze", "-q", "--checkpoint", ckpt, "--ids", "9", "-o", str(out)])
+    assert f"--ids 9: the test set (query + gallery) has only {TEST_IDS} identities" in line
+    line = _error(capsys, ["analyze", "-q", "--checkpoint", ckpt, "--ids", "1", "-o", str(out)])
+    assert "--ids 1: t-SNE needs at least 2 identities" in line
+    line = _error(capsys, ["analyze", "-q", "--checkpoint", str(shared / "nope.ckpt")])
+    assert f"--checkpoint {shared / 'nope.ckpt'}: no such file" in line
+    line = _error(capsys, ["analyze", "-q", "--checkpoint", ckpt, "--compare", str(shared / "gone.ckpt")])
+    assert "--compare" in line and "gone.ckpt: no such file" in line
+    # An override after the --compare list is an override, not a checkpoint path.
+    none = str(shared / "none/last.ckpt")
+    line = _error(
+        capsys, ["analyze", "-q", "--checkpoint", ckpt, "--compare", none, "test.nope=1", "-o", str(out)]
+    )
+    assert "unknown key 'test.nope'" in line
+    assert not out.exists()
