@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mambapro.config import DATASET_GEOMETRY, DataConfig
+from mambapro.config import DataConfig
 from mambapro.data import (
     TripletDataset,
     build_dataset,
     build_train_loader,
     build_train_transform,
+    dataset_spec,
     read_triplet,
     synth,
 )
@@ -79,7 +80,7 @@ def main() -> None:
 
         ds = build_dataset("RGBNT201", root)
         cfg = DataConfig()
-        size = DATASET_GEOMETRY["RGBNT201"]
+        size = dataset_spec("RGBNT201").img_size
         items = [(i % len(ds.train), i) for i in range(args.items)]
         joint = TripletDataset(ds.train, ds.name, build_train_transform(cfg, size))
         indep = TripletDataset(ds.train, ds.name, build_train_transform(cfg, size, independent=True))

@@ -5,7 +5,7 @@
 #
 # Installs nothing and needs no weights or data (the demo stage generates the embedded synthetic
 # set in a temporary folder). Stages, each under its own time limit (seconds; they sum, with the
-# grace period of each, to under 8 minutes), each logged to benchmarks/results/gpu_<stage>.txt;
+# grace period of each, to under 8.5 minutes), each logged to benchmarks/results/gpu_<stage>.txt;
 # a stage that fails or times out does not stop the next one:
 #
 #   device       the GPU(s), driver, torch / CUDA / Triton / mamba-ssm versions
@@ -16,6 +16,8 @@
 #   train        benchmarks/bench_train.py --device cuda --batch 64: Table 3 rows A, F, G
 #                (bf16 autocast): samples/s and peak memory
 #   demo         `mambapro train` of the demo preset on CUDA for 2 epochs, timed
+#   input        benchmarks/bench_input.py --cuda-only: triplets/s delivered to the train step at
+#                batch 64, 256x128: today's pipeline vs data.cache=memory + augment_on=device on CUDA
 #
 # The summary (stage, status, seconds) is printed at the end and written to
 # benchmarks/results/gpu_summary.txt. Exit status: 0 when every stage passed, 1 otherwise, and
@@ -43,7 +45,7 @@ RES=benchmarks/results
 mkdir -p "$RES"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mambapro-gpu-check.XXXXXX") || exit 1
 trap 'rm -rf "$WORK"' EXIT
-STAGES=${MAMBAPRO_GPU_CHECK_STAGES:-device tests scan aggregation train demo}
+STAGES=${MAMBAPRO_GPU_CHECK_STAGES:-device tests scan aggregation train demo input}
 GRACE=5  # seconds between SIGTERM at the limit and SIGKILL
 SUMMARY=()
 FAILED=0
@@ -103,6 +105,7 @@ run_stage aggregation 60 "$PY" benchmarks/bench_aggregation_scaling.py --device 
 run_stage train 85 "$PY" benchmarks/bench_train.py --device cuda --batch 64 --steps 5
 run_stage demo 70 "${MAMBAPRO[@]}" train --config demo --data-root "$WORK/data" --output "$WORK/demo-run" \
     train.device=cuda train.epochs=2 model.scan_backend=auto
+run_stage input 35 "$PY" benchmarks/bench_input.py --cuda-only --batches 5 --repeats 1
 
 {
     echo "gpu_check summary, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"

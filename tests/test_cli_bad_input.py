@@ -459,6 +459,21 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         None,
     ),
     (
+        "train-cache-too-big-for-memory",
+        [
+            *TRAIN,
+            "--data-root",
+            "{s}/tree",
+            "--output",
+            "{w}/run",
+            "data.cache=memory",
+            "data.img_size=[65536,65536]",
+        ],
+        r"data\.cache=memory needs [0-9.]+ GiB for 16 decoded triplets at 65536x65536, but only "
+        r".* use data\.cache=disk",
+        None,
+    ),
+    (
         "train-wrong-panel-width",
         [*TRAIN, "data.dataset=RGBNT100", "--data-root", "{s}/panels", "--output", "{w}/run"],
         r"expected three modality panels side by side \(width a multiple of 3\), got 95x",

@@ -115,7 +115,19 @@ class DataConfig:
     img_size: list[int] | None = None
     batch_size: int = _range(64, ge=1)  # P x K with K = num_instances
     num_instances: int = _range(4, ge=1)
-    num_workers: int = _range(0, ge=0)
+    # Loader worker processes: ``auto`` picks from the CPUs this process may use (0 with one CPU;
+    # see mambapro.data.loader.resolve_num_workers), or an explicit count >= 0.
+    num_workers: int | str = "auto"
+    # Decoded-image cache: none (decode every item), memory (decode + resize each image once
+    # into RAM), disk (the same, a memory-mapped uint8 file under cache_dir, rebuilt when the
+    # dataset's files change). The cached pixels equal what the uncached pipeline produces.
+    cache: str = _choices("none", "memory", "disk", default="none")
+    # Folder of data.cache=disk files; null: $XDG_CACHE_HOME/mambapro (~/.cache/mambapro).
+    cache_dir: str | None = None
+    # Where the train augmentation (flip, pad + crop, normalise, erasing) runs: per item on
+    # the CPU in the loader, or batched on the training device in the train step (the same
+    # distributions, other random draws; mambapro.data.device_aug).
+    augment_on: str = _choices("cpu", "device", default="cpu")
     # Draw flip/crop/erase separately per modality (the authors' release); false: one draw
     # shared by the three pixel-aligned modalities.
     independent_aug: bool = True
@@ -483,6 +495,11 @@ def _check(cfg: Config) -> None:
             f"'data.batch_size' = {d.batch_size} holds one identity of 'data.num_instances' = "
             f"{d.num_instances}; the triplet loss needs at least two identities per batch"
         )
+    nw = d.num_workers
+    if isinstance(nw, str) and nw.lower() == "auto":
+        d.num_workers = "auto"
+    elif isinstance(nw, str) or nw < 0:
+        raise ConfigError(f"'data.num_workers' = {nw!r} must be auto or an integer >= 0")
     for key in ("data.root", "train.output"):
         section, name = key.split(".")
         if not str(getattr(getattr(cfg, section), name)).strip():

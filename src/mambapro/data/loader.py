@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,10 +26,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..modalities import MISSING_SETTINGS, MODALITIES, missing_modalities
 from . import synth
+from .cache import DecodedCache, build_cache
 from .datasets import ReIDDataset, build_dataset
 from .io import DatasetError, Sample, read_triplet
 from .sampler import RandomIdentitySampler
-from .transforms import apply_missing, build_test_transform, build_train_transform
+from .transforms import apply_missing, build_resize_transform, build_test_transform, build_train_transform
 
 if TYPE_CHECKING:  # the config imports the data package (dataset specs), not the reverse
     from ..config import DataConfig
@@ -39,7 +41,33 @@ __all__ = [
     "build_train_loader",
     "collate_triplets",
     "dataset_from_config",
+    "resolve_num_workers",
 ]
+
+#: Most workers ``data.num_workers=auto`` starts (more rarely pays off for three small images).
+MAX_AUTO_WORKERS = 8
+
+
+def resolve_num_workers(value: int | str, cpus: int | None = None) -> int:
+    """``data.num_workers``: an integer as it is; ``auto``: the CPUs this process may run on
+    (``os.sched_getaffinity``), at most :data:`MAX_AUTO_WORKERS`, and 0 with a single CPU,
+    where a worker would only compete with the training process."""
+    if not isinstance(value, str):
+        return int(value)
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+    return 0 if cpus <= 1 else min(cpus, MAX_AUTO_WORKERS)
+
+
+def _loader_options(workers: int) -> dict[str, Any]:
+    """Worker-dependent DataLoader options: pinned memory on CUDA, persistent workers, prefetch."""
+    opts: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
+    if workers > 0:
+        opts.update(persistent_workers=True, prefetch_factor=4)
+    return opts
 
 
 def draw_modality_dropout(item_seed: int, rate: float) -> str:
@@ -69,19 +97,30 @@ class TripletDataset(Dataset):
     seeded by the sampler loses one or two modalities (see :func:`draw_modality_dropout`), zeroed
     after normalisation exactly as ``test --missing`` zeroes them; ``item["dropped"]`` names the
     setting.
+
+    ``cache`` (:class:`~mambapro.data.cache.DecodedCache` of ``samples``): images come from it,
+    already resized, and ``transform`` must be built without its resize step. ``raw``
+    (``data.augment_on=device``): the transform only resizes (or is the identity on cached
+    images), the item keeps its ``seed`` and the dropout is left to the train step.
     """
 
     def __init__(
         self,
         samples: Sequence[Sample],
         dataset_name: str,
-        transform: Callable[[Sequence[Any]], Sequence[torch.Tensor]],
+        transform: Callable[[Sequence[Any]], Sequence[torch.Tensor]] | None,
         modality_dropout: float = 0.0,
+        cache: DecodedCache | None = None,
+        raw: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.dataset_name = dataset_name
         self.transform = transform
         self.modality_dropout = modality_dropout
+        self.cache = cache
+        self.raw = raw
+        if cache is not None and len(cache) != len(self.samples):
+            raise ValueError(f"the cache holds {len(cache)} triplets, the dataset {len(self.samples)}")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -89,7 +128,14 @@ class TripletDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, item_seed = key if isinstance(key, tuple) else (key, None)
         s = self.samples[index]
-        images = read_triplet(s, self.dataset_name)
+        images = self.cache[index] if self.cache is not None else read_triplet(s, self.dataset_name)
+        if self.raw:
+            tensors = tuple(images) if self.transform is None else self.transform(images)
+            dropped = "full" if item_seed is None else draw_modality_dropout(item_seed, self.modality_dropout)
+            out_raw: dict[str, Any] = dict(zip(MODALITIES, tensors))
+            out_raw.update(pid=s.pid, camid=s.camid, sceneid=s.sceneid, path=s.paths[0], dropped=dropped)
+            out_raw["seed"] = 0 if item_seed is None else item_seed
+            return out_raw
         if item_seed is None:
             tensors = self.transform(images)
         else:
@@ -105,13 +151,23 @@ class TripletDataset(Dataset):
         return out
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of CPU tensors through numpy: one plain copy per image. torch's own
+    multi-threaded copy can take hundreds of milliseconds per batch when its threads compete for
+    busy cores (measured on a loaded 2-core machine; numpy: a few ms)."""
+    return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
+
+
 def collate_triplets(items: list[dict[str, Any]], missing: str = "full") -> dict[str, Any]:
     """Stack items into the batch dict; zero the ``missing`` modalities (after normalisation)."""
-    batch: dict[str, Any] = {m: torch.stack([it[m] for it in items]) for m in MODALITIES}
+    batch: dict[str, Any] = {m: _stack([it[m] for it in items]) for m in MODALITIES}
     batch["pids"] = torch.tensor([it["pid"] for it in items], dtype=torch.long)
     batch["camids"] = torch.tensor([it["camid"] for it in items], dtype=torch.long)
     batch["sceneids"] = torch.tensor([it["sceneid"] for it in items], dtype=torch.long)
     batch["paths"] = [it["path"] for it in items]
+    if "seed" in items[0]:  # data.augment_on=device: uint8 images, augmented in the train step
+        batch["seeds"] = torch.tensor([it["seed"] for it in items], dtype=torch.long)
+        batch["dropped"] = [it["dropped"] for it in items]
     return apply_missing(batch, missing) if missing != "full" else batch  # type: ignore[return-value]
 
 
@@ -124,9 +180,14 @@ def build_train_loader(
     world_size: int = 1,
     iters_per_epoch: int | None = None,
     modality_dropout: float = 0.0,
+    progress: bool = False,
 ) -> DataLoader:
     """P x K train loader over ``dataset.train``; call ``loader.batch_sampler.set_epoch(e)``.
     ``modality_dropout``: see :class:`TripletDataset`.
+
+    ``data.cache`` memory/disk decodes and resizes every training image first (a progress bar
+    with ``progress``; unreadable files are one error naming them). ``data.augment_on=device``
+    yields uint8 images with ``seeds`` and ``dropped`` for :class:`~mambapro.data.device_aug.DeviceAugment`.
 
     ``data_cfg.batch_size`` is the global batch; each rank gets ``batch_size / world_size``.
     To train without held-out validation ids, pass ``dataclasses.replace(dataset, train=...)``.
@@ -140,16 +201,22 @@ def build_train_loader(
         world_size=world_size,
         iters_per_epoch=iters_per_epoch,
     )
-    ds = TripletDataset(
-        dataset.train, dataset.name, build_train_transform(data_cfg, img_size), modality_dropout
-    )
+    cache = None
+    if data_cfg.cache != "none":
+        cache = build_cache(
+            dataset.train, dataset.name, img_size, "bicubic", data_cfg.cache, data_cfg.cache_dir, progress
+        )
+    raw = data_cfg.augment_on == "device"
+    if raw:
+        transform = None if cache is not None else build_resize_transform(img_size)
+    else:
+        transform = build_train_transform(data_cfg, img_size, resize=cache is None)
+    ds = TripletDataset(dataset.train, dataset.name, transform, modality_dropout, cache=cache, raw=raw)
     return DataLoader(
         ds,
         batch_sampler=sampler,
-        num_workers=data_cfg.num_workers,
         collate_fn=collate_triplets,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=data_cfg.num_workers > 0,
+        **_loader_options(resolve_num_workers(data_cfg.num_workers)),
         # Its own generator: the loader's worker base seed must not consume the global RNG.
         generator=torch.Generator().manual_seed(seed),
     )
@@ -166,13 +233,15 @@ def build_test_loader(
     """Loader over ``samples`` in order (resize + normalise), with ``missing`` modalities zeroed."""
     missing_modalities(missing)  # fail here, naming the value, not inside a worker
     ds = TripletDataset(samples, dataset_name, build_test_transform(data_cfg, img_size))
+    workers = resolve_num_workers(data_cfg.num_workers)
     return DataLoader(
         ds,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=data_cfg.num_workers,
+        num_workers=workers,
         collate_fn=functools.partial(collate_triplets, missing=missing),
         pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(0),
     )
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..modalities import MODALITIES, missing_modalities
@@ -39,9 +40,11 @@ __all__ = [
     "MODALITIES",
     "TripletTransform",
     "apply_missing",
+    "build_resize_transform",
     "build_test_transform",
     "build_train_transform",
     "missing_modalities",
+    "resize_transform",
 ]
 
 
@@ -58,6 +61,9 @@ class TripletTransform:
     def __call__(self, images: Sequence[Image.Image | torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if len(images) != 3:
             raise ValueError(f"expected an (RGB, NI, TI) triplet, got {len(images)} images")
+        # Tensors (the decoded cache's uint8 images) are marked as images: v2 transforms only
+        # the first plain tensor of several, and a joint call must transform all three.
+        images = [tv_tensors.Image(i) if type(i) is torch.Tensor else i for i in images]
         if self.independent:
             out = [self.transform(img) for img in images]
         else:
@@ -81,13 +87,21 @@ def _resize(img_size: tuple[int, int], interpolation: str = "bicubic") -> v2.Tra
     return v2.Resize(tuple(img_size), interpolation=mode, antialias=True)
 
 
+#: The resize step of the train (bicubic) and test transforms (the decoded cache reuses it).
+resize_transform = _resize
+
+
 def build_train_transform(
-    data_cfg: DataConfig, img_size: tuple[int, int], independent: bool | None = None
+    data_cfg: DataConfig, img_size: tuple[int, int], independent: bool | None = None, resize: bool = True
 ) -> TripletTransform:
-    """Train transform of a triplet; ``independent=None`` takes ``data_cfg.independent_aug``."""
+    """Train transform of a triplet; ``independent=None`` takes ``data_cfg.independent_aug``.
+
+    ``resize=False``: the input is already resized uint8 (the decoded cache); the other steps,
+    and their random draws, are the same.
+    """
     h, w = (int(x) for x in img_size)
     # Resize before ToImage: on PIL input it is PIL's own filter, exactly as the release resizes.
-    steps: list[v2.Transform] = [_resize((h, w)), v2.ToImage()]
+    steps: list[v2.Transform] = [_resize((h, w)), v2.ToImage()] if resize else [v2.ToImage()]
     if data_cfg.flip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(p=data_cfg.flip_prob))
     if data_cfg.padding > 0:
@@ -99,11 +113,20 @@ def build_train_transform(
     return TripletTransform(v2.Compose(steps), independent=ind)
 
 
-def build_test_transform(data_cfg: DataConfig, img_size: tuple[int, int]) -> TripletTransform:
-    """Test transform of a triplet: resize (``data.test_interpolation``) + normalise (deterministic)."""
+def build_test_transform(
+    data_cfg: DataConfig, img_size: tuple[int, int], resize: bool = True
+) -> TripletTransform:
+    """Test transform of a triplet: resize (``data.test_interpolation``) + normalise (deterministic).
+    ``resize=False``: the input is already resized uint8 (the decoded cache)."""
     h, w = (int(x) for x in img_size)
-    resize = _resize((h, w), data_cfg.test_interpolation)
-    return TripletTransform(v2.Compose([resize, v2.ToImage(), *_normalise(data_cfg)]))
+    steps = [_resize((h, w), data_cfg.test_interpolation)] if resize else []
+    return TripletTransform(v2.Compose([*steps, v2.ToImage(), *_normalise(data_cfg)]))
+
+
+def build_resize_transform(img_size: tuple[int, int], interpolation: str = "bicubic") -> TripletTransform:
+    """Only the resize step, to (3, H, W) uint8 tensors (``data.augment_on=device`` without a cache:
+    the rest of the train transform runs batched in the train step)."""
+    return TripletTransform(v2.Compose([_resize(tuple(img_size), interpolation), v2.ToImage()]))
 
 
 def apply_missing(

@@ -20,9 +20,10 @@ from mambapro.errors import TrainingError, check_output_dir
 __all__ = ["RunLogger", "check_run_folder", "package_versions"]
 
 
-#: Settings a resumed run may change: where the run and the data are, and how many processes
-#: read the data (the numbers do not depend on it). Everything else must be as the run had it.
-RESUME_MAY_DIFFER = ("train.output", "data.root", "data.num_workers")
+#: Settings a resumed run may change: where the run and the data are, how many processes read
+#: the data and whether decoded images are cached (the numbers depend on none of them).
+#: Everything else must be as the run had it.
+RESUME_MAY_DIFFER = ("train.output", "data.root", "data.num_workers", "data.cache", "data.cache_dir")
 
 
 def changed_settings(recorded: dict[str, Any], cfg: Config) -> str | None:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from mambapro.config import Config, config_to_dict
 from mambapro.data import build_train_loader
+from mambapro.data.device_aug import DeviceAugment
 from mambapro.engine.checkpoint import load_checkpoint, save_checkpoint
 from mambapro.engine.data import prepare_data
 from mambapro.engine.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
@@ -61,6 +62,28 @@ class TrainState:
     best_epoch: int = -1
 
 
+class _DeviceAugmented:
+    """A ``data.augment_on=device`` train loader: its uint8 batches moved to the training device
+    and augmented there (:class:`~mambapro.data.device_aug.DeviceAugment`); ``len`` and
+    ``batch_sampler`` are the loader's."""
+
+    def __init__(self, loader: Any, augment: DeviceAugment, to_device: Any) -> None:
+        self.loader = loader
+        self.augment = augment
+        self.to_device = to_device
+
+    @property
+    def batch_sampler(self) -> Any:
+        return self.loader.batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        for batch in self.loader:
+            yield self.augment(self.to_device(batch))
+
+
 class Trainer:
     """Runs the training loop of one configuration in one output folder."""
 
@@ -73,11 +96,8 @@ class Trainer:
 
         seed_everything(cfg.train.seed)
         self.data = prepare_data(cfg, dist_info, quiet=self.quiet)
-        self.model: MambaPro = build_model(cfg, self.data.num_classes, self.data.num_cameras).to(self.device)
-        # The camera table is sized by the training cameras: refuse now, not after training,
-        # when a test camera has no row.
-        for split in ("query", "gallery"):
-            check_model_cameras(self.model, getattr(self.data, split), f"{self.data.name} {split}")
+        # Before the model: a decoded cache (data.cache) names unreadable images, or refuses a
+        # size that does not fit, before anything heavy is built. Draws nothing from the RNG.
         self.train_loader = build_train_loader(
             cfg.data,
             self.data.dataset,
@@ -87,7 +107,18 @@ class Trainer:
             world_size=dist_info.world_size,
             iters_per_epoch=cfg.train.iters_per_epoch,
             modality_dropout=cfg.train.modality_dropout,
+            progress=not self.quiet,
         )
+        # data.augment_on=device: the loader yields uint8 images; each batch is moved to the
+        # device and augmented there as it is taken from the loader.
+        self.augment = DeviceAugment(cfg.data, cfg.img_size()) if cfg.data.augment_on == "device" else None
+        if self.augment is not None:
+            self.train_loader = _DeviceAugmented(self.train_loader, self.augment, self._to_device)
+        self.model: MambaPro = build_model(cfg, self.data.num_classes, self.data.num_cameras).to(self.device)
+        # The camera table is sized by the training cameras: refuse now, not after training,
+        # when a test camera has no row.
+        for split in ("query", "gallery"):
+            check_model_cameras(self.model, getattr(self.data, split), f"{self.data.name} {split}")
         # The run folder appears only in start_logging(), once nothing can refuse the run any more.
         self.logger = RunLogger(self.out, enabled=False)
         backbone_ids = {id(p) for p in self.model.parameter_parts()["backbone"]}
