@@ -22,18 +22,16 @@ import argparse
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import torch
 
+from _checkpoint import random_checkpoint
 from _machine import describe
-from mambapro.config import config_to_dict, load_config
-from mambapro.engine.checkpoint import save_checkpoint
+from mambapro.config import load_config
 from mambapro.engine.export import ExportedFile, TestTimeModel, _onnx_session, export_model
-from mambapro.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = {"demo": ["model.backbone=tiny"], "rgbnt201": ["model.weights=null"]}
@@ -41,14 +39,9 @@ NUM_CAMERAS = 4
 
 
 def _checkpoint(preset: str, folder: Path) -> tuple[Path, object]:
-    cfg = load_config(preset, ["data.synthetic=false", *PRESETS[preset]])
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no pre-trained weights": random weights are the point
-        model = build_model(cfg, num_classes=10, num_cameras=NUM_CAMERAS)
-    state = {"model": model.state_dict(), "config": config_to_dict(cfg), "num_classes": 10}
-    state["num_cameras"] = NUM_CAMERAS
-    return save_checkpoint(state, folder / f"{preset}.ckpt"), model.eval()
+    overrides = ["data.synthetic=false", *PRESETS[preset]]
+    ckpt, model = random_checkpoint(preset, overrides, folder / f"{preset}.ckpt", NUM_CAMERAS)
+    return ckpt, model.eval()
 
 
 def _inputs(img_size: tuple[int, int], batch: int) -> tuple[torch.Tensor, ...]:

@@ -27,26 +27,23 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fastapi
 import httpx
 import numpy as np
-import torch
 import uvicorn
 
+from _checkpoint import random_checkpoint
 from _machine import describe
 from mambapro.cli import main as cli
-from mambapro.config import config_to_dict, load_config
 from mambapro.data import samples_at, triplet_paths
 from mambapro.data.synth import generate
-from mambapro.engine.checkpoint import load_model, save_checkpoint
+from mambapro.engine.checkpoint import load_model
 from mambapro.engine.index import GalleryIndex
 from mambapro.engine.serve import SearchService
 from mambapro.modalities import MISSING_SETTINGS, MODALITIES, missing_modalities
-from mambapro.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = {"demo": ["model.backbone=tiny"], "rgbnt201": ["model.weights=null"]}
@@ -54,14 +51,8 @@ NUM_CAMERAS = 2
 
 
 def _checkpoint(preset: str, folder: Path) -> Path:
-    cfg = load_config(preset, ["data.synthetic=false", "data.num_workers=0", *PRESETS[preset]])
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no pre-trained weights": random weights are the point
-        model = build_model(cfg, num_classes=10, num_cameras=NUM_CAMERAS)
-    state = {"model": model.state_dict(), "config": config_to_dict(cfg), "num_classes": 10}
-    state["num_cameras"] = NUM_CAMERAS
-    return save_checkpoint(state, folder / f"{preset}.ckpt")
+    overrides = ["data.synthetic=false", "data.num_workers=0", *PRESETS[preset]]
+    return random_checkpoint(preset, overrides, folder / f"{preset}.ckpt", NUM_CAMERAS)[0]
 
 
 def _queries(data: Path) -> list[tuple[dict, str]]:

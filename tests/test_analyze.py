@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import fast
 from mambapro.aggregation.base import split_tokens
 from mambapro.cli import main
 from mambapro.config import load_config
@@ -37,38 +38,23 @@ from mambapro.engine.trainer import run_training
 from mambapro.evaluation import compute_distmat, evaluate
 from mambapro.modalities import MODALITIES
 
-FAST = [
-    "data.synthetic=false",
-    "data.img_size=[64,32]",  # a 4 x 2 token grid
-    "data.batch_size=4",
-    "data.num_instances=2",
-    "data.num_workers=0",
-    "train.epochs=1",
-    "train.warmup_epochs=0",
-    "train.iters_per_epoch=2",
-    "test.batch_size=16",
-]
+# conftest's FAST with a 4 x 2 token grid, two steps and larger test batches.
+FAST = fast("data.img_size=[64,32]", "train.iters_per_epoch=2", "test.batch_size=16")
 TEST_IDS = 4
 IDS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # This module's models are tiny: one intra-op thread is faster than two whose OpenMP workers
-    # spin (pytest imported torch before the CLI could ask for passive waits) on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     s = tmp_path_factory.mktemp("analyze")
     generate("rgbnt201", s / "tree", seed=7, ids=8, test_ids=TEST_IDS, cameras=2, shots=2)
-    run_training(
-        load_config("demo", [*FAST, f"data.root={s / 'tree'}", f"train.output={s / 'ma'}"]), quiet=True
-    )
+    # train.analyze=true: the run ends with the analysis page of its own checkpoint.
+    paths = [f"data.root={s / 'tree'}", f"train.output={s / 'ma'}"]
+    cfg = load_config("demo", [*FAST, *paths, "train.analyze=true"])
+    run_training(cfg, quiet=True)
     # The same weights without the aggregator and its head: a model.aggregator=none checkpoint.
     state = load_checkpoint(s / "ma/last.ckpt")
     state["config"]["model"]["aggregator"] = "none"
@@ -275,6 +261,44 @@ def test_metrics_and_query_choice(shared, report) -> None:
     assert len(queries["best"]) == 2 and len(queries["worst"]) == 2
     assert min(q[f"AP {label}"] for q in queries["best"]) >= max(q[f"AP {label}"] for q in queries["worst"])
     assert "missing" not in report and not (shared / "out/missing_modality.txt").exists()
+
+
+def test_train_analyze_links_the_page_from_the_run_folder(shared) -> None:
+    run = shared / "ma"
+    link = (run / "report.txt").read_text().splitlines()[-1]
+    assert link == "analysis report (last.ckpt): analysis/report.html"
+    assert (run / "analysis/report.html").is_file()
+    report = json.loads((run / "analysis/analysis.json").read_text())
+    assert [c["checkpoint"] for c in report["checkpoints"]] == [str(run / "last.ckpt")]
+    # Default options: every test identity when there are fewer than 20, 8 Grad-CAM queries.
+    assert report["config"]["ids"] == TEST_IDS and len(report["tsne"]["identities"]) == TEST_IDS
+    assert len(report["queries"]["best"]) == 4 and len(report["queries"]["worst"]) == 4
+    final = next(iter(json.loads((run / "results.json").read_text())["results"].values()))
+    assert report["metrics"][report["checkpoints"][0]["label"]]["mAP"] == pytest.approx(
+        final["mAP"], abs=1e-6
+    )
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["analysis_report"] == "analysis/report.html"
+
+
+def test_a_test_set_of_one_identity_is_refused_by_train_analyze_and_analyze(capsys, shared, tmp_path) -> None:
+    generate("rgbnt201", tmp_path / "tree", seed=3, ids=3, test_ids=1, cameras=2, shots=2)
+    argv = ["train", "-q", "--config", "demo", *FAST, f"data.root={tmp_path / 'tree'}", "train.analyze=true"]
+    line = _error(capsys, [*argv, "--output", str(tmp_path / "run")])
+    assert "train.analyze=true: the t-SNE needs at least 2 test identities" in line and "has 1" in line
+    assert not (tmp_path / "run").exists()
+    # Without --ids the default (20, or all if fewer) is refused naming the test set, not an --ids.
+    argv = [
+        "analyze",
+        "-q",
+        "--checkpoint",
+        str(shared / "ma/last.ckpt"),
+        "--data-root",
+        str(tmp_path / "tree"),
+    ]
+    line = _error(capsys, [*argv, "--out", str(tmp_path / "a")])
+    assert "test set (query + gallery) has 1 identity; t-SNE needs at least 2" in line and "--ids" not in line
+    assert not (tmp_path / "a").exists()
 
 
 def test_per_query_ap_averages_to_the_map(ma_model) -> None:

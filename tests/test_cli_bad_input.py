@@ -31,6 +31,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import FAST
 from mambapro.config import load_config
 from mambapro.data import build_dataset
 from mambapro.data.synth import generate
@@ -38,18 +39,6 @@ from mambapro.engine.checkpoint import load_model
 from mambapro.engine.evaluate import evaluate_model
 from mambapro.engine.trainer import run_training
 
-# Small, fast training: the demo preset's tiny model on 32x32 inputs, one step.
-FAST = [
-    "data.synthetic=false",
-    "data.img_size=[32,32]",
-    "data.batch_size=4",
-    "data.num_instances=2",
-    "data.num_workers=0",
-    "train.epochs=1",
-    "train.warmup_epochs=0",
-    "train.iters_per_epoch=1",
-    "test.batch_size=8",
-]
 SMALL_SYNTH = ["--ids", "4", "--test-ids", "2", "--cameras", "2", "--shots", "2"]
 CKPT = "{s}/run/last.ckpt"
 TRAIN = ["train", "--config", "demo", "-q", *FAST]
@@ -577,8 +566,8 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
     ),
     (
         "analyze-more-ids-than-the-test-set",
-        ["analyze", "--checkpoint", CKPT, "--data-root", "{s}/tree"],
-        r"--ids 20: the test set \(query \+ gallery\) has only 2 identities",
+        ["analyze", "--checkpoint", CKPT, "--data-root", "{s}/tree", "--ids", "99"],
+        r"--ids 99: the test set \(query \+ gallery\) has only 2 identities",
         None,
     ),
     (

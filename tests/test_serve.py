@@ -39,7 +39,13 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402  (after the optional-dependency skips)
 
-from mambapro.engine.serve import MAX_PIXELS, SearchService, create_app  # noqa: E402
+from mambapro.engine.serve import (  # noqa: E402
+    MAX_PIXELS,
+    SearchService,
+    ServeMissingError,
+    create_app,
+    run_serve,
+)
 
 K = 5
 
@@ -273,6 +279,29 @@ def test_an_index_of_another_width_is_refused(world: dict) -> None:
     feats = FeatureSet(np.eye(4, 7, dtype=np.float32), np.arange(4), np.zeros(4), np.zeros(4), list("abcd"))
     with pytest.raises(UserError, match=r"holds 7-d features but the checkpoint gives \d+-d features"):
         SearchService(world["model"], world["cfg"], GalleryIndex.build(feats))
+
+
+@pytest.mark.parametrize("package", ["fastapi", "uvicorn"])
+def test_a_missing_web_stack_is_one_line_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture, package: str
+) -> None:
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` fails as if not installed
+    hint = f"{package} is not installed: pip install 'mambapro[deploy]'"
+    # Refused before anything is loaded: these paths do not even exist.
+    with pytest.raises(ServeMissingError) as err:
+        run_serve(tmp_path / "nope.ckpt", tmp_path / "nope.index")
+    assert str(err.value) == hint
+    assert isinstance(err.value, UserError) and isinstance(err.value, ImportError)
+    with pytest.raises(ServeMissingError, match=re.escape(hint)):
+        create_app(None)  # type: ignore[arg-type]  (refused before the service is used)
+    # The CLI prints the one line and exits 2, without a traceback.
+    ckpt, index = tmp_path / "last.ckpt", tmp_path / "gallery.index"
+    ckpt.write_bytes(b"x")
+    index.write_bytes(b"x")
+    capsys.readouterr()
+    assert main(["serve", "--checkpoint", str(ckpt), "--index", str(index)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"mambapro serve: error: {hint}\n" and captured.out == ""
 
 
 def test_concurrent_queries_share_model_calls_and_get_their_own_answers(world: dict) -> None:

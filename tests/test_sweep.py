@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 import mambapro.engine.trainer as trainer_mod
+from conftest import FAST
 from mambapro.cli import main
 from mambapro.config import load_config
 from mambapro.data.synth import generate
@@ -26,18 +26,8 @@ from mambapro.engine.checkpoint import load_checkpoint
 from mambapro.engine.sweep import parse_sets, plan_sweep, point_name
 from mambapro.models import build_model
 
-# The demo preset's tiny model on 32x32 inputs, one step per epoch (as tests/test_cli_bad_input.py).
-FAST = [
-    "data.synthetic=false",
-    "data.img_size=[32,32]",
-    "data.batch_size=4",
-    "data.num_instances=2",
-    "data.num_workers=0",
-    "train.epochs=1",
-    "train.warmup_epochs=0",
-    "train.iters_per_epoch=1",
-    "test.batch_size=8",
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 GRID = ["--set", "model.ma_d_state=4,8", "--set", "train.seed=1,2"]
 NAMES = [
     "model.ma_d_state=4+train.seed=1",
@@ -76,16 +66,6 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 def _records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Torch is loaded before the CLI's main() can ask OpenMP for passive waits, so on a busy
-    # machine its spinning threads make these tiny trainings several times slower: one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

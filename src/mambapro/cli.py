@@ -92,7 +92,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from mambapro.engine.trainer import run_training
 
-    run_training(cfg, resume=args.resume, quiet=args.quiet)
+    done = run_training(cfg, resume=args.resume, quiet=args.quiet)
+    if done:  # rank 0 of a distributed run, or the only process
+        print(f"{done['summary']}\nreport: {Path(cfg.train.output) / 'report.txt'}")
+        if done["analysis"] is not None:
+            print(f"analysis page: {done['analysis']}")
     return 0
 
 
@@ -137,7 +141,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _require_file(args.checkpoint, "--checkpoint")
     for c in args.compare:
         _require_file(c, "--compare")
-    if args.ids < 2:
+    if args.ids is not None and args.ids < 2:
         raise UserError(f"--ids {args.ids}: t-SNE needs at least 2 identities")
     if args.queries < 0:
         raise UserError(f"--queries {args.queries}: must be >= 0")
@@ -251,6 +255,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from mambapro.engine import MAX_K  # torch-free: the limits are checked before the engine loads
+
     _require_file(args.checkpoint, "--checkpoint")
     _require_file(args.index, "--index")
     if args.gallery_root is not None and not args.gallery_root.is_dir():
@@ -258,8 +264,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"--gallery-root {args.gallery_root}: {what}")
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: must be in 1..65535")
-    if not 1 <= args.k <= 1000:
-        raise UserError(f"-k {args.k}: must be in 1..1000")
+    if not 1 <= args.k <= MAX_K:
+        raise UserError(f"-k {args.k}: must be in 1..{MAX_K}")
     if not args.max_upload_mb > 0:
         raise UserError(f"--max-upload-mb {args.max_upload_mb}: must be > 0")
     if args.max_batch < 1:
@@ -427,7 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", "-o", type=Path, default=None, help="output folder (default: analysis/ by the checkpoint)"
     )
-    p.add_argument("--ids", type=int, default=20, help="test identities in the t-SNE (same in every panel)")
+    p.add_argument(
+        "--ids",
+        type=int,
+        default=None,
+        help="test identities in the t-SNE, the same in every panel (default: 20, or all if fewer)",
+    )
     p.add_argument("--queries", type=int, default=8, help="queries for Grad-CAM: the best- and worst-AP ones")
     p.add_argument("--missing", choices=["all"], default=None, help="also the missing-modality table")
     p.add_argument("--seed", type=int, default=0, help="seed of the identity choice and of t-SNE")

@@ -239,6 +239,9 @@ class TrainConfig:
     output: str = "runs/default"
     # TensorBoard scalars (iter/*: loss terms, accuracy, lr) every N training steps; 0: off.
     log_period: int = _range(10, ge=0)
+    # After the final evaluation, run ``mambapro analyze`` (default options) on the reported
+    # checkpoint into <output>/analysis/ and link its report.html from report.txt.
+    analyze: bool = False
 
 
 @dataclass

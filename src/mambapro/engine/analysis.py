@@ -58,7 +58,7 @@ from mambapro.config import Config
 from mambapro.data import dataset_from_config, dataset_spec
 from mambapro.engine.checkpoint import load_model
 from mambapro.engine.evaluate import evaluate_model
-from mambapro.engine.features import FeatureSet, check_model_cameras, eval_loader
+from mambapro.engine.features import FeatureSet, check_model_cameras, eval_loader, eval_pass
 from mambapro.engine.report_page import write_report_page
 from mambapro.engine.runtime import eval_amp
 from mambapro.engine.search import draw_rank_list, rank_gallery
@@ -75,6 +75,7 @@ from mambapro.evaluation import (
 from mambapro.modalities import MISSING_SETTINGS, MODALITIES
 
 __all__ = [
+    "DEFAULT_IDS",
     "OVERLAP_DEFINITION",
     "PAIRS",
     "AnalysisFeatures",
@@ -91,6 +92,8 @@ __all__ = [
     "tsne_rows",
 ]
 
+#: Test identities in the t-SNE when none are asked for (all of them where the test set has fewer).
+DEFAULT_IDS = 20
 #: The modality pairs of the alignment figure, as index pairs into ``MODALITIES``.
 PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))
 #: Bins of the histograms of cosine similarity (figure and overlap measures), spread over the
@@ -170,12 +173,6 @@ def _mixed_taps(model: nn.Module) -> nn.ModuleList | None:
     return taps if taps is not None and len(taps) == len(MODALITIES) else None
 
 
-def _test_head_feature(model: nn.Module, name: str, feat: Tensor) -> Tensor:
-    # The feature as MambaPro.forward returns it in eval mode for test_feature == name.
-    return feat if model.neck_feat == "before" else model._after_neck(name, feat)
-
-
-@torch.no_grad()
 def extract_analysis_features(
     model: nn.Module,
     loader: Any,
@@ -195,61 +192,46 @@ def extract_analysis_features(
                 pooled[k] = output.float().mean(dim=1)
 
             handles.append(tap.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    cols: dict[str, list] = {k: [] for k in ("test", "ori", "fuse", "ori_t", "fuse_t", "after")}
-    pids, camids, sceneids, paths = [], [], [], []
+
+    def step(inputs: dict[str, Any]) -> dict[str, Tensor]:
+        pooled[:] = [None] * len(MODALITIES)
+        feats = model.features(inputs)
+        ori_t = model.test_time("ori", feats["ori"])
+        out = {"ori": feats["ori"], "ori_t": ori_t}
+        if "fuse" in feats:
+            out.update(fuse=feats["fuse"], fuse_t=model.test_time("fuse", feats["fuse"]))
+        out["test"] = out["ori_t"] if model.test_feature == "ori" else out["fuse_t"]
+        if taps is not None and all(p is not None for p in pooled):
+            out["after"] = torch.stack(pooled, dim=1)  # (B, 3, C)
+        return out
+
     try:
-        bar = tqdm(loader, desc=desc, disable=True if quiet else None, leave=False, dynamic_ncols=True)
-        for batch in bar:
-            inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            pooled[:] = [None] * len(MODALITIES)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                feats = model.features(inputs)
-                ori_t = _test_head_feature(model, "ori", feats["ori"])
-                fuse_t = _test_head_feature(model, "fuse", feats["fuse"]) if "fuse" in feats else None
-            test = ori_t if model.test_feature == "ori" else fuse_t
-            cols["test"].append(test.float().cpu())
-            cols["ori"].append(feats["ori"].float().cpu())
-            cols["ori_t"].append(ori_t.float().cpu())
-            if "fuse" in feats:
-                cols["fuse"].append(feats["fuse"].float().cpu())
-                cols["fuse_t"].append(fuse_t.float().cpu())
-            if taps is not None and all(p is not None for p in pooled):
-                cols["after"].append(torch.stack([p.cpu() for p in pooled]))
-            pids.append(batch["pids"])
-            camids.append(batch["camids"])
-            sceneids.append(batch["sceneids"])
-            paths.extend(batch["paths"])
+        cols, labelled = eval_pass(model, loader, device, amp, quiet, desc, step)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
 
-    def cat(name: str, dim: int = 0) -> np.ndarray | None:
-        return torch.cat(cols[name], dim=dim).numpy() if cols[name] else None
-
-    ori = cat("ori")
-    fuse = cat("fuse")
+    ori = cols["ori"]
+    fuse = cols.get("fuse")
     c = ori.shape[1] // len(MODALITIES)
     before = np.stack([ori[:, k * c : (k + 1) * c] for k in range(len(MODALITIES))])
-    after = cat("after", dim=1)
+    after = np.ascontiguousarray(cols["after"].transpose(1, 0, 2)) if "after" in cols else None  # (3, N, C)
     readout = None
     if after is not None and fuse is not None and fuse.shape[1] == len(MODALITIES) * c:
         readout = np.stack([fuse[:, k * c : (k + 1) * c] for k in range(len(MODALITIES))])
     return AnalysisFeatures(
-        test=cat("test"),
+        test=cols["test"],
         ori=ori,
         fuse=fuse,
-        ori_test=cat("ori_t"),
-        fuse_test=cat("fuse_t"),
+        ori_test=cols["ori_t"],
+        fuse_test=cols.get("fuse_t"),
         before=before,
         after=after,
         readout=readout,
-        pids=torch.cat(pids).numpy(),
-        camids=torch.cat(camids).numpy(),
-        sceneids=torch.cat(sceneids).numpy(),
-        paths=paths,
+        pids=labelled.pids,
+        camids=labelled.camids,
+        sceneids=labelled.sceneids,
+        paths=labelled.paths,
     )
 
 
@@ -658,15 +640,18 @@ def run_analyze(
     compare: Sequence[str | Path] = (),
     data_root: str | Path | None = None,
     out: str | Path | None = None,
-    ids: int = 20,
+    ids: int | None = None,
     queries: int = 8,
     missing: str | None = None,
     seed: int = 0,
     overrides: list[str] | None = None,
     quiet: bool = False,
     rank_k: int = 10,
+    show_table: bool = True,
 ) -> dict[str, Any]:
-    """The ``mambapro analyze`` command; returns the content of ``analysis.json``."""
+    """The ``mambapro analyze`` command; returns the content of ``analysis.json``.
+
+    ``show_table=False`` does not print the metrics (``train.analyze``: the run prints its own)."""
     paths = [Path(checkpoint), *(Path(c) for c in compare)]
     for i, p in enumerate(paths):
         if not p.is_file():
@@ -676,7 +661,7 @@ def run_analyze(
         raise UserError(f"--missing {missing}: analyze supports only 'all' (the missing-modality table)")
     if queries < 0:
         raise UserError(f"--queries {queries}: must be >= 0")
-    if ids < 2:
+    if ids is not None and ids < 2:
         raise UserError(f"--ids {ids}: t-SNE needs at least 2 identities")
     out = Path(out) if out is not None else paths[0].parent / "analysis"
     check_output_dir(out, "--out")
@@ -686,7 +671,14 @@ def run_analyze(
     ds = dataset_from_config(runs[0].cfg.data, generate=False)
     # One pass over the distinct captures of query and gallery (RGBNT201 uses one folder for both).
     samples = list({s.paths: s for s in (*ds.query, *ds.gallery)}.values())
-    identities = select_identities(np.array([s.pid for s in samples]), ids, seed)
+    pids = np.array([s.pid for s in samples])
+    if ids is None:
+        ids = min(DEFAULT_IDS, len(np.unique(pids)))
+        if ids < 2:
+            raise UserError(
+                f"{ds.name} test set (query + gallery) has {ids} identity; t-SNE needs at least 2"
+            )
+    identities = select_identities(pids, ids, seed)
     for r in runs:
         check_model_cameras(r.model, samples, f"{ds.name} test set ({r.path})")
     out.mkdir(parents=True, exist_ok=True)
@@ -738,7 +730,7 @@ def run_analyze(
     (out / "metrics.txt").write_text(table + "\n")
     (out / "analysis.json").write_text(json.dumps(ctx.report, indent=1, default=_json_default))
     page = write_report_page(out, ctx.report)
-    if not quiet:
+    if show_table and not quiet:
         print("\n\n".join([table, *tables]))
     print(f"analysis written to {out} (report: {page})")
     return ctx.report

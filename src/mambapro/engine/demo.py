@@ -1,7 +1,8 @@
 """``mambapro demo``: the one command that shows the whole product working on a CPU.
 
 Generates the embedded synthetic tri-modal dataset (if absent), evaluates the untrained model,
-trains the tiny preset, evaluates again and prints both rows with where the report is.
+trains the tiny preset, evaluates again, writes the analysis page (``train.analyze``) and prints
+both rows with where the reports are.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def run_demo(
     quiet: bool = False,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    cfg = load_config(config or "demo", overrides)
+    # The demo ends with the analysis report page; an override train.analyze=false skips it.
+    cfg = load_config(config or "demo", ["train.analyze=true", *(overrides or [])])
     cfg.train.output = str(fresh_output_dir(output or cfg.train.output))
     out = Path(cfg.train.output)
     # Refused now rather than after minutes of generating data and evaluating.
@@ -72,7 +74,8 @@ def run_demo(
     took = time.perf_counter() - start
     print(table)
     print(f"trained mAP / untrained mAP = {ratio:.2f}x; total time {took / 60:.1f} min")
-    print(
-        f"report, CMC curve, metrics and checkpoints: {out}/ (report.txt, cmc.png, metrics.jsonl, last.ckpt)"
-    )
+    files = "report.txt, cmc.png, metrics.jsonl, last.ckpt"
+    if cfg.train.analyze:
+        files += "; the analysis page: analysis/report.html"
+    print(f"report, CMC curve, metrics and checkpoints: {out}/ ({files})")
     return {"untrained": untrained, "trained": trained, "ratio": ratio, "output": out, "seconds": took}

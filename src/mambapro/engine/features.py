@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mambapro.config import Config
@@ -17,7 +18,15 @@ from mambapro.engine.checkpoint import load_model
 from mambapro.engine.runtime import eval_amp
 from mambapro.errors import UserError, atomic_write, check_output_file
 
-__all__ = ["FeatureSet", "check_model_cameras", "eval_loader", "extract_features", "run_extract"]
+__all__ = [
+    "EvalStep",
+    "FeatureSet",
+    "check_model_cameras",
+    "eval_loader",
+    "eval_pass",
+    "extract_features",
+    "run_extract",
+]
 
 
 @dataclass
@@ -69,7 +78,51 @@ class FeatureSet:
                 raise UserError(f"{path}: unreadable features file ({err})") from None
 
 
+#: ``step(inputs)`` of :func:`eval_pass`: one batch's named outputs, each (B, ...).
+EvalStep = Callable[[dict[str, Any]], dict[str, Tensor]]
+
+
 @torch.no_grad()
+def eval_pass(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    quiet: bool = True,
+    desc: str = "extract",
+    step: EvalStep | None = None,
+) -> tuple[dict[str, np.ndarray], FeatureSet]:
+    """Run ``model`` in eval mode over ``loader``: the outputs of ``step`` (default: ``{"test":
+    model(inputs)}``) concatenated along the batch, float32, and the :class:`FeatureSet` of the
+    ``test`` output with the batches' labels."""
+    step = step or (lambda inputs: {"test": model(inputs)})
+    was_training = model.training
+    model.eval()
+    cols: dict[str, list[Tensor]] = {}
+    pids, camids, sceneids, paths = [], [], [], []
+    try:
+        # disable=None: no bar when stderr is not a terminal (logs, CI).
+        bar = tqdm(loader, desc=desc, disable=True if quiet else None, leave=False, dynamic_ncols=True)
+        for batch in bar:
+            inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                outputs = step(inputs)
+            for name, value in outputs.items():
+                cols.setdefault(name, []).append(value.float().cpu())
+            pids.append(batch["pids"])
+            camids.append(batch["camids"])
+            sceneids.append(batch["sceneids"])
+            paths.extend(batch["paths"])
+    finally:
+        model.train(was_training)
+    arrays = {name: torch.cat(values).numpy() for name, values in cols.items()}
+    for name, a in arrays.items():
+        if len(a) != len(paths):
+            raise RuntimeError(f"eval_pass: output '{name}' has {len(a)} rows for {len(paths)} samples")
+    labels = (torch.cat(pids).numpy(), torch.cat(camids).numpy(), torch.cat(sceneids).numpy())
+    return arrays, FeatureSet(arrays["test"], *labels, paths)
+
+
 def extract_features(
     model: nn.Module,
     loader: Any,
@@ -79,30 +132,7 @@ def extract_features(
     desc: str = "extract",
 ) -> FeatureSet:
     """Run ``model`` in eval mode over ``loader`` and collect its test features."""
-    was_training = model.training
-    model.eval()
-    feats, pids, camids, sceneids, paths = [], [], [], [], []
-    try:
-        # disable=None: no bar when stderr is not a terminal (logs, CI).
-        bar = tqdm(loader, desc=desc, disable=True if quiet else None, leave=False, dynamic_ncols=True)
-        for batch in bar:
-            inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                f = model(inputs)
-            feats.append(f.float().cpu())
-            pids.append(batch["pids"])
-            camids.append(batch["camids"])
-            sceneids.append(batch["sceneids"])
-            paths.extend(batch["paths"])
-    finally:
-        model.train(was_training)
-    return FeatureSet(
-        torch.cat(feats).numpy(),
-        torch.cat(pids).numpy(),
-        torch.cat(camids).numpy(),
-        torch.cat(sceneids).numpy(),
-        paths,
-    )
+    return eval_pass(model, loader, device, amp, quiet, desc)[1]
 
 
 def eval_loader(cfg: Config, samples: list, dataset_name: str, missing: str = "full") -> Any:

@@ -21,9 +21,17 @@ __all__ = ["RunLogger", "check_run_folder", "package_versions"]
 
 
 #: Settings a resumed run may change: where the run and the data are, how many processes read
-#: the data and whether decoded images are cached (the numbers depend on none of them).
+#: the data, whether decoded images are cached and whether the end writes an analysis report
+#: (the numbers depend on none of them).
 #: Everything else must be as the run had it.
-RESUME_MAY_DIFFER = ("train.output", "data.root", "data.num_workers", "data.cache", "data.cache_dir")
+RESUME_MAY_DIFFER = (
+    "train.output",
+    "data.root",
+    "data.num_workers",
+    "data.cache",
+    "data.cache_dir",
+    "train.analyze",
+)
 
 
 def changed_settings(recorded: dict[str, Any], cfg: Config) -> str | None:

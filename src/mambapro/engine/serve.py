@@ -45,6 +45,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mambapro.data import DatasetError, apply_missing, build_test_transform, read_triplet, triplet_paths
+from mambapro.engine import MAX_K
 from mambapro.engine.checkpoint import load_model
 from mambapro.engine.index import GalleryIndex
 from mambapro.engine.runtime import eval_amp
@@ -64,7 +65,6 @@ __all__ = [
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-MAX_K = 1000
 DEFAULT_MAX_UPLOAD_MB = 10.0
 #: Decoded size limit of one upload (a small PNG can decode to gigabytes).
 MAX_PIXELS = 40_000_000
@@ -185,7 +185,11 @@ class SearchService:
         self._queue: list[_Pending] = []
         self.requests = 0
         self.batches = 0
-        dim = self.embed(self._tensors(self._placeholders(), "full"), None).shape[0]
+        h, w = self.img_size
+        # Blank stand-ins for the modalities a query leaves out (zeroed after normalisation, so
+        # only their size matters); never modified, so shared by every request.
+        self._blanks = {m: Image.new("RGB", (w, h)) for m in MODALITIES}
+        dim = self.embed(self._tensors(self._blanks, "full"), None).shape[0]
         if dim != index.dim:
             where = f" {index.source}" if index.source is not None else ""
             raise UserError(
@@ -194,10 +198,6 @@ class SearchService:
             )
 
     # ------------------------------------------------------------------ queries
-
-    def _placeholders(self) -> dict[str, Image.Image]:
-        h, w = self.img_size
-        return {m: Image.new("RGB", (w, h)) for m in MODALITIES}
 
     def decode(self, modality: str, data: bytes) -> Image.Image:
         """An uploaded file as an RGB image, or :class:`RequestError` (413 / 415)."""
@@ -311,7 +311,7 @@ class SearchService:
             raise RequestError(400, f"no image: send at least one of the file fields {', '.join(MODALITIES)}")
         k = self.default_k if k is None else self.check_k(k)
         cam = self.check_camid(camid)
-        images = self._placeholders()
+        images = dict(self._blanks)
         for m, data in uploads.items():
             images[m] = self.decode(m, data)
         missing = parse_missing("".join(m[0] for m in MODALITIES if m not in uploads) or "full")
@@ -610,12 +610,13 @@ def run_serve(
     overrides: list[str] | None = None,
     quiet: bool = False,
 ) -> None:
-    """The ``serve`` command: load the checkpoint and the index, then serve until interrupted."""
+    """The ``serve`` command: load the checkpoint and the index, then serve until interrupted.
+
+    ``k`` and ``max_batch`` are checked by :class:`SearchService`, once the model is loaded.
+    """
     _, uvicorn = _web()
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port}: must be in 1..65535")
-    if not 1 <= k <= MAX_K:
-        raise UserError(f"-k {k}: must be in 1..{MAX_K}")
     if not max_upload_mb > 0:
         raise UserError(f"--max-upload-mb {max_upload_mb}: must be > 0")
     gallery_index = GalleryIndex.load(index)  # a bad index is refused before the model loads

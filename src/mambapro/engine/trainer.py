@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from mambapro.config import Config, config_to_dict
 from mambapro.data import build_train_loader
 from mambapro.data.device_aug import DeviceAugment
+from mambapro.engine.analysis import run_analyze
 from mambapro.engine.checkpoint import load_checkpoint, save_checkpoint
 from mambapro.engine.data import prepare_data
 from mambapro.engine.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
@@ -42,7 +43,7 @@ from mambapro.engine.losses import ReIDLoss
 from mambapro.engine.optim import build_optimizer, build_scheduler, step_epoch
 from mambapro.engine.runlog import RunLogger, changed_settings, check_run_folder
 from mambapro.engine.runtime import amp_dtype, eval_amp, resolve_device, seed_everything
-from mambapro.errors import TrainingError
+from mambapro.errors import TrainingError, UserError
 from mambapro.models import MambaPro, build_model
 
 __all__ = ["Trainer", "TrainingError", "run_training"]
@@ -360,8 +361,10 @@ class Trainer:
             )
         select = self.cfg.train.select_best
         label = "final epoch"
+        reported = self.out / "last.ckpt"
         if select != "final" and (self.out / "best.ckpt").exists():
-            self.model.load_state_dict(load_checkpoint(self.out / "best.ckpt")["model"])
+            reported = self.out / "best.ckpt"
+            self.model.load_state_dict(load_checkpoint(reported)["model"])
             label = (
                 f"best epoch {self.state.best_epoch} by validation mAP"
                 if select == "val"
@@ -376,7 +379,24 @@ class Trainer:
                 **{f"test_{k}": v for k, v in res.as_dict().items()},
             }
         )
-        return {"result": res, "label": label, "summary": summary}
+        page = self.analyze(reported) if self.cfg.train.analyze else None
+        return {"result": res, "label": label, "summary": summary, "analysis": page}
+
+    def analyze(self, checkpoint: Path) -> Path:
+        """``mambapro analyze`` of the reported checkpoint into ``<output>/analysis``, linked from
+        ``report.txt`` and the run log; the path of its ``report.html``."""
+        out = self.out / "analysis"
+        try:
+            run_analyze(checkpoint, out=out, quiet=self.quiet, show_table=False)
+        except UserError as e:
+            done = self.out / "report.txt"
+            raise UserError(f"the run is complete ({done}), but train.analyze failed: {e}") from e
+        page = out / "report.html"
+        link = page.relative_to(self.out).as_posix()
+        with open(self.out / "report.txt", "a") as f:
+            f.write(f"analysis report ({checkpoint.name}): {link}\n")
+        self.logger.log({"epoch": self.cfg.train.epochs, "analysis_report": link})
+        return page
 
 
 @contextlib.contextmanager
@@ -425,6 +445,13 @@ def run_training(
         # refusal leaves the file system as it was.
         ckpt = _checked_output(cfg, resume)
         trainer = Trainer(cfg, dist_info, quiet=quiet)
+        if cfg.train.analyze:
+            test_ids = {x.pid for x in (*trainer.data.query, *trainer.data.gallery)}
+            if len(test_ids) < 2:
+                raise UserError(
+                    f"train.analyze=true: the t-SNE needs at least 2 test identities; "
+                    f"{trainer.data.name} at {cfg.data.root} has {len(test_ids)}"
+                )
         if ckpt is not None:
             trainer.restore(ckpt)
         trainer.start_logging(

@@ -110,8 +110,11 @@ class MambaPro(nn.Module):
             out["fuse"] = self.aggregator(tokens["RGB"], tokens["NI"], tokens["TI"])
         return out
 
-    def _after_neck(self, name: str, feat: Tensor) -> Tensor:
-        """The test feature ``name`` passed through its head's BatchNorm (eval statistics)."""
+    def test_time(self, name: str, feat: Tensor) -> Tensor:
+        """Head ``name``'s pre-BN feature (B, F) as it is evaluated: unchanged for
+        ``neck_feat="before"``, else through its head's BatchNorm (eval statistics)."""
+        if self.neck_feat == "before":
+            return feat
         if name == "fuse":
             return self.fuse_head.bn(feat)
         if self.ori_mode == "per_modality":
@@ -123,8 +126,7 @@ class MambaPro(nn.Module):
         ``RGB``/``NI``/``TI`` (per modality), and ``fuse``. Eval: the test feature (B, F)."""
         feats = self.features(batch)
         if not self.training:
-            feat = feats[self.test_feature]
-            return feat if self.neck_feat == "before" else self._after_neck(self.test_feature, feat)
+            return self.test_time(self.test_feature, feats[self.test_feature])
         if self.ori_mode == "concat":
             out = {"ori": (feats["ori"], self.ori_head(feats["ori"]))}
         else:
