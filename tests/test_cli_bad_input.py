@@ -416,6 +416,18 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         None,
     ),
     (
+        "serve-upload-limit-under-a-byte",
+        ["serve", "--checkpoint", CKPT, "--index", "{s}/junk.npz", "--max-upload-mb", "1e-9"],
+        r"--max-upload-mb 1e-09: must be > 0 \(at least one byte\)",
+        None,
+    ),
+    (
+        "serve-max-batch-zero",
+        ["serve", "--checkpoint", CKPT, "--index", "{s}/junk.npz", "--max-batch", "0"],
+        r"--max-batch 0: must be at least 1",
+        None,
+    ),
+    (
         "config-modality-dropout-one",
         ["config", "train.modality_dropout=1"],
         r"'train.modality_dropout' = 1.0 must be >= 0 and < 1",

@@ -43,6 +43,7 @@ from mambapro.engine.serve import (  # noqa: E402
     MAX_PIXELS,
     SearchService,
     ServeMissingError,
+    ServeOptions,
     create_app,
     run_serve,
 )
@@ -66,7 +67,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert main([*argv, "--out", str(gallery)]) == 0
     assert main(["index", "build", "--features", str(gallery), "--out", str(index)]) == 0
     model, cfg, _ = load_model(ckpt)
-    service = SearchService(model, cfg, GalleryIndex.load(index), gallery_root=data, default_k=K)
+    service = SearchService(
+        model, cfg, GalleryIndex.load(index), gallery_root=data, options=ServeOptions(k=K)
+    )
     return {
         "tmp": tmp,
         "data": data,
@@ -183,7 +186,9 @@ def test_body_and_upload_limits(world: dict) -> None:
     client = world["client"]
     response = client.post("/search", json={"RGB": "x"})
     assert response.status_code == 415 and "multipart/form-data" in response.json()["detail"]
-    small = SearchService(world["model"], world["cfg"], world["service"].index, max_upload_bytes=500)
+    small = SearchService(
+        world["model"], world["cfg"], world["service"].index, options=ServeOptions(max_upload_mb=500 / 2**20)
+    )
     tiny_client = TestClient(create_app(small))
     big = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -306,7 +311,7 @@ def test_a_missing_web_stack_is_one_line_naming_the_extra(
 
 def test_concurrent_queries_share_model_calls_and_get_their_own_answers(world: dict) -> None:
     base = world["service"]
-    service = SearchService(world["model"], world["cfg"], base.index, max_batch=4)
+    service = SearchService(world["model"], world["cfg"], base.index, options=ServeOptions(max_batch=4))
     calls: list[int] = []
     forward = service._forward
 

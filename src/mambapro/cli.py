@@ -19,6 +19,7 @@ from mambapro import __version__
 from mambapro.config import SynthConfig, dump_config, load_config
 from mambapro.data.synth import LAYOUTS
 from mambapro.engine.runlog import check_run_folder
+from mambapro.engine.serve_options import MAX_K, ServeOptions
 from mambapro.errors import UserError, check_output_dir, check_output_file
 from mambapro.modalities import parse_missing_request
 
@@ -255,21 +256,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mambapro.engine import MAX_K  # torch-free: the limits are checked before the engine loads
-
     _require_file(args.checkpoint, "--checkpoint")
     _require_file(args.index, "--index")
     if args.gallery_root is not None and not args.gallery_root.is_dir():
         what = "is a file" if args.gallery_root.exists() else "no such folder"
         raise UserError(f"--gallery-root {args.gallery_root}: {what}")
-    if not 1 <= args.port <= 65535:
-        raise UserError(f"--port {args.port}: must be in 1..65535")
-    if not 1 <= args.k <= MAX_K:
-        raise UserError(f"-k {args.k}: must be in 1..{MAX_K}")
-    if not args.max_upload_mb > 0:
-        raise UserError(f"--max-upload-mb {args.max_upload_mb}: must be > 0")
-    if args.max_batch < 1:
-        raise UserError(f"--max-batch {args.max_batch}: must be at least 1")
+    # Checked here, before the engine (and torch) loads.
+    options = ServeOptions(
+        host=args.host, port=args.port, k=args.k, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch
+    )
 
     from mambapro.engine.serve import run_serve
 
@@ -277,11 +272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.index,
         gallery_root=args.gallery_root,
-        host=args.host,
-        port=args.port,
-        k=args.k,
-        max_upload_mb=args.max_upload_mb,
-        max_batch=args.max_batch,
+        options=options,
         overrides=args.overrides,
         quiet=args.quiet,
     )
@@ -507,14 +498,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder the gallery images are served from, read-only (default: the deepest folder "
         "holding all modality files of the captures the index lists); nothing outside it is served",
     )
+    serve_defaults = ServeOptions()
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default loopback only; the service has no auth)"
+        "--host",
+        default=serve_defaults.host,
+        help="address to bind (default loopback only; the service has no auth)",
     )
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("-k", dest="k", type=int, default=10, help="matches per query when a request gives no k")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image upload")
+    p.add_argument("--port", type=int, default=serve_defaults.port)
     p.add_argument(
-        "--max-batch", type=int, default=8, help="most concurrent queries embedded in one model call"
+        "-k",
+        dest="k",
+        type=int,
+        default=serve_defaults.k,
+        help=f"matches per query when a request gives no k (1..{MAX_K})",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=serve_defaults.max_upload_mb,
+        help="largest accepted image upload",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=serve_defaults.max_batch,
+        help="most concurrent queries embedded in one model call",
     )
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (test.* keys)")
 

@@ -36,13 +36,8 @@ _LAZY = {
 
 __getattr__ = lazy_getattr(__name__, _LAZY)
 
-#: The most matches one search of ``mambapro serve`` may ask for (``-k`` and a request's ``k``).
-#: Defined here, not in ``serve`` (which imports torch), so the CLI checks ``-k`` before loading it.
-MAX_K = 1000
-
 
 __all__ = [
-    "MAX_K",
     "CheckpointError",
     "FeatureSet",
     "Trainer",

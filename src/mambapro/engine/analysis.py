@@ -647,11 +647,12 @@ def run_analyze(
     overrides: list[str] | None = None,
     quiet: bool = False,
     rank_k: int = 10,
-    show_table: bool = True,
+    announce: bool = True,
 ) -> dict[str, Any]:
     """The ``mambapro analyze`` command; returns the content of ``analysis.json``.
 
-    ``show_table=False`` does not print the metrics (``train.analyze``: the run prints its own)."""
+    ``announce=False`` prints neither the metrics nor where the page is (``train.analyze``: the
+    run prints both in its own summary)."""
     paths = [Path(checkpoint), *(Path(c) for c in compare)]
     for i, p in enumerate(paths):
         if not p.is_file():
@@ -730,9 +731,10 @@ def run_analyze(
     (out / "metrics.txt").write_text(table + "\n")
     (out / "analysis.json").write_text(json.dumps(ctx.report, indent=1, default=_json_default))
     page = write_report_page(out, ctx.report)
-    if show_table and not quiet:
-        print("\n\n".join([table, *tables]))
-    print(f"analysis written to {out} (report: {page})")
+    if announce:
+        if not quiet:
+            print("\n\n".join([table, *tables]))
+        print(f"analysis written to {out} (report: {page})")
     return ctx.report
 
 

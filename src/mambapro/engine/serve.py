@@ -6,7 +6,7 @@ index build``); :func:`create_app` puts it behind HTTP:
 * ``POST /search``: ``multipart/form-data`` with the query's modality images as the file
   fields ``RGB``, ``NI``, ``TI`` (any non-empty subset: the absent ones are zero-filled after
   normalisation, exactly as ``mambapro test --missing`` does) and the optional fields ``k``
-  (1..1000) and ``camid`` (the 0-based camera id of the index's ``camid`` column; absent: no
+  (1..``MAX_K``) and ``camid`` (the 0-based camera id of the index's ``camid`` column; absent: no
   camera term). Returns the top-``k`` gallery entries (rank, row, distance, identity, camera,
   path and the URLs of their images) as JSON.
 * ``GET /health``: the model, the index and the limits.
@@ -45,27 +45,23 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mambapro.data import DatasetError, apply_missing, build_test_transform, read_triplet, triplet_paths
-from mambapro.engine import MAX_K
 from mambapro.engine.checkpoint import load_model
 from mambapro.engine.index import GalleryIndex
 from mambapro.engine.runtime import eval_amp
+from mambapro.engine.serve_options import MAX_K, ServeOptions
 from mambapro.errors import UserError
 from mambapro.modalities import MODALITIES, missing_label, parse_missing, present_label
 
 __all__ = [
-    "DEFAULT_HOST",
-    "DEFAULT_PORT",
     "MAX_K",
     "RequestError",
     "SearchService",
     "ServeMissingError",
+    "ServeOptions",
     "create_app",
     "run_serve",
 ]
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-DEFAULT_MAX_UPLOAD_MB = 10.0
 #: Decoded size limit of one upload (a small PNG can decode to gigabytes).
 MAX_PIXELS = 40_000_000
 _FIELDS = ("k", "camid")
@@ -134,12 +130,12 @@ class SearchService:
         index: the gallery index; its features must come from the same checkpoint.
         gallery_root: the folder gallery images are served from (default: the deepest folder
             holding all modality files of the captures the index lists).
-        default_k: ``k`` when a request gives none.
-        max_upload_bytes: the largest accepted upload, per image.
+        options: ``k`` when a request gives none, the largest accepted upload per image and
+            ``max_batch``, the most queries embedded in one model call. Queries that arrive
+            while the model is busy wait and then run together, so under concurrent load a
+            forward pass serves several requests (``benchmarks/bench_serve.py`` measures it);
+            ``max_batch=1`` serialises them. Host and port are :func:`run_serve`'s.
         checkpoint: the checkpoint's path, reported by ``/health``.
-        max_batch: most queries embedded in one model call. Queries that arrive while the model
-            is busy wait and then run together, so under concurrent load a forward pass serves
-            several requests (``benchmarks/bench_serve.py`` measures it); 1 serialises them.
     """
 
     def __init__(
@@ -148,19 +144,16 @@ class SearchService:
         cfg: Any,
         index: GalleryIndex,
         gallery_root: str | Path | None = None,
-        default_k: int = 10,
-        max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
+        options: ServeOptions | None = None,
         checkpoint: str | Path | None = None,
-        max_batch: int = 8,
     ) -> None:
-        if not 1 <= default_k <= MAX_K:
-            raise UserError(f"-k {default_k}: must be in 1..{MAX_K}")
+        options = options or ServeOptions()  # validated when it was built
         self.model = model.eval()
         self.cfg = cfg
         self.index = index
         self.dataset = cfg.data.dataset
-        self.default_k = default_k
-        self.max_upload_bytes = int(max_upload_bytes)
+        self.default_k = options.k
+        self.max_upload_bytes = options.max_upload_bytes
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.device = next(model.parameters()).device
         self.amp = eval_amp(cfg, self.device)
@@ -177,9 +170,7 @@ class SearchService:
                     f"--gallery-root {root}: {'no such folder' if not root.exists() else 'not a folder'}"
                 )
             self.gallery_root = root.resolve()
-        if max_batch < 1:
-            raise UserError(f"--max-batch {max_batch}: must be at least 1")
-        self.max_batch = max_batch
+        self.max_batch = options.max_batch
         self._lock = threading.Lock()  # the model: one forward at a time
         self._queue_lock = threading.Lock()  # the waiting queries and the counters
         self._queue: list[_Pending] = []
@@ -602,41 +593,23 @@ def run_serve(
     checkpoint: str | Path,
     index: str | Path,
     gallery_root: str | Path | None = None,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    k: int = 10,
-    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-    max_batch: int = 8,
+    options: ServeOptions | None = None,
     overrides: list[str] | None = None,
     quiet: bool = False,
 ) -> None:
-    """The ``serve`` command: load the checkpoint and the index, then serve until interrupted.
-
-    ``k`` and ``max_batch`` are checked by :class:`SearchService`, once the model is loaded.
-    """
+    """The ``serve`` command: load the checkpoint and the index, then serve until interrupted."""
+    options = options or ServeOptions()
     _, uvicorn = _web()
-    if not 1 <= port <= 65535:
-        raise UserError(f"--port {port}: must be in 1..65535")
-    if not max_upload_mb > 0:
-        raise UserError(f"--max-upload-mb {max_upload_mb}: must be > 0")
     gallery_index = GalleryIndex.load(index)  # a bad index is refused before the model loads
-    _check_port_free(host, port)
+    _check_port_free(options.host, options.port)
     model, cfg, _ = load_model(checkpoint, None, overrides)
-    service = SearchService(
-        model,
-        cfg,
-        gallery_index,
-        gallery_root,
-        k,
-        int(max_upload_mb * 2**20),
-        checkpoint=checkpoint,
-        max_batch=max_batch,
-    )
+    service = SearchService(model, cfg, gallery_index, gallery_root, options, checkpoint=checkpoint)
     app = create_app(service)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not options.is_loopback:
         print(
-            f"warning: serving on {host}: other machines can reach this service, which has no authentication"
+            f"warning: serving on {options.host}: other machines can reach this service, "
+            "which has no authentication"
         )
     print(f"gallery: {gallery_index.summary()}; images from {service.gallery_root}")
-    print(f"serving http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info")
+    print(f"serving http://{options.host}:{options.port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning" if quiet else "info")

@@ -387,7 +387,7 @@ class Trainer:
         ``report.txt`` and the run log; the path of its ``report.html``."""
         out = self.out / "analysis"
         try:
-            run_analyze(checkpoint, out=out, quiet=self.quiet, show_table=False)
+            run_analyze(checkpoint, out=out, quiet=self.quiet, announce=False)
         except UserError as e:
             done = self.out / "report.txt"
             raise UserError(f"the run is complete ({done}), but train.analyze failed: {e}") from e
