@@ -1,6 +1,7 @@
 """Data pipeline speed: synthetic generation, per-item decode + augmentation, train loader.
 
-Run on demand (``python benchmarks/bench_data.py``); prints a table. Each measurement comes with
+Run on demand (``python benchmarks/bench_data.py [--out benchmarks/results/bench_data.txt]``);
+prints a table. Each measurement comes with
 a baseline measured in the same run, reported as a ratio, so numbers from a busy or different
 machine stay comparable:
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import describe  # noqa: E402
 from mambapro.config import DataConfig
 from mambapro.data import (
     TripletDataset,
@@ -49,14 +54,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--items", type=int, default=64, help="train items timed per repeat")
     ap.add_argument("--batches", type=int, default=6, help="loader batches timed per repeat")
+    ap.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows: list[tuple[str, str, str, str]] = []
+    machine = describe()  # the load average before this run adds to it
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        fresh = itertools.count()
         for layout, name in NAMES.items():
-            t_gen = _time(lambda layout=layout: synth.generate(layout, root), args.repeats)
+            # generate refuses to replace a dataset, so every repeat writes a fresh folder.
+            t_gen = _time(
+                lambda layout=layout: synth.generate(layout, root / f"gen{next(fresh)}"), args.repeats
+            )
+            synth.generate(layout, root)
             ds = build_dataset(name, root)
             n_files = sum(1 for _ in synth.dataset_dir(layout, root).rglob("*.jpg"))
             # Baseline: JPEG-encoding the same number of images of the same kind, nothing else.
@@ -124,9 +136,11 @@ def main() -> None:
         )
 
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    lines = [machine, *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":
