@@ -63,16 +63,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         fresh = itertools.count()
+        made: dict[str, Path] = {}  # layout -> the data root its last timed generation wrote
+
         for layout, name in NAMES.items():
-            # generate refuses to replace a dataset, so every repeat writes a fresh folder.
-            t_gen = _time(
-                lambda layout=layout: synth.generate(layout, root / f"gen{next(fresh)}"), args.repeats
-            )
-            synth.generate(layout, root)
-            ds = build_dataset(name, root)
-            n_files = sum(1 for _ in synth.dataset_dir(layout, root).rglob("*.jpg"))
+
+            def generate(layout: str = layout) -> None:
+                # generate refuses to replace a dataset, so every repeat writes a fresh folder.
+                made[layout] = root / f"gen{next(fresh)}"
+                synth.generate(layout, made[layout])
+
+            t_gen = _time(generate, args.repeats)
+            ds = build_dataset(name, made[layout])
+            n_files = sum(1 for _ in synth.dataset_dir(layout, made[layout]).rglob("*.jpg"))
             # Baseline: JPEG-encoding the same number of images of the same kind, nothing else.
-            first = next(iter(sorted(synth.dataset_dir(layout, root).rglob("*.jpg"))))
+            first = next(iter(sorted(synth.dataset_dir(layout, made[layout]).rglob("*.jpg"))))
             arr = np.array(Image.open(first))
 
             def encode_only(arr=arr, n=n_files) -> None:
@@ -90,7 +94,7 @@ def main() -> None:
                 )
             )
 
-        ds = build_dataset("RGBNT201", root)
+        ds = build_dataset("RGBNT201", made["rgbnt201"])
         cfg = DataConfig()
         size = dataset_spec("RGBNT201").img_size
         items = [(i % len(ds.train), i) for i in range(args.items)]

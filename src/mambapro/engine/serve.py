@@ -147,13 +147,11 @@ class SearchService:
         options: ServeOptions | None = None,
         checkpoint: str | Path | None = None,
     ) -> None:
-        options = options or ServeOptions()  # validated when it was built
+        self.options = options or ServeOptions()  # validated when it was built
         self.model = model.eval()
         self.cfg = cfg
         self.index = index
         self.dataset = cfg.data.dataset
-        self.default_k = options.k
-        self.max_upload_bytes = options.max_upload_bytes
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.device = next(model.parameters()).device
         self.amp = eval_amp(cfg, self.device)
@@ -170,7 +168,6 @@ class SearchService:
                     f"--gallery-root {root}: {'no such folder' if not root.exists() else 'not a folder'}"
                 )
             self.gallery_root = root.resolve()
-        self.max_batch = options.max_batch
         self._lock = threading.Lock()  # the model: one forward at a time
         self._queue_lock = threading.Lock()  # the waiting queries and the counters
         self._queue: list[_Pending] = []
@@ -192,11 +189,11 @@ class SearchService:
 
     def decode(self, modality: str, data: bytes) -> Image.Image:
         """An uploaded file as an RGB image, or :class:`RequestError` (413 / 415)."""
-        if len(data) > self.max_upload_bytes:
+        if len(data) > self.options.max_upload_bytes:
             raise RequestError(
                 413,
                 f"{modality}: the upload has {len(data)} bytes, more than the limit of "
-                f"{self.max_upload_bytes}",
+                f"{self.options.max_upload_bytes}",
             )
         if not data:
             raise RequestError(400, f"{modality}: the file is empty")
@@ -234,7 +231,7 @@ class SearchService:
     def _run_pending(self) -> None:
         """Take up to ``max_batch`` waiting queries and embed them (caller holds the model lock)."""
         with self._queue_lock:
-            items, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            items, self._queue = self._queue[: self.options.max_batch], self._queue[self.options.max_batch :]
         for with_camid in (False, True):  # the model takes camera ids for all of a batch or none
             group = [it for it in items if (it.camid is not None) == with_camid]
             if not group:
@@ -300,7 +297,7 @@ class SearchService:
             raise RequestError(400, f"unknown image field(s) {unknown}: send {', '.join(MODALITIES)}")
         if not uploads:
             raise RequestError(400, f"no image: send at least one of the file fields {', '.join(MODALITIES)}")
-        k = self.default_k if k is None else self.check_k(k)
+        k = self.options.k if k is None else self.check_k(k)
         cam = self.check_camid(camid)
         images = dict(self._blanks)
         for m, data in uploads.items():
@@ -381,11 +378,11 @@ class SearchService:
                 "recall_at_10": self.index.recall,
             },
             "gallery_root": str(self.gallery_root),
-            "max_upload_bytes": self.max_upload_bytes,
+            "max_upload_bytes": self.options.max_upload_bytes,
             "max_k": MAX_K,
             "requests": self.requests,
             "model_calls": self.batches,
-            "max_batch": self.max_batch,
+            "max_batch": self.options.max_batch,
         }
 
 
@@ -402,7 +399,7 @@ def create_app(service: SearchService) -> Any:
 
     app = fastapi.FastAPI(title="mambapro search", version="1", docs_url=None, redoc_url=None)
     # Three images and two short fields, with room for the multipart framing.
-    body_limit = 3 * service.max_upload_bytes + 64 * 1024
+    body_limit = 3 * service.options.max_upload_bytes + 64 * 1024
 
     def refuse(status: int, detail: str) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status)
@@ -432,13 +429,13 @@ def create_app(service: SearchService) -> Any:
                     if key in uploads or key in fields:
                         return refuse(400, f"field {key!r} is given twice")
                     if isinstance(value, UploadFile):
-                        if value.size is not None and value.size > service.max_upload_bytes:
+                        if value.size is not None and value.size > service.options.max_upload_bytes:
                             return refuse(
                                 413,
                                 f"{key}: the upload has {value.size} bytes, more than the limit of "
-                                f"{service.max_upload_bytes}",
+                                f"{service.options.max_upload_bytes}",
                             )
-                        data = await value.read(service.max_upload_bytes + 1)
+                        data = await value.read(service.options.max_upload_bytes + 1)
                         if key not in MODALITIES:
                             return refuse(400, f"unknown file field {key!r}: send {', '.join(MODALITIES)}")
                         uploads[key] = data
@@ -485,11 +482,11 @@ def _page(service: SearchService) -> str:
     inputs = "\n".join(
         f'<label>{m} <input type="file" name="{m}" accept="image/*"></label>' for m in MODALITIES
     )
-    config = json.dumps({"modalities": list(MODALITIES), "k": service.default_k, "maxK": MAX_K})
+    config = json.dumps({"modalities": list(MODALITIES), "k": service.options.k, "maxK": MAX_K})
     return _PAGE.format(
         info=info,
         inputs=inputs,
-        k=service.default_k,
+        k=service.options.k,
         max_k=MAX_K,
         camid_hint=html.escape(camid_hint),
         camid_disabled="" if service.num_cameras is not None else " disabled",
