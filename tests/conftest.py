@@ -23,6 +23,17 @@ FAST = [
 ]
 
 
+#: A model identity as features files and indexes record it (mambapro.engine.identity).
+IDENTITY = {
+    "weights": "0123456789abcdef",
+    "feature": "fuse",
+    "neck_feat": "before",
+    "img_size": [256, 128],
+    "modalities": "RGB+NI+TI",
+    "checkpoint": "a/last.ckpt",
+}
+
+
 def fast(*changes: str) -> list[str]:
     """FAST with each ``key=value`` of ``changes`` replacing the entry of the same key in place
     (a key FAST lacks is appended)."""

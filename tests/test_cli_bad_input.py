@@ -16,7 +16,9 @@ rows mean the same for root as for anyone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -37,7 +39,10 @@ from mambapro.data import build_dataset
 from mambapro.data.synth import generate
 from mambapro.engine.checkpoint import load_model
 from mambapro.engine.evaluate import evaluate_model
+from mambapro.engine.features import run_extract
+from mambapro.engine.index import run_index
 from mambapro.engine.trainer import run_training
+from mambapro.files import artefact_kind
 
 SMALL_SYNTH = ["--ids", "4", "--test-ids", "2", "--cameras", "2", "--shots", "2"]
 CKPT = "{s}/run/last.ckpt"
@@ -631,6 +636,314 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         r"sweep point model.ma_d_state=4 model.ma_depth=-1: .*'model.ma_depth' = -1 must be >= 1",
         None,
     ),
+    # 8. deployment side: an output never replaces an input or a file of another kind
+    (
+        "index-out-is-its-features",
+        ["index", "build", "--features", "{s}/g.npz", "--out", "{s}/g.npz"],
+        r"--out {s}/g.npz is the input --features {s}/g.npz; writing there would destroy it",
+        None,
+    ),
+    (
+        "index-add-out-is-its-features",
+        ["index", "add", "--features", "{s}/g.npz", "--index", "{s}/g.index", "--out", "{s}/g.npz"],
+        r"--out {s}/g.npz is the input --features {s}/g.npz",
+        None,
+    ),
+    (
+        "index-out-is-a-checkpoint",
+        ["index", "build", "--features", "{s}/g.npz", "--out", "{s}/run/last.ckpt"],
+        r"--out {s}/run/last.ckpt exists and is a PyTorch checkpoint, not a gallery index .*refusing",
+        None,
+    ),
+    (
+        "export-out-is-its-checkpoint",
+        ["export", "--checkpoint", CKPT, "--format", "pt2", "--out", CKPT],
+        r"--out {s}/run/last.ckpt is the input --checkpoint {s}/run/last.ckpt",
+        None,
+    ),
+    (
+        "export-out-links-to-its-checkpoint",
+        ["export", "--checkpoint", CKPT, "--out", "{s}/link.pt2"],
+        r"--out {s}/link.pt2 is the input --checkpoint {s}/run/last.ckpt \(the same file through a link\)",
+        None,
+    ),
+    (
+        "export-onnx-onto-features",
+        ["export", "--checkpoint", CKPT, "--format", "onnx", "--out", "{s}/g.npz"],
+        r"--out {s}/g.npz exists and is a features file of `mambapro extract`, not an ONNX model",
+        None,
+    ),
+    (
+        "extract-out-hard-link-to-checkpoint",
+        [
+            "extract",
+            "--checkpoint",
+            CKPT,
+            "--data-root",
+            "{s}/tree",
+            "--split",
+            "query",
+            "--out",
+            "{s}/hard.npz",
+        ],
+        r"--out {s}/hard.npz is the input --checkpoint {s}/run/last.ckpt \(the same file through a link\)",
+        None,
+    ),
+    (
+        "extract-out-onto-an-index",
+        [
+            "extract",
+            "--checkpoint",
+            CKPT,
+            "--data-root",
+            "{s}/tree",
+            "--split",
+            "query",
+            "--out",
+            "{s}/i.npz",
+        ],
+        r"--out {s}/i.npz exists and is a gallery index of `mambapro index`, not a features file",
+        None,
+    ),
+    (
+        "search-out-is-the-query-image",
+        ["search", "--checkpoint", CKPT, "--query", "{q}", "--gallery", "{s}/g.npz", "--out", "{q}"],
+        r"--out {q} is the input --query {q}",
+        None,
+    ),
+    (
+        "search-out-onto-a-photo",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--gallery",
+            "{s}/g.npz",
+            "--out",
+            "{s}/photo.jpg",
+        ],
+        r"--out {s}/photo.jpg exists and is an image \(not one mambapro wrote\), not a rank-list image",
+        None,
+    ),
+    (
+        "search-rankings-onto-a-json-of-ours-not",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--gallery",
+            "{s}/g.npz",
+            "--out",
+            "{s}/notes.png",
+        ],
+        r"--out \(its rankings\) {s}/notes.json exists and is a file mambapro did not write",
+        None,
+    ),
+    # 9. embeddings of different models never mix
+    (
+        "index-add-features-of-another-checkpoint",
+        ["index", "add", "--features", "{s}/g_other.npz", "--index", "{s}/g.index", "--out", "{w}/n.index"],
+        r"{s}/g_other.npz and the index {s}/g.index hold embeddings of different models \(weights \w{16} vs",
+        None,
+    ),
+    (
+        "index-build-from-two-checkpoints",
+        ["index", "build", "--features", "{s}/g.npz", "{s}/g_other.npz", "--out", "{w}/n.index"],
+        r"{s}/g_other.npz and {s}/g.npz hold embeddings of different models \(weights",
+        None,
+    ),
+    (
+        "search-index-of-another-test-feature",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--index",
+            "{s}/g.index",
+            "--out",
+            "{w}/r.png",
+            "test.feature=ori",
+        ],
+        r"--index {s}/g.index and --checkpoint {s}/run/last.ckpt with these test.\* settings hold embeddings "
+        r"of different models \(test.feature fuse vs ori",
+        None,
+    ),
+    (
+        "search-gallery-of-another-checkpoint",
+        [
+            "search",
+            "--checkpoint",
+            "{s}/other.ckpt",
+            "--query",
+            "{q}",
+            "--gallery",
+            "{s}/g.npz",
+            "--out",
+            "{w}/r.png",
+        ],
+        r"--gallery {s}/g.npz and --checkpoint {s}/other.ckpt .*different models \(weights",
+        None,
+    ),
+    (
+        "search-gallery-before-the-bnneck",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--gallery",
+            "{s}/g.npz",
+            "--out",
+            "{w}/r.png",
+            "test.neck_feat=before",
+        ],
+        r"different models \(test.neck_feat after vs before",
+        None,
+    ),
+    (
+        "serve-index-of-another-checkpoint",
+        ["serve", "--checkpoint", "{s}/other.ckpt", "--index", "{s}/g.index", "--port", "65000"],
+        r"--index {s}/g.index and --checkpoint {s}/other.ckpt .*different models \(weights",
+        None,
+    ),
+    # 10. damaged files
+    (
+        "index-build-empty-features",
+        ["index", "build", "--features", "{s}/empty.npz", "--out", "{w}/n.index"],
+        r"{s}/empty.npz is not a features file written by `mambapro extract` \(it is empty: 0 bytes\)",
+        None,
+    ),
+    (
+        "index-build-truncated-features",
+        ["index", "build", "--features", "{s}/trunc.npz", "--out", "{w}/n.index"],
+        r"{s}/trunc.npz: damaged features file .*extract it again",
+        None,
+    ),
+    (
+        "index-add-truncated-features",
+        ["index", "add", "--features", "{s}/trunc.npz", "--index", "{s}/g.index", "--out", "{w}/n.index"],
+        r"{s}/trunc.npz: damaged features file",
+        None,
+    ),
+    (
+        "search-gallery-truncated-features",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--gallery",
+            "{s}/trunc.npz",
+            "--out",
+            "{w}/r.png",
+        ],
+        r"{s}/trunc.npz: damaged features file",
+        None,
+    ),
+    (
+        "search-index-truncated",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--index",
+            "{s}/trunc.index",
+            "--out",
+            "{w}/r.png",
+        ],
+        r"{s}/trunc.index: corrupt gallery index \(truncated or overwritten",
+        None,
+    ),
+    # 11. the decoded-image cache folder
+    (
+        "train-cache-dir-is-a-file",
+        [
+            *TRAIN,
+            "--data-root",
+            "{s}/tree",
+            "--output",
+            "{w}/run",
+            "data.cache=disk",
+            "data.cache_dir={s}/afile",
+        ],
+        r"data\.cache_dir {s}/afile is a file, not a folder",
+        None,
+    ),
+    (
+        "train-cache-dir-below-a-file",
+        [
+            *TRAIN,
+            "--data-root",
+            "{s}/tree",
+            "--output",
+            "{w}/run",
+            "data.cache=disk",
+            "data.cache_dir={s}/afile/c",
+        ],
+        r"data\.cache_dir {s}/afile/c: {s}/afile is a file, not a folder",
+        None,
+    ),
+    (
+        "train-cache-dir-read-only",
+        [
+            *TRAIN,
+            "--data-root",
+            "{s}/tree",
+            "--output",
+            "{w}/run",
+            "data.cache=disk",
+            "data.cache_dir={s}/ro/c",
+        ],
+        r"data\.cache_dir {s}/ro/c: cannot write in {s}/ro",
+        None,
+    ),
+    # 12. messages that used to mislead
+    (
+        "test-missing-unknown-lists-every-form",
+        ["test", "--checkpoint", CKPT, "--output", "{w}/t", "--missing", "bogus"],
+        r"unknown missing-modality setting 'bogus'; choose one of: full, R, N, T, RN, RT, NT .*"
+        r"all \(the seven settings\), cross \(.*NI\+TI.*QUERY:GALLERY \(e\.g\. TI:RGB\+NI\)",
+        None,
+    ),
+    (
+        "test-missing-modality-named-twice",
+        ["test", "--checkpoint", CKPT, "--output", "{w}/t", "--missing", "RGB+RGB:TI"],
+        r"modality pair 'RGB\+RGB:TI', the query: modality subset 'RGB\+RGB' names RGB twice",
+        None,
+    ),
+    (
+        # Point 1's data is fine, point 2's root lacks the layout: refused before point 1 trains.
+        "sweep-later-root-without-layout",
+        [
+            "sweep",
+            "--config",
+            "demo",
+            "-q",
+            *FAST,
+            "--output",
+            "{w}/sw",
+            "--set",
+            "data.root={s}/tree,{w}/empty",
+        ],
+        r"sweep point data.root={w}/empty: RGBNT201 dataset folder not found: {w}/empty/RGBNT201",
+        "empty",
+    ),
+    (
+        "sweep-root-swept-and-flag",
+        [*SWEEP, "--output", "{w}/sw", "--set", "data.root={s}/tree,{w}/empty"],
+        r"data.root is both swept \(--set\) and given by --data-root {s}/tree; drop one",
+        "empty",
+    ),
 ]
 if not torch.cuda.is_available():
     ROWS.append(
@@ -687,7 +1000,30 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (s / "secret.yaml").chmod(0)
     (s / "ro").mkdir()
     (s / "ro").chmod(0o555)
+    _deployment_files(s)
     return s
+
+
+def _deployment_files(s: Path) -> None:
+    """Features, indexes and checkpoints of the deployment rows, made by the real commands."""
+    ckpt = s / "run/last.ckpt"
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_extract(ckpt, s / "tree", "gallery", s / "g.npz", quiet=True)
+        run_index("build", s / "g.npz", s / "g.index")
+        state = torch.load(ckpt, weights_only=True)
+        for value in state["model"].values():  # another model of the same shape
+            if value.is_floating_point():
+                value.add_(0.01)
+        torch.save(state, s / "other.ckpt")
+        run_extract(s / "other.ckpt", s / "tree", "gallery", s / "g_other.npz", quiet=True)
+    shutil.copy(s / "g.index", s / "i.npz")  # an index under a features file's suffix
+    (s / "link.pt2").symlink_to(ckpt)
+    os.link(ckpt, s / "hard.npz")
+    (s / "notes.json").write_text('{"notes": 1}\n')
+    (s / "empty.npz").write_bytes(b"")
+    for name in ("g.npz", "g.index"):
+        data = (s / name).read_bytes()
+        (s / f"trunc{Path(name).suffix}").write_bytes(data[: len(data) // 2])
 
 
 def _run_row(shared: Path, base: Path, row: tuple, prefix: list[str]) -> str | None:
@@ -764,7 +1100,7 @@ def test_the_rows_cover_every_command_and_class() -> None:
         "sweep",
         "analyze",
     }
-    assert len(ROWS) >= 50
+    assert len(ROWS) >= 90
 
 
 def test_what_used_to_pass_silently_is_said(shared: Path, tmp_path: Path) -> None:
@@ -807,3 +1143,48 @@ def test_queries_without_a_gallery_match_are_counted_aloud(shared: Path) -> None
         res = evaluate_model(model, cfg, "RGBNT201", ds.query, gallery, torch.device("cpu"))
     expected = sum(not any(g.pid == q.pid and g.camid != q.camid for g in gallery) for q in ds.query)
     assert res.num_skipped == expected >= 1
+
+
+def test_deployment_files_resolve_from_anywhere_and_tiny_queries_are_said(
+    shared: Path, tmp_path: Path
+) -> None:
+    # An index made in one folder, searched from another: the rank list finds every image
+    # (paths are stored absolute), with no placeholder warning.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    query = sorted((shared / "tree/RGBNT201/test/RGB").iterdir())[0]
+    argv = ["search", "-q", "--checkpoint", str(shared / "run/last.ckpt"), "--query", str(query)]
+    argv += ["--index", str(shared / "g.index"), "--out", "r.png", "-k", "3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mambapro.cli", *argv], cwd=elsewhere, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr
+    assert (
+        artefact_kind(elsewhere / "r.png") == "rank list"
+        and artefact_kind(elsewhere / "r.json") == "rankings"
+    )
+    # The same search again replaces its own rank list and rankings.
+    again = subprocess.run(
+        [sys.executable, "-m", "mambapro.cli", *argv], cwd=elsewhere, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    # A query of 1x1 images is ranked, with one warning naming it.
+    tiny = tmp_path / "tiny/RGBNT201/test"
+    for modality in ("RGB", "NI", "TI"):
+        (tiny / modality).mkdir(parents=True)
+        Image.new("RGB", (1, 1), (90, 90, 90)).save(tiny / modality / query.name)
+    argv = [
+        "search",
+        "-q",
+        "--checkpoint",
+        str(shared / "run/last.ckpt"),
+        "--query",
+        str(tiny / "RGB" / query.name),
+    ]
+    argv += ["--gallery", str(shared / "g.npz"), "--out", str(tmp_path / "t.png")]
+    proc = subprocess.run([sys.executable, "-m", "mambapro.cli", *argv], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("mambapro: warning:")]
+    assert len(warned) == 1, proc.stderr
+    assert f"query image {tiny / 'RGB' / query.name} is 1x1, upscaled more than 4x" in warned[0]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import IDENTITY
 from mambapro.cli import main
 from mambapro.config import config_to_dict, load_config
 from mambapro.data.synth import generate
@@ -25,6 +26,7 @@ from mambapro.evaluation import compute_distmat
 from mambapro.models import build_model
 
 N, F = 2000, 64
+IDENT = IDENTITY
 
 
 def _features(feats: np.ndarray, start: int = 0) -> FeatureSet:
@@ -36,6 +38,7 @@ def _features(feats: np.ndarray, start: int = 0) -> FeatureSet:
         rows % 6,
         rows % 3,
         [f"gallery/{i:06d}_cam{i % 6}.jpg" for i in rows],
+        dict(IDENT),
     )
 
 
@@ -287,7 +290,9 @@ def test_run_index_build_and_add(random_set, tmp_path, capsys) -> None:
     line = capsys.readouterr().out.strip()
     assert line.startswith("added 500 captures; now 2000 captures") and "\n" not in line
     gi = GalleryIndex.load(out)
-    assert gi.paths == gallery.paths
+    # Stored absolute (features files resolve their images from any working folder).
+    assert gi.paths == [os.path.abspath(p) for p in gallery.paths]
+    assert gi.identity == IDENT
     np.testing.assert_array_equal(
         gi.search(queries, 10)[1], GalleryIndex.build(gallery).search(queries, 10)[1]
     )

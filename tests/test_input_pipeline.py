@@ -9,8 +9,11 @@ parameter distributions.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +134,99 @@ def test_disk_cache_reused_and_rebuilt_when_files_change(root: Path, tmp_path: P
     assert changed.path != first.path
     assert np.array_equal(changed[0][1].numpy(), _fresh(ds.train[0], ds.name, IMG)[1])
     assert not [p for p in where.iterdir() if p.name.endswith(".tmp")]  # atomic writes, no leftovers
+
+
+@pytest.fixture(scope="module")
+def disk_build(root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bytes]:
+    """The file name and bytes of a fresh disk cache of the RGBNT201 training split."""
+    ds = build_dataset("RGBNT201", root)
+    cache = build_cache(ds.train, ds.name, IMG, "bicubic", "disk", tmp_path_factory.mktemp("cache"))
+    name, data = cache.path.name, cache.path.read_bytes()
+    del cache  # no map of the file stays open
+    return name, data
+
+
+def _npy_of(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+# How the file is damaged (from its bytes and its array, as numpy reads them) and what the warning
+# must then say about it (n: the size of the whole file).
+DAMAGES = {
+    "truncated": (lambda b, a: b[: len(b) // 2], lambda n: rf"it is truncated \({n // 2} of {n} bytes\)"),
+    "cut in the header": (lambda b, a: b[:40], lambda n: r"no readable \.npy header \(40 bytes: "),
+    "zero bytes": (lambda b, a: b"", lambda n: r"it is empty \(0 bytes\)"),
+    "junk header": (lambda b, a: b"junk" * 32 + b[128:], lambda n: r"no readable \.npy header"),
+    "longer": (lambda b, a: b + b"\0" * 7, lambda n: rf"longer than its array \({n + 7} of {n} bytes\)"),
+    "wrong shape": (
+        lambda b, a: _npy_of(a[:2]),
+        lambda n: (
+            r"uint8 array of shape \(2, 3, 3, 64, 32\), not the uint8 array of shape \(\d+, 3, 3, 64, 32\)"
+        ),
+    ),
+    "wrong dtype": (
+        lambda b, a: _npy_of(a.astype(np.float32)),
+        lambda n: r"float32 array of shape \((\d+), 3, 3, 64, 32\), not the uint8 array of shape \(\1, 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_disk_cache_is_rebuilt_with_one_warning(
+    root: Path, tmp_path: Path, disk_build: tuple[str, bytes], damage: str
+) -> None:
+    name, original = disk_build
+    assert original[:6] == b"\x93NUMPY" and len(original) > 1000
+    want = np.load(io.BytesIO(original))  # numpy's own reading of the fresh build
+    spoil, says = DAMAGES[damage]
+    path = tmp_path / name
+    path.write_bytes(spoil(original, want))
+    ds = build_dataset("RGBNT201", root)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cache = build_cache(ds.train, ds.name, IMG, "bicubic", "disk", tmp_path)
+    ours = [str(w.message) for w in seen if "data.cache" in str(w.message)]
+    assert len(ours) == 1 and "\n" not in ours[0], ours
+    assert re.match(rf"data\.cache: rebuilding {re.escape(str(path))}: .*{says(len(original))}", ours[0])
+    assert cache.path == path and path.read_bytes() == original  # whole again, same bytes
+    assert cache.array.dtype == np.uint8 and np.array_equal(cache.array, want)
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left behind
+    del cache
+    # The rebuilt file is whole: the next build reads it without a warning and without rewriting.
+    stamp = path.stat().st_mtime_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = build_cache(ds.train, ds.name, IMG, "bicubic", "disk", tmp_path)
+    assert path.stat().st_mtime_ns == stamp and np.array_equal(again.array, want)
+
+
+def test_disk_cache_dir_that_is_a_file_is_named(root: Path, tmp_path: Path) -> None:
+    from mambapro.engine.runlog import check_run_folder
+    from mambapro.errors import UserError
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    ds = build_dataset("RGBNT201", root)
+    for where, msg in (
+        (afile, rf"^data\.cache_dir {re.escape(str(afile))} is a file, not a folder$"),
+        (
+            afile / "sub",
+            rf"^data\.cache_dir {re.escape(str(afile / 'sub'))}: {re.escape(str(afile))} is a file",
+        ),
+    ):
+        with pytest.raises(UserError, match=msg):
+            build_cache(ds.train, ds.name, IMG, "bicubic", "disk", where)
+        # The same check runs with the run folder's, before torch loads and the run folder exists.
+        run = tmp_path / "run"
+        cfg = load_config("demo", [f"train.output={run}", "data.cache=disk", f"data.cache_dir={where}"])
+        with pytest.raises(UserError, match=msg):
+            check_run_folder(cfg, resume=False)
+        # Only the disk cache writes there: other cache modes do not look at data.cache_dir.
+        for mode in ("none", "memory"):
+            check_run_folder(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache=mode)), False)
+    assert afile.read_text() == "not a folder"
 
 
 def test_broken_images_are_all_named_before_training(root: Path, tmp_path: Path) -> None:

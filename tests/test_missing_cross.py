@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -46,15 +47,34 @@ def test_subsets_are_named_by_the_modalities_present() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("RGB+", "is empty or has an empty name"),
-        (":RGB", "is empty or has an empty name"),
-        ("NIR:RGB", "unknown modality 'NIR'; choose from RGB, NI, TI"),
+        ("RGB+", "modality subset 'RGB+' is empty or has an empty name"),
+        (":RGB", "modality pair ':RGB', the query: modality subset '' is empty or has an empty name"),
+        ("RGB:", "modality pair 'RGB:', the gallery: modality subset '' is empty or has an empty name"),
+        ("NIR:RGB", "the query: modality subset 'NIR': unknown modality 'NIR'; choose from RGB, NI, TI"),
         ("X", "unknown missing-modality setting 'X'"),
+        # A modality named twice would silently be the subset with it once.
+        ("RGB+RGB:TI", "modality pair 'RGB+RGB:TI', the query: modality subset 'RGB+RGB' names RGB twice"),
+        ("TI:ni+RGB+NI", "the gallery: modality subset 'ni+RGB+NI' names NI twice"),
+        ("rgb+NI+TI+RGB", "modality subset 'rgb+NI+TI+RGB' names RGB twice"),
+        ("RGB:TI:NI", "modality pair 'RGB:TI:NI' has 2 ':'; give one QUERY:GALLERY pair"),
     ],
 )
 def test_bad_subsets_are_named(text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
         parse_missing_request(text)
+    assert "\n" not in str(info.value)
+
+
+def test_an_unknown_request_lists_every_form() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_missing_request("bogus")
+    message = str(info.value)
+    assert (
+        message.startswith("unknown missing-modality setting 'bogus'; choose one of: ")
+        and "\n" not in message
+    )
+    for form in (", ".join(MISSING_SETTINGS), "all (", "cross (", "NI+TI", "QUERY:GALLERY", "TI:RGB+NI"):
+        assert form in message, form
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +149,17 @@ def test_cli_cross_and_pair(setup, capsys: pytest.CaptureFixture[str]) -> None:
     )
     row = json.loads((pair / "results.json").read_text())["results"]["TI:RGB+NI"]
     assert row["mAP"] == pytest.approx(saved["mAP"][4][3], abs=1e-9)  # row TI, column RGB+NI
+
+
+def test_cli_refuses_a_repeated_modality_before_evaluating(setup, capsys: pytest.CaptureFixture[str]) -> None:
+    root, ckpt, *_ = setup
+    out = root / "twice_out"
+    assert (
+        main(["test", "-q", "--checkpoint", str(ckpt), "--missing", "RGB+RGB:TI", "--output", str(out)]) == 2
+    )
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "mambapro test: error: modality pair 'RGB+RGB:TI', the query: modality subset 'RGB+RGB' names RGB "
+        "twice; name each modality present once, joined by '+' (e.g. RGB+NI)"
+    ]
+    assert not captured.out and not out.exists()

@@ -7,12 +7,14 @@ and ``compute_distmat`` over the gallery features file, not from the service's o
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from mambapro.data import read_triplet, samples_at, triplet_paths
 from mambapro.data.synth import generate
 from mambapro.engine.checkpoint import load_model, save_checkpoint
 from mambapro.engine.features import FeatureSet, eval_loader, extract_features
+from mambapro.engine.identity import EmbeddingMismatchError
 from mambapro.engine.index import GalleryIndex
 from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat
@@ -244,7 +247,9 @@ def test_files_outside_the_gallery_root_are_not_served(world: dict) -> None:
         index.index, index.kind, index.pids, index.camids, index.sceneids,
         [str(outside / "RGB" / Path(index.paths[0]).name), *index.paths[1:]],
     )  # fmt: skip
-    service = SearchService(world["model"], world["cfg"], moved, gallery_root=world["data"])
+    n = len(index.paths)
+    with pytest.warns(UserWarning, match=rf"holds {n - 1} of the {n} captures .*first missing: "):
+        service = SearchService(world["model"], world["cfg"], moved, gallery_root=world["data"])
     client = TestClient(create_app(service))
     assert client.get("/gallery/0/RGB").status_code == 404
     assert client.get("/gallery/1/RGB").status_code == 200
@@ -260,10 +265,183 @@ def test_files_outside_the_gallery_root_are_not_served(world: dict) -> None:
         index.index, index.kind, index.pids, index.camids, index.sceneids,
         [str(link_root / "RGB" / Path(index.paths[0]).name), *index.paths[1:]],
     )  # fmt: skip
-    client = TestClient(
-        create_app(SearchService(world["model"], world["cfg"], linked, gallery_root=link_root))
-    )
-    assert client.get("/gallery/0/RGB").status_code == 404
+    with pytest.warns(UserWarning, match="holds none of the"):
+        service = SearchService(world["model"], world["cfg"], linked, gallery_root=link_root)
+    assert TestClient(create_app(service)).get("/gallery/0/RGB").status_code == 404
+
+
+def _with_paths(index: GalleryIndex, paths: list[str]) -> GalleryIndex:
+    """``index`` listing ``paths`` instead (same features, same rows)."""
+    moved = copy.copy(index)
+    moved.paths = list(paths)
+    return moved
+
+
+def _link_gallery(world: dict, folder: Path) -> list[str]:
+    """``folder``/{RGB,NI,TI}/NAME: a symlink to each file of each gallery capture; the RGB links."""
+    links = []
+    for path in world["service"].index.paths:
+        for src in triplet_paths(path, "RGBNT201"):
+            link = folder / Path(src).parent.name / Path(src).name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(src)
+        links.append(str(folder / "RGB" / Path(path).name))
+    return links
+
+
+def _served(client: TestClient, row: int, modality: str) -> np.ndarray:
+    response = client.get(f"/gallery/{row}/{modality}")
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+def test_a_gallery_of_symlinks_is_served_from_the_default_root(world: dict, tmp_path: Path) -> None:
+    index = world["service"].index
+    linked = _with_paths(index, _link_gallery(world, tmp_path / "links"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every capture is reachable: nothing to say at start-up
+        service = SearchService(world["model"], world["cfg"], linked)
+    # The root holds the files the links point to, not the links' folder.
+    assert service.gallery_root == (world["data"] / "RGBNT201" / "test").resolve()
+    client = TestClient(create_app(service))
+    for row in (0, len(index.paths) - 1):
+        targets = read_triplet(triplet_paths(index.paths[row], "RGBNT201"), "RGBNT201")
+        for m, expected in zip(MODALITIES, targets):
+            np.testing.assert_array_equal(_served(client, row, m), np.asarray(expected))
+    # The check still resolves links per request: a link retargeted outside the root after
+    # start-up is refused.
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(Path(index.paths[1]).read_bytes())
+    link = Path(linked.paths[1])
+    link.unlink()
+    link.symlink_to(outside)
+    assert client.get("/gallery/1/RGB").status_code == 404
+    assert client.get("/gallery/0/RGB").status_code == 200
+
+
+def test_an_explicit_gallery_root_must_hold_the_link_targets(world: dict, tmp_path: Path) -> None:
+    index = world["service"].index
+    n = len(index.paths)
+    linked = _with_paths(index, _link_gallery(world, tmp_path / "links"))
+    # The links' own folder: every link resolves outside it, so nothing is served, and start-up says so.
+    with pytest.warns(UserWarning) as record:
+        service = SearchService(world["model"], world["cfg"], linked, gallery_root=tmp_path / "links")
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "\n" not in message
+    assert message.startswith(f"gallery root {(tmp_path / 'links').resolve()} holds none of the {n} captures")
+    assert f"(first: {linked.paths[0]}: it resolves to " in message and "outside the root" in message
+    assert "pass a --gallery-root" in message
+    client = TestClient(create_app(service))
+    assert all(client.get(f"/gallery/{row}/RGB").status_code == 404 for row in range(n))
+    # A root that holds the targets serves them through the links.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        service = SearchService(world["model"], world["cfg"], linked, gallery_root=world["data"])
+    expected = read_triplet(triplet_paths(index.paths[2], "RGBNT201"), "RGBNT201")[1]
+    np.testing.assert_array_equal(_served(TestClient(create_app(service)), 2, "NI"), np.asarray(expected))
+
+
+def test_relative_index_paths_are_read_from_the_current_folder(
+    world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = world["service"].index
+    n = len(index.paths)
+    relative = _with_paths(index, [str(Path(p).relative_to(world["data"])) for p in index.paths])
+    monkeypatch.chdir(world["data"])  # where extract would have run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        service = SearchService(world["model"], world["cfg"], relative)
+    assert service.gallery_root == (world["data"] / "RGBNT201" / "test").resolve()
+    expected = read_triplet(triplet_paths(index.paths[4], "RGBNT201"), "RGBNT201")[2]
+    np.testing.assert_array_equal(_served(TestClient(create_app(service)), 4, "TI"), np.asarray(expected))
+    # Started elsewhere: the default root does not exist and holds none of them.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.warns(UserWarning) as record:
+        service = SearchService(world["model"], world["cfg"], relative)
+    root = elsewhere.resolve() / "RGBNT201" / "test"
+    assert service.gallery_root == root and not root.exists()
+    assert [str(w.message) for w in record] == [
+        f"gallery root {root} holds none of the {n} captures the index lists (first: {relative.paths[0]}: "
+        f"{root / 'RGB' / Path(relative.paths[0]).name} does not exist (relative paths are read from the "
+        "current folder)); the service answers searches but shows no gallery images; start it from the "
+        "folder extract ran in"
+    ]
+    assert TestClient(create_app(service)).get("/gallery/0/RGB").status_code == 404
+
+
+def test_a_root_holding_some_or_none_of_the_captures_is_said_at_start_up(world: dict, tmp_path: Path) -> None:
+    index = world["service"].index
+    n = len(index.paths)
+    gone = str(tmp_path / "gone" / "RGB" / Path(index.paths[3]).name)
+    partial = _with_paths(index, [*index.paths[:3], gone, *index.paths[4:]])
+    with pytest.warns(UserWarning) as record:
+        service = SearchService(world["model"], world["cfg"], partial)
+    # The stale row does not widen the default root to its folder.
+    root = (world["data"] / "RGBNT201" / "test").resolve()
+    assert service.gallery_root == root
+    assert [str(w.message) for w in record] == [
+        f"gallery root {root} holds {n - 1} of the {n} captures the index lists "
+        f"(first missing: {gone}: {gone} does not exist); the others show no gallery images"
+    ]
+    # An explicit root beside the data: none, with the advice that fits.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.warns(
+        UserWarning, match=rf"^gallery root {re.escape(str(empty.resolve()))} holds none of the {n} "
+    ):
+        SearchService(world["model"], world["cfg"], index, gallery_root=empty)
+    # Absolute paths that exist nowhere (the index came from another machine).
+    away = _with_paths(index, [str(tmp_path / "away" / "RGB" / Path(p).name) for p in index.paths])
+    with pytest.warns(UserWarning, match=r"holds none of the .* not where extract read them"):
+        SearchService(world["model"], world["cfg"], away)
+
+
+def test_validation_errors_are_one_line_naming_the_field_and_the_value(world: dict) -> None:
+    client = world["client"]
+    for url, value in (("/gallery/abc/RGB", "'abc'"), ("/gallery/1.5/NI", "'1.5'")):
+        response = client.get(url)
+        assert response.status_code == 422
+        assert response.json() == {"detail": f"path parameter row={value}: must be an integer"}
+    # /search reads its form itself (400 for a bad k, above); a k in the URL would be ignored,
+    # so it is refused rather than silently overridden by the default.
+    sample = world["queries"][0]
+    response = client.post("/search?k=3", files=_files(sample))
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("query parameter 'k' is not read: send RGB, NI, TI, k, camid")
+    # The handler belongs to the app: query parameters and form fields of any route get the same line.
+    from fastapi import Form, Query
+
+    app = create_app(world["service"])
+
+    @app.get("/probe")
+    def probe(k: int = Query(..., ge=1)) -> dict:
+        return {"k": k}
+
+    @app.post("/probe")
+    def probe_form(k: int = Form(...), name: str = Form(...)) -> dict:
+        return {"k": k, "name": name}
+
+    probe_client = TestClient(app)
+    cases = [
+        (probe_client.get("/probe", params={"k": "ten"}), "query parameter k='ten': must be an integer"),
+        (
+            probe_client.get("/probe", params={"k": "0"}),
+            "query parameter k='0': input should be greater than or equal to 1",
+        ),
+        (probe_client.get("/probe"), "query parameter k is missing"),
+        (probe_client.post("/probe", data={"k": "x", "name": "a"}), "field k='x': must be an integer"),
+        (probe_client.post("/probe", data={"k": "2"}), "field name is missing"),
+        (
+            probe_client.post("/probe", data={"k": "y" * 100, "name": "a"}),
+            f"field k='{'y' * 56}...: must be an integer",
+        ),
+    ]
+    for response, detail in cases:
+        assert response.status_code == 422 and response.json() == {"detail": detail}
+    assert probe_client.get("/probe", params={"k": "2"}).json() == {"k": 2}
 
 
 def test_page_and_health(world: dict) -> None:
@@ -398,3 +576,24 @@ def test_the_real_server_answers_concurrent_http_requests(world: dict) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_an_index_of_another_model_is_refused_at_start_up(world: dict) -> None:
+    other = copy.deepcopy(world["model"])
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)  # the same architecture and width, other weights
+    with pytest.raises(
+        EmbeddingMismatchError, match=r"--index .*gallery.index and --checkpoint .* \(weights \w{16} vs"
+    ):
+        SearchService(other, world["cfg"], GalleryIndex.load(world["index"]), gallery_root=world["data"])
+
+
+def test_a_far_too_small_upload_is_ranked_with_a_warning(world: dict) -> None:
+    client = world["client"]  # the model's input is 32x32
+    small = client.post("/search", files={"TI": ("t.png", _png((4, 4)), "image/png")}).json()
+    assert small["warnings"] == [
+        "TI is 4x4, upscaled more than 4x to the model's 32x32 input: the ranking carries little information"
+    ]
+    assert len(small["matches"]) == K
+    fine = client.post("/search", files={"TI": ("t.png", _png((8, 8)), "image/png")}).json()
+    assert fine["warnings"] == []

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import mambapro.engine.sweep as sweep_mod
 import mambapro.engine.trainer as trainer_mod
 from conftest import FAST
 from mambapro.cli import main
@@ -260,6 +261,81 @@ def test_bad_input_is_refused_before_anything_exists(
     assert re.search(pattern, lines[0]), lines[0]
     assert lines[0].startswith("mambapro sweep: error: ")
     assert not out.exists() and not stdout
+
+
+def _sweep_over(out: Path, *extra: str) -> tuple[int, str, str]:
+    """A sweep without _argv's data.root override, for grids over the data settings."""
+    return _run(["sweep", "--config", "demo", "-q", "--output", str(out), *FAST, *extra])
+
+
+def test_a_later_point_without_its_dataset_is_refused_before_the_first_trains(
+    data: Path, tmp_path: Path
+) -> None:
+    # No no_training here: were the data checked only when point 2 starts, point 1 would train
+    # and leave its folder behind.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "sweep"
+    rc, stdout, stderr = _sweep_over(out, "--set", f"data.root={data},{empty}")
+    assert rc == 2 and not stdout, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"mambapro sweep: error: sweep point data.root={empty}: "), lines[0]
+    assert f"dataset folder not found: {empty / 'RGBNT201'}" in lines[0]
+    assert not (out / point_name({"data.root": str(data)})).exists() and not out.exists()
+    assert list(empty.iterdir()) == []
+
+
+def test_a_key_swept_and_given_by_its_flag_is_refused(data: Path, tmp_path: Path, no_training) -> None:
+    out = tmp_path / "sweep"
+    rc, _, stderr = _sweep_over(out, "--data-root", str(data), "--set", f"data.root={data},{tmp_path}")
+    assert rc == 2
+    assert stderr == (
+        f"mambapro sweep: error: data.root is both swept (--set) and given by --data-root {data}; drop one\n"
+    )
+    assert not out.exists()
+
+
+def test_points_generating_one_synthetic_tree_differently_are_refused_before_it_exists(
+    tmp_path: Path,
+) -> None:
+    # Point 1 would generate the tree, point 2 would then refuse it as made with other settings.
+    root = tmp_path / "synthetic"
+    out = tmp_path / "sweep"
+    small = ["data.synth.test_ids=2", "data.synth.cameras=2", "data.synth.shots=2"]
+    rc, stdout, stderr = _sweep_over(
+        out, "data.synthetic=true", f"data.root={root}", *small, "--set", "data.synth.ids=5,6"
+    )
+    assert rc == 2 and not stdout, stderr
+    assert stderr.splitlines() == [
+        f"mambapro sweep: error: sweep point data.synth.ids=6: point data.synth.ids=5 generates the "
+        f"synthetic dataset {root.resolve() / 'RGBNT201'} with other data.synth settings (ids: 5 -> 6); "
+        "give each data.synth setting its own data.root"
+    ]
+    assert not root.exists() and not out.exists()
+
+
+def test_each_distinct_dataset_is_parsed_once_and_finished_points_not_at_all(
+    grid: tuple[Path, str], data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple] = []
+    original = sweep_mod.build_dataset
+
+    def counted(*args, **kwargs):
+        calls.append((*args, *sorted(kwargs.items())))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "build_dataset", counted)
+    overrides = [*FAST, f"data.root={data}"]
+    plan = plan_sweep("demo", GRID[1::2], tmp_path / "s", overrides)
+    assert len(plan.points) == 4
+    assert calls == [("RGBNT201", str(data), ("skip_broken", False), ("verify", False))]
+    calls.clear()
+    plan = plan_sweep("demo", [*GRID[1::2], "data.verify=false,true"], tmp_path / "s", overrides)
+    assert [c[-1] for c in calls] == [("verify", False), ("verify", True)]  # another data config
+    calls.clear()
+    plan = plan_sweep("demo", GRID[1::2], grid[0], overrides)  # every point finished
+    assert [p.state for p in plan.points] == ["done"] * 4 and calls == []
 
 
 def test_an_output_that_is_a_file_is_refused(data: Path, tmp_path: Path, no_training) -> None:

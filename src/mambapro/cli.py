@@ -20,7 +20,8 @@ from mambapro.config import SynthConfig, dump_config, load_config
 from mambapro.data.synth import LAYOUTS
 from mambapro.engine.runlog import check_run_folder
 from mambapro.engine.serve_options import MAX_K, ServeOptions
-from mambapro.errors import UserError, check_output_dir, check_output_file
+from mambapro.errors import UserError, check_output_dir
+from mambapro.files import check_output, npz_path
 from mambapro.modalities import parse_missing_request
 
 __all__ = ["main", "build_parser"]
@@ -168,7 +169,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     _require_file(args.checkpoint, "--checkpoint")
-    check_output_file(args.out, "--out")
+    check_output(npz_path(args.out), "--out", "features", inputs=[("--checkpoint", args.checkpoint)])
 
     from mambapro.engine.features import run_extract
 
@@ -190,7 +191,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UserError("give exactly one of --gallery (a split folder or features .npz) and --index")
     if args.index is not None:
         _require_file(args.index, "--index")
-    check_output_file(args.out, "--out")
+    inputs = [
+        ("--checkpoint", args.checkpoint),
+        ("--query", args.query),
+        ("--gallery", args.gallery),
+        ("--index", args.index),
+    ]
+    check_output(args.out, "--out", "rank list", inputs)
+    check_output(args.out.with_suffix(".json"), "--out (its rankings)", "rankings", inputs)
 
     from mambapro.engine.search import run_search
 
@@ -213,7 +221,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         _require_file(f, "--features")
     if args.action == "add":
         _require_file(args.index or args.out, "--index" if args.index else "--out")
-    check_output_file(args.out, "--out")
+    check_output(args.out, "--out", "index", inputs=[("--features", f) for f in args.features])
 
     from mambapro.engine.index import run_index
 
@@ -238,7 +246,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: give --format onnx or pt2 (or name the file .onnx or .pt2)")
     if not args.tolerance > 0:
         raise UserError(f"--tolerance {args.tolerance}: must be > 0")
-    check_output_file(args.out, "--out")
+    check_output(args.out, "--out", fmt, inputs=[("--checkpoint", args.checkpoint)])
 
     from mambapro.engine.export import run_export
 

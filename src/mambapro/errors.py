@@ -10,12 +10,8 @@ This module imports nothing heavy: the CLI catches these without importing torch
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 __all__ = [
     "CheckpointError",
@@ -24,9 +20,9 @@ __all__ = [
     "TrainingError",
     "UserError",
     "WeightsError",
-    "atomic_write",
     "check_output_dir",
     "check_output_file",
+    "short_reason",
 ]
 
 
@@ -104,23 +100,6 @@ def check_output_file(path: str | Path, what: str) -> Path:
     return p
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file handle whose content replaces ``path`` only when the block ends without error.
-
-    It writes a temporary file in the same folder (parents created), flushes and fsyncs it, then
-    renames it over ``path``; on any exception, KeyboardInterrupt included, the temporary file is
-    removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def short_reason(err: BaseException) -> str:
+    """An exception's message on one line, or its type name when it has none."""
+    return " ".join(str(err).split()) or type(err).__name__

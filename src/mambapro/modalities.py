@@ -74,17 +74,26 @@ def present_label(setting: str) -> str:
 
 def parse_present(text: str) -> str:
     """The missing-modality setting of a subset named by its present modalities (``NI+TI`` ->
-    ``R``; any case and order); :class:`ConfigError` for an empty subset or an unknown name."""
-    names = [part.strip().upper() for part in str(text).split("+")]
+    ``R``; any case and order); :class:`ConfigError` for an empty subset, an unknown name or a
+    name given twice."""
+    typed = [part.strip() for part in str(text).split("+")]
+    names = [name.upper() for name in typed]
     if not any(names) or "" in names:
         raise ConfigError(
             f"modality subset {text!r} is empty or has an empty name; name the modalities present, "
             f"joined by '+' (e.g. RGB+NI), from {', '.join(MODALITIES)}"
         )
-    unknown = [n for n in names if n not in MODALITIES]
+    unknown = [t for t, n in zip(typed, names) if n not in MODALITIES]
     if unknown:
         raise ConfigError(
             f"modality subset {text!r}: unknown modality {unknown[0]!r}; choose from {', '.join(MODALITIES)}"
+        )
+    # RGB+RGB would otherwise pass as RGB: a typo for another subset must not run silently.
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if twice:
+        raise ConfigError(
+            f"modality subset {text!r} names {twice[0]} twice; name each modality present once, "
+            "joined by '+' (e.g. RGB+NI)"
         )
     gone = "".join(m[0] for m in MODALITIES if m not in names)  # R, N, T: the setting's letters
     return parse_missing(gone or "full")
@@ -93,10 +102,20 @@ def parse_present(text: str) -> str:
 def parse_pair(text: str) -> tuple[str, str]:
     """``QUERY:GALLERY`` subsets named by their present modalities -> the two missing settings
     (``TI:RGB+NI`` -> (``RN``, ``T``))."""
-    query, sep, gallery = str(text).partition(":")
-    if not sep:
+    sides = str(text).split(":")
+    if len(sides) == 1:
         raise ConfigError(f"modality pair {text!r} must look like QUERY:GALLERY, e.g. TI:RGB+NI")
-    return parse_present(query), parse_present(gallery)
+    if len(sides) > 2:
+        raise ConfigError(
+            f"modality pair {text!r} has {len(sides) - 1} ':'; give one QUERY:GALLERY pair, e.g. TI:RGB+NI"
+        )
+    settings = []
+    for side, subset in zip(("query", "gallery"), sides):
+        try:
+            settings.append(parse_present(subset))
+        except ConfigError as err:  # which side: ':TI' alone would say only "subset ''"
+            raise ConfigError(f"modality pair {text!r}, the {side}: {err}") from None
+    return settings[0], settings[1]
 
 
 def parse_missing_request(text: str) -> str | tuple[str, str]:
@@ -111,4 +130,13 @@ def parse_missing_request(text: str) -> str | tuple[str, str]:
         return parse_pair(key)
     if "+" in key or key.upper() in MODALITIES:  # one subset by its present modalities: both sides
         return parse_present(key)
-    return parse_missing(key)
+    try:
+        return parse_missing(key)
+    except ConfigError:
+        # parse_missing knows only the seven settings; --missing takes every form above too.
+        raise ConfigError(
+            f"unknown missing-modality setting {text!r}; choose one of: {', '.join(MISSING_SETTINGS)} "
+            "(letters name the missing modalities: R = RGB, N = NI, T = TI; a leading '-' is allowed), "
+            "all (the seven settings), cross (the 7 x 7 any-to-any matrix), a subset by the modalities "
+            "present (e.g. NI+TI) or QUERY:GALLERY (e.g. TI:RGB+NI)"
+        ) from None

@@ -18,8 +18,13 @@ byte for byte, what the uncached pipeline's resize step produces (``tests/test_i
 available memory) is refused before anything is decoded, naming the ``disk`` alternative.
 ``mode="disk"`` writes a ``.npy`` file under ``cache_dir`` once (to a temporary name, renamed
 when complete, so an interrupted build leaves no half file) and memory-maps it afterwards. Its
-name holds a hash of the dataset's file list with their sizes and modification times, the size,
-the interpolation and the decoder: a changed dataset gets a new file.
+name holds a hash of each file's path, size and modification time, the image size, the
+interpolation and the decoder: a changed dataset gets a new file. The pixels are not hashed, so
+an image edited in place that keeps both its size and its modification time is served stale;
+deleting the cache file (or touching the image) forces a rebuild. A cache file whose header,
+shape, dtype or byte count is not what it should hold (truncated, empty, overwritten) is rebuilt
+the same atomic way, with one warning naming it and what was wrong; it is checked from its header
+and size before numpy maps it.
 
 Files that fail to decode are all collected and reported in one :class:`DatasetError` before
 training starts.
@@ -40,7 +45,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from tqdm.auto import tqdm
 
-from ..errors import DatasetError
+from ..errors import DatasetError, check_output_dir, short_reason
 from .io import ImageReadError, Sample, is_side_by_side, panel_size, read_image
 from .transforms import resize_transform
 
@@ -215,6 +220,40 @@ def _fill(
         )
 
 
+def _damage(path: Path, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with the cache file at ``path`` for a uint8 array of ``shape``; None if nothing.
+
+    Read from the header and the file size alone, so no memory map of a broken file is ever
+    opened (mapping a truncated file fails in np.load or, worse, faults on first access).
+    """
+    want = int(np.prod(shape))
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty (0 bytes)"
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                got_shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                got_shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return f"its .npy format version {version[0]}.{version[1]} is not one this cache writes"
+            offset = fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        return f"it has no readable .npy header ({size} bytes: {short_reason(err)[:160]})"
+    if tuple(got_shape) != tuple(shape) or dtype != np.uint8 or fortran:
+        order = ", Fortran order" if fortran else ""
+        return (
+            f"it holds a {dtype} array of shape {tuple(got_shape)}{order}, "
+            f"not the uint8 array of shape {tuple(shape)} of this dataset"
+        )
+    if size != offset + want:
+        kind = "truncated" if size < offset + want else "longer than its array"
+        return f"it is {kind} ({size} of {offset + want} bytes)"
+    return None
+
+
 def build_cache(
     samples: Sequence[Sample],
     dataset_name: str,
@@ -248,11 +287,20 @@ def build_cache(
         _fill(array, samples, dataset_name, (h, w), interpolation, decoder, progress)
         return DecodedCache(array, key, decoder)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    # The CLI checks an explicit data.cache_dir before the run starts; this covers the default
+    # folder and library callers, with the same one-line message instead of mkdir's "File exists".
+    check_output_dir(folder, "data.cache_dir")
     path = folder / f"{dataset_name.lower()}-{h}x{w}-{interpolation}-{key[:20]}.npy"
+    if path.is_dir():  # os.replace cannot put the rebuilt file there
+        raise DatasetError(f"data.cache: {path} is a folder, not a cache file; remove it")
     if path.is_file():
-        array = np.load(path, mmap_mode="r")
-        if array.shape == shape and array.dtype == np.uint8:
-            return DecodedCache(array, key, decoder, path)
+        problem = _damage(path, shape)
+        if problem is None:
+            try:
+                return DecodedCache(np.load(path, mmap_mode="r"), key, decoder, path)
+            except (ValueError, OSError, EOFError) as err:
+                problem = f"numpy cannot map it ({short_reason(err)[:160]})"
+        warnings.warn(f"data.cache: rebuilding {path}: {problem}", stacklevel=2)
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if need > free:

@@ -52,6 +52,20 @@ class Sample(NamedTuple):
     sceneid: int
 
 
+#: An image upscaled by more than this factor on a side to reach the model's input carries too
+#: little of the object for a ranking to mean much; search and serve say so.
+TINY_UPSCALE = 4
+
+
+def tiny_image_note(size: tuple[int, int], target: tuple[int, int]) -> str | None:
+    """``"is WxH, upscaled more than 4x to the model's WxH input"`` when an image of ``size``
+    (W, H) needs more than :data:`TINY_UPSCALE` times on a side to reach ``target`` (H, W)."""
+    w, h = size
+    if h * TINY_UPSCALE < target[0] or w * TINY_UPSCALE < target[1]:
+        return f"is {w}x{h}, upscaled more than {TINY_UPSCALE}x to the model's {target[1]}x{target[0]} input"
+    return None
+
+
 def is_side_by_side(dataset_name: str) -> bool:
     """Whether the dataset stores the three modalities side by side in one file (its spec)."""
     if dataset_name.lower() not in DATASETS:

@@ -16,7 +16,8 @@ from torch import nn
 
 from mambapro.config import Config, config_diff, config_to_dict, load_config
 from mambapro.engine.runtime import resolve_device
-from mambapro.errors import CheckpointError, atomic_write
+from mambapro.errors import CheckpointError
+from mambapro.files import atomic_write
 from mambapro.models import build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "CheckpointError"]

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from mambapro import __version__
 from mambapro.engine.checkpoint import load_model
-from mambapro.errors import UserError, atomic_write
+from mambapro.errors import UserError
+from mambapro.files import atomic_write, check_output
 from mambapro.modalities import MODALITIES
 from mambapro.ops.scan_export import EXPORT_FORMS
 
@@ -324,6 +325,7 @@ def run_export(
     quiet: bool = False,
 ) -> Path:
     """Export, check and write ``out`` atomically (the ``mambapro export`` command)."""
+    check_output(out, "--out", fmt, inputs=[("--checkpoint", checkpoint)])
     data, metadata, worst = export_model(checkpoint, fmt, scan, camids, tolerance, overrides)
     out = Path(out)
     with atomic_write(out) as fh:

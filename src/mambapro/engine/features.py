@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +18,10 @@ from tqdm.auto import tqdm
 from mambapro.config import Config
 from mambapro.data import build_test_loader, check_cameras, dataset_from_config
 from mambapro.engine.checkpoint import load_model
+from mambapro.engine.identity import model_identity, stored_identity
 from mambapro.engine.runtime import eval_amp
-from mambapro.errors import UserError, atomic_write, check_output_file
+from mambapro.errors import UserError, short_reason
+from mambapro.files import atomic_write, check_output, npz_path
 
 __all__ = [
     "EvalStep",
@@ -31,21 +36,28 @@ __all__ = [
 
 @dataclass
 class FeatureSet:
-    """Features of one split: feats (N, F) float32 and per-sample labels."""
+    """Features of one split: feats (N, F) float32, per-sample labels, and the identity of the
+    model that made them (:mod:`mambapro.engine.identity`; None when unknown)."""
 
     feats: np.ndarray
     pids: np.ndarray
     camids: np.ndarray
     sceneids: np.ndarray
     paths: list[str]
+    identity: dict | None = None
 
     def labelled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(feats, pids, camids, sceneids)``: the input of ``evaluation.evaluate_features``."""
         return self.feats, self.pids, self.camids, self.sceneids
 
     def save(self, path: str | Path) -> Path:
-        """Write an ``.npz`` file atomically (temporary file + rename); returns ``path``."""
+        """Write an ``.npz`` file atomically (temporary file + rename); returns ``path``.
+
+        Image paths are stored absolute, so the file (and an index built from it) finds its
+        images from any working folder.
+        """
         path = Path(path)
+        extra = {} if self.identity is None else {"identity": np.asarray(json.dumps(self.identity))}
         with atomic_write(path) as fh:  # a file object: NumPy appends no suffix
             np.savez(
                 fh,
@@ -53,29 +65,59 @@ class FeatureSet:
                 pids=self.pids,
                 camids=self.camids,
                 sceneids=self.sceneids,
-                paths=np.asarray(self.paths, dtype=str),
+                paths=np.asarray([os.path.abspath(p) for p in self.paths], dtype=str),
+                **extra,
             )
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSet:
+        """Read a file of :meth:`save`; a missing, damaged or foreign file raises a one-line
+        :class:`UserError`, a file without an identity (older mambapro) warns once."""
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"features file not found: {path}")
+            raise UserError(
+                f"features file {path} is a folder" if path.is_dir() else f"features file not found: {path}"
+            )
+        bad = f"{path} is not a features file written by `mambapro extract`"
+        if path.stat().st_size == 0:
+            raise UserError(f"{bad} (it is empty: 0 bytes)")
         try:
             z = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{path} is not a features file written by `mambapro extract` ({err})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            with open(path, "rb") as fh:
+                if fh.read(2) == b"PK":  # a zip archive, cut short or overwritten
+                    raise UserError(
+                        f"{path}: damaged features file (truncated or overwritten: {short_reason(err)}); "
+                        "extract it again"
+                    ) from None
+            raise UserError(f"{bad} ({short_reason(err)})") from None
         if not isinstance(z, np.lib.npyio.NpzFile):
-            raise UserError(f"{path} is not a features file written by `mambapro extract` (a bare array)")
+            raise UserError(f"{bad} (a bare array)")
         with z:
             missing = {"feats", "pids", "camids", "sceneids", "paths"} - set(z.files)
             if missing:
-                raise UserError(f"{path} lacks the arrays {sorted(missing)} of a mambapro features file")
+                hint = "; it looks like a gallery index" if {"header", "index"} <= set(z.files) else ""
+                raise UserError(
+                    f"{path} lacks the arrays {sorted(missing)} of a mambapro features file{hint}"
+                )
             try:
-                return cls(z["feats"], z["pids"], z["camids"], z["sceneids"], [str(p) for p in z["paths"]])
-            except ValueError as err:  # e.g. an object array, which allow_pickle=False refuses
-                raise UserError(f"{path}: unreadable features file ({err})") from None
+                arrays = {k: z[k] for k in ("feats", "pids", "camids", "sceneids", "paths")}
+                identity = json.loads(str(z["identity"][()])) if "identity" in z.files else None
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+                # A truncated or overwritten archive fails here, when an array is read.
+                raise UserError(
+                    f"{path}: damaged features file ({short_reason(err)}); extract it again"
+                ) from None
+        identity = stored_identity(identity, path, "features file", "extract it again to add it", UserError)
+        return cls(
+            arrays["feats"],
+            arrays["pids"],
+            arrays["camids"],
+            arrays["sceneids"],
+            [str(p) for p in arrays["paths"]],
+            identity,
+        )
 
 
 #: ``step(inputs)`` of :func:`eval_pass`: one batch's named outputs, each (B, ...).
@@ -160,10 +202,8 @@ def run_extract(
 ) -> FeatureSet:
     """The ``mambapro extract`` command: features of one split to an .npz file (``out`` gets the
     ``.npz`` suffix when it lacks it, as NumPy would add it)."""
-    out = Path(out)
-    if out.suffix != ".npz":
-        out = out.with_name(out.name + ".npz")
-    check_output_file(out, "--out")
+    out = npz_path(out)
+    check_output(out, "--out", "features", inputs=[("--checkpoint", checkpoint)])
     model, cfg, _ = load_model(checkpoint, config, overrides, extra={"data": {"root": str(data_root)}})
     device = next(model.parameters()).device
     ds = dataset_from_config(cfg.data, generate=False)
@@ -171,6 +211,7 @@ def run_extract(
     check_model_cameras(model, samples, f"{ds.name} {split}")
     loader = eval_loader(cfg, samples, ds.name)
     feats = extract_features(model, loader, device, eval_amp(cfg, device), quiet, split)
+    feats.identity = model_identity(model, cfg.img_size(), checkpoint)
     feats.save(out)
     print(f"{len(feats.paths)} {split} features of dimension {feats.feats.shape[1]} written to {out}")
     return feats

@@ -38,8 +38,10 @@ from typing import Any
 import numpy as np
 
 from mambapro.engine.features import FeatureSet
-from mambapro.errors import UserError, atomic_write, check_output_file
+from mambapro.engine.identity import MODEL_KEYS, check_same_model, stored_identity
+from mambapro.errors import UserError, short_reason
 from mambapro.evaluation.distance import prepare_features
+from mambapro.files import atomic_write, check_output
 
 __all__ = [
     "FORMAT",
@@ -56,6 +58,8 @@ FORMAT = "mambapro-gallery-index"
 FORMAT_VERSION = 1
 KINDS = ("flat", "ivf-pq")
 RECALL_K = 10
+#: What the rows of one gallery share: the model, and the modalities present in their images.
+GALLERY_KEYS = (*MODEL_KEYS, "modalities")
 RECALL_QUERIES = 1000
 _META = ("pids", "camids", "sceneids", "paths")
 _KEYS = {"header", "index", *_META}
@@ -143,9 +147,13 @@ def load_features(features: str | Path | Sequence[str | Path]) -> tuple[Any, str
                 f"{p}: features have dimension {fs.feats.shape[1]} but {paths[0]} has "
                 f"{sets[0].feats.shape[1]}; extract them with the same checkpoint"
             )
+    for p, fs in zip(paths[1:], sets[1:]):
+        check_same_model(fs.identity, str(p), sets[0].identity, str(paths[0]), GALLERY_KEYS)
     names = ", ".join(str(p) for p in paths)
     if len(sets) == 1:
         return sets[0], names
+    # One file without an identity (an older one) leaves the whole gallery unchecked.
+    identity = None if any(s.identity is None for s in sets) else sets[0].identity
     return (
         FeatureSet(
             np.concatenate([s.feats for s in sets]),
@@ -153,6 +161,7 @@ def load_features(features: str | Path | Sequence[str | Path]) -> tuple[Any, str
             np.concatenate([s.camids for s in sets]),
             np.concatenate([s.sceneids for s in sets]),
             [p for s in sets for p in s.paths],
+            identity,
         ),
         names,
     )
@@ -173,6 +182,7 @@ class GalleryIndex:
         recall: float | None = None,
         recall_queries: int = 0,
         built_from: int = 0,
+        identity: dict | None = None,
     ) -> None:
         self.index = index
         self.kind = kind
@@ -184,6 +194,7 @@ class GalleryIndex:
         self.recall = recall  # recall@10 measured at build (approximate kinds), else None
         self.recall_queries = recall_queries
         self.built_from = built_from or len(self.paths)
+        self.identity = identity  # what made the embeddings (engine.identity), None if unknown
         self.source: Path | None = None  # the file it was loaded from, named in messages
 
     def _name(self) -> str:
@@ -291,6 +302,7 @@ class GalleryIndex:
             recall,
             recall_queries,
             n,
+            getattr(features, "identity", None),
         )
 
     def add(self, features: Any, what: str = "features") -> range:
@@ -302,6 +314,7 @@ class GalleryIndex:
                 f"{what}: features have dimension {width} but {self._name()} holds {self.dim}-d features; "
                 "extract them with the checkpoint the index was built from"
             )
+        check_same_model(getattr(features, "identity", None), what, self.identity, self._name(), GALLERY_KEYS)
         known = set(self.paths)
         dup = [p for p in features.paths if p in known]
         if dup:
@@ -379,6 +392,7 @@ class GalleryIndex:
             "recall_at_10": self.recall,
             "recall_queries": self.recall_queries,
             "built_from": self.built_from,
+            "identity": self.identity,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -416,7 +430,9 @@ class GalleryIndex:
         try:
             z = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise GalleryIndexError(f"{bad} ({_short(err)})") from None
+            raise GalleryIndexError(
+                f"{path}: corrupt gallery index (truncated or overwritten: {short_reason(err)}); rebuild it"
+            ) from None
         with z:
             missing = _KEYS - set(z.files)
             if missing:
@@ -427,7 +443,7 @@ class GalleryIndex:
                 blob = z["index"]
                 meta = {name: z[name] for name in _META}
             except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-                raise GalleryIndexError(f"{path}: corrupt gallery index ({_short(err)})") from None
+                raise GalleryIndexError(f"{path}: corrupt gallery index ({short_reason(err)})") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise GalleryIndexError(f"{bad} (no {FORMAT} header)")
         if header.get("version") != FORMAT_VERSION:
@@ -446,7 +462,7 @@ class GalleryIndex:
         try:
             index = faiss.deserialize_index(blob)
         except (RuntimeError, MemoryError, ValueError) as err:
-            raise GalleryIndexError(f"{path}: corrupt gallery index ({_short(err)})") from None
+            raise GalleryIndexError(f"{path}: corrupt gallery index ({short_reason(err)})") from None
         expected = faiss.IndexFlatIP if kind == "flat" else faiss.IndexIVFPQ
         if not isinstance(index, expected) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise GalleryIndexError(
@@ -462,6 +478,9 @@ class GalleryIndex:
                 raise GalleryIndexError(
                     f"{path}: {name} has {arr.shape} entries but the index holds {index.ntotal} rows"
                 )
+        identity = stored_identity(
+            header.get("identity"), path, "gallery index", "rebuild it from new features", GalleryIndexError
+        )
         params = header.get("params") or {}
         if "nprobe" in params and hasattr(index, "nprobe"):
             index.nprobe = int(params["nprobe"])
@@ -476,6 +495,7 @@ class GalleryIndex:
             header.get("recall_at_10"),
             int(header.get("recall_queries") or 0),
             int(header.get("built_from") or 0),
+            identity,
         )
         gi.source = path
         return gi
@@ -494,10 +514,6 @@ class GalleryIndex:
                 f"{self.built_from} vectors it was built from"
             )
         return line
-
-
-def _short(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def run_index(
@@ -520,7 +536,8 @@ def run_index(
     if action not in ("build", "add"):
         raise GalleryIndexError(f"index action {action!r}: must be build or add")
     out = Path(out)
-    check_output_file(out, "--out")
+    sources = [features] if isinstance(features, (str, Path)) else list(features)
+    check_output(out, "--out", "index", inputs=[("--features", f) for f in sources])
     _faiss()  # before reading gigabytes of features
     start = time.perf_counter()
     if action == "build":

@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from mambapro.errors import atomic_write
+from mambapro.files import atomic_write
 
 __all__ = ["write_report_page"]
 

@@ -51,11 +51,15 @@ def changed_settings(recorded: dict[str, Any], cfg: Config) -> str | None:
 def check_run_folder(cfg: Config, resume: bool) -> Path:
     """Refuse an output folder that cannot hold this run; the checkpoint path of the run.
 
-    Without ``resume`` the folder must hold no run yet; with it, it must hold ``last.ckpt``.
+    Without ``resume`` the folder must hold no run yet; with it, it must hold ``last.ckpt``. With
+    ``data.cache=disk`` an explicit ``data.cache_dir`` must be a folder that can be written.
     Torch-free, so the CLI refuses before importing the engine.
     """
     out = Path(cfg.train.output)
     check_output_dir(out, "run folder (train.output, --output)")
+    if cfg.data.cache == "disk" and cfg.data.cache_dir:
+        # Else the cache build fails only after the run folder exists, with mkdir's "File exists".
+        check_output_dir(cfg.data.cache_dir, "data.cache_dir")
     last = out / "last.ckpt"
     if resume and not last.exists():
         raise TrainingError(f"--resume: no checkpoint at {last}")

@@ -16,21 +16,25 @@ from the file names of the dataset layout, or from the ``.npz``).
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 
 from mambapro.data import DatasetError, read_triplet, samples_at, triplet_paths
+from mambapro.data.io import is_side_by_side, tiny_image_note
 from mambapro.engine.checkpoint import load_model
 from mambapro.engine.features import FeatureSet, check_model_cameras, eval_loader, extract_features
+from mambapro.engine.identity import check_same_model, model_identity
 from mambapro.engine.index import GalleryIndex
 from mambapro.engine.runtime import eval_amp
-from mambapro.errors import UserError, check_output_file
+from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat
+from mambapro.files import RANK_LIST_TAG, atomic_write, check_output
 
 __all__ = ["rank_index", "Match", "rank_gallery", "draw_rank_list", "run_search"]
 
@@ -60,8 +64,9 @@ def rank_gallery(distances: np.ndarray, query_path: str, query_pid: int, gallery
     """
     order = np.argsort(distances, kind="stable")
     out: list[Match] = []
+    own = os.path.abspath(query_path)
     for j in order:
-        if gallery.paths[j] == query_path:
+        if os.path.abspath(gallery.paths[j]) == own:
             continue
         pid = int(gallery.pids[j])
         out.append(
@@ -103,8 +108,9 @@ def rank_index(
     out: list[list[Match]] = []
     for qpath, qpid, drow, irow in zip(query.paths, query.pids, dist, rows):
         matches: list[Match] = []
+        own = os.path.abspath(qpath)
         for d, j in zip(drow, irow):
-            if j < 0 or index.paths[j] == qpath:
+            if j < 0 or os.path.abspath(index.paths[j]) == own:
                 continue
             pid = int(index.pids[j])
             matches.append(
@@ -148,9 +154,31 @@ def draw_rank_list(query_path: str, matches: list[Match], dataset_name: str, out
             draw.rectangle([x, y, x + thumb.width + 2 * _BORDER - 1, y + cell_h - 1], fill=colour)
             canvas.paste(thumb, (x + _BORDER, y + _BORDER))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", RANK_LIST_TAG)  # lets a later search replace it (files.artefact_kind)
+    with atomic_write(out) as fh:
+        canvas.save(fh, format="PNG", pnginfo=info)
     return out
+
+
+def _warn_tiny_queries(samples: list, dataset_name: str, size: tuple[int, int]) -> None:
+    """One warning naming the first query image far smaller than the model's input."""
+    tiny = []
+    for s in samples:
+        for path in s.paths:
+            try:
+                with Image.open(path) as img:  # the header only
+                    w, h = img.size
+            except OSError:
+                continue  # unreadable files are the loader's to report
+            if is_side_by_side(dataset_name):
+                w //= 3
+            note = tiny_image_note((w, h), size)
+            if note is not None:
+                tiny.append(f"{path} {note}")
+    if tiny:
+        more = f" (and {len(tiny) - 1} more image(s))" if len(tiny) > 1 else ""
+        warnings.warn(f"query image {tiny[0]}{more}: its ranking carries little information", stacklevel=2)
 
 
 def _check_gallery(gallery: Path) -> None:
@@ -164,8 +192,6 @@ def _check_gallery(gallery: Path) -> None:
 
 
 def _gallery_features(gallery: Path, model, cfg, device, amp, quiet: bool):
-    if gallery.suffix == ".npz" and gallery.is_file():
-        return FeatureSet.load(gallery)
     samples = samples_at(gallery, cfg.data.dataset, skip_broken=cfg.data.skip_broken)
     check_model_cameras(model, samples, f"gallery {gallery}")
     return extract_features(model, eval_loader(cfg, samples, cfg.data.dataset), device, amp, quiet, "gallery")
@@ -189,27 +215,46 @@ def run_search(
     if (gallery is None) == (index is None):
         raise UserError("give exactly one of --gallery (a split folder or features .npz) and --index")
     out = Path(out)
-    gallery_index = None
+    inputs = [("--checkpoint", checkpoint), ("--query", query), ("--gallery", gallery), ("--index", index)]
+    check_output(out, "--out", "rank list", inputs)
+    check_output(out.with_suffix(".json"), "--out (its rankings)", "rankings", inputs)
+    gallery_index = gallery_feats = None
     if index is not None:
         gallery_index = GalleryIndex.load(index)  # a bad index is refused before the model loads
     else:
         gallery = Path(gallery)
         _check_gallery(gallery)
+        if gallery.suffix == ".npz" and gallery.is_file():
+            gallery_feats = FeatureSet.load(gallery)
     if not Path(query).exists():
         raise UserError(f"--query {query} does not exist: give a triplet's file or a split folder")
-    check_output_file(out, "--out")
-    check_output_file(out.with_suffix(".json"), "--out")
     model, cfg, _ = load_model(checkpoint, config, overrides)
+    identity = model_identity(model, cfg.img_size(), checkpoint)
+    stored = gallery_index.identity if gallery_index is not None else getattr(gallery_feats, "identity", None)
+    check_same_model(
+        stored,
+        f"--{'index' if index is not None else 'gallery'} {index or gallery}",
+        identity,
+        f"--checkpoint {checkpoint} with these test.* settings",
+    )
     device = next(model.parameters()).device
     amp = eval_amp(cfg, device)
     name = cfg.data.dataset
     q_samples = samples_at(query, name, skip_broken=cfg.data.skip_broken)
     check_model_cameras(model, q_samples, f"query {query}")
+    images = [
+        out if len(q_samples) == 1 else out.with_name(f"{out.stem}-{Path(s.paths[0]).stem}{out.suffix}")
+        for s in q_samples
+    ]
+    if len(images) > 1:  # one image per query, named after it
+        for image in images:
+            check_output(image, "--out (a rank list)", "rank list", inputs)
+    _warn_tiny_queries(q_samples, name, cfg.img_size())
     qf = extract_features(model, eval_loader(cfg, q_samples, name), device, amp, quiet, "query")
     if gallery_index is not None:
         ranked = rank_index(gallery_index, qf, k, metric=cfg.test.distance)
     else:
-        gf = _gallery_features(gallery, model, cfg, device, amp, quiet)
+        gf = gallery_feats or _gallery_features(gallery, model, cfg, device, amp, quiet)
         if gf.feats.ndim != 2 or gf.feats.shape[1] != qf.feats.shape[1]:
             raise UserError(
                 f"{gallery}: gallery features have shape {gf.feats.shape}, but this checkpoint gives "
@@ -225,20 +270,16 @@ def run_search(
         for m in matches:
             verdict = "same id" if m.same_identity else "other id"
             print(f"  rank {m.rank:>3}  distance {m.distance:.4g}  id {m.pid:>6}  {verdict:<8}  {m.path}")
-        image = out if len(qf.paths) == 1 else out.with_name(f"{out.stem}-{Path(qpath).stem}{out.suffix}")
-        draw_rank_list(qpath, matches, name, image)
+        draw_rank_list(qpath, matches, name, images[i])
     ranks_json = out.with_suffix(".json")
-    ranks_json.write_text(
-        json.dumps(
-            {
-                "checkpoint": str(checkpoint),
-                "gallery": str(index if index is not None else gallery),
-                "distance": cfg.test.distance,
-                "queries": {q: [m.__dict__ for m in ms] for q, ms in results.items()},
-            },
-            indent=1,
-        )
-    )
+    with atomic_write(ranks_json) as fh:
+        record = {
+            "checkpoint": str(checkpoint),
+            "gallery": str(index if index is not None else gallery),
+            "distance": cfg.test.distance,
+            "queries": {q: [m.__dict__ for m in ms] for q, ms in results.items()},
+        }
+        fh.write(json.dumps(record, indent=1).encode())
     where = out if len(qf.paths) == 1 else f"{out.parent}/{out.stem}-*{out.suffix}"
     print(f"rank-list image(s): {where}; rankings: {ranks_json}")
     return results

@@ -8,20 +8,25 @@ index build``); :func:`create_app` puts it behind HTTP:
   normalisation, exactly as ``mambapro test --missing`` does) and the optional fields ``k``
   (1..``MAX_K``) and ``camid`` (the 0-based camera id of the index's ``camid`` column; absent: no
   camera term). Returns the top-``k`` gallery entries (rank, row, distance, identity, camera,
-  path and the URLs of their images) as JSON.
+  path and the URLs of their images) as JSON, with ``warnings`` naming an upload far smaller
+  than the model's input.
 * ``GET /health``: the model, the index and the limits.
 * ``GET /``: a self-contained HTML page (no external script, style or font) to upload a triplet
   and see the ranked gallery.
 * ``GET /gallery/{row}/{modality}``: one modality image of an index row, as PNG. Only files that
   the index lists *and* that lie inside the gallery root (symlinks resolved) are read; the client
-  never names a path, so nothing else can be reached.
+  never names a path, so nothing else can be reached. The default root is found from the
+  resolved files too, so a gallery of symlinks is served from the folder the links point into;
+  start-up warns (one line) when the root holds none or only some of the index's captures.
 
 Bad requests get a 4xx with a one-line ``detail``: a missing or unknown field (400), a ``k`` or
 ``camid`` out of range (400), an upload over the size limit (413), a file that is not a decodable
-image or has too many pixels (415 / 413), a body that is not multipart (415). Requests run the
-model one call at a time (a lock); queries that arrive while it is busy wait and are embedded
-together in the next call (up to ``max_batch``), so concurrent load costs fewer, larger forward
-passes; ``benchmarks/bench_serve.py`` measures latency and throughput under a burst.
+image or has too many pixels (415 / 413), a body that is not multipart (415), a query string on
+``POST /search`` (400: its fields come in the form), a path parameter that does not parse (422,
+naming the parameter and the value). Requests run the model one call at a time (a lock);
+queries that arrive while it is busy wait and are embedded together in the next call (up to
+``max_batch``), so concurrent load costs fewer, larger forward passes;
+``benchmarks/bench_serve.py`` measures latency and throughput under a burst.
 
 fastapi and uvicorn come with the ``deploy`` extra; :func:`create_app` and :func:`run_serve` say
 which extra to install when they are missing.
@@ -36,6 +41,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +51,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mambapro.data import DatasetError, apply_missing, build_test_transform, read_triplet, triplet_paths
+from mambapro.data.io import tiny_image_note
 from mambapro.engine.checkpoint import load_model
+from mambapro.engine.identity import check_same_model, model_identity
 from mambapro.engine.index import GalleryIndex
 from mambapro.engine.runtime import eval_amp
 from mambapro.engine.serve_options import MAX_K, ServeOptions
@@ -95,19 +103,98 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _default_root(paths: list[str], dataset: str) -> Path:
-    """The deepest folder holding every file of every listed capture (all three modality
-    folders, not only the folder of the listed file); the working folder if none."""
-    if not paths:
-        return Path.cwd().resolve()
-    folders = {os.path.dirname(os.path.abspath(p)) for p in paths}
-    dirs = set()
-    for folder in folders:
+def _real(path: str, folders: dict[str, str]) -> str:
+    """``os.path.realpath(path)``; ``folders`` caches resolved folders, so a gallery costs one
+    ``realpath`` per folder and one ``lstat`` per file (only a file that is a link is followed)."""
+    folder, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        return os.path.realpath(path)
+    real = folders.get(folder)
+    if real is None:
+        real = folders[folder] = os.path.realpath(folder or ".")
+    full = os.path.join(real, name)
+    return os.path.realpath(full) if os.path.islink(full) else full
+
+
+def _resolved_captures(paths: list[str], dataset: str) -> list[tuple[str, ...] | None]:
+    """Per index row, every file of its capture (all modalities) with symlinks resolved, as
+    :meth:`SearchService.gallery_image` resolves them; ``None`` for a row not in the layout,
+    which is never served. Relative paths are read from the current folder."""
+    folders: dict[str, str] = {}
+    captures: list[tuple[str, ...] | None] = []
+    for path in paths:
         try:
-            dirs.update(os.path.dirname(f) for f in triplet_paths(os.path.join(folder, "x"), dataset))
-        except DatasetError:  # not in the layout: its files are not served anyway
-            dirs.add(folder)
-    return Path(os.path.commonpath(sorted(dirs))).resolve()
+            files = triplet_paths(path, dataset)
+        except DatasetError:
+            captures.append(None)
+            continue
+        captures.append(tuple(_real(f, folders) for f in files))
+    return captures
+
+
+def _default_root(captures: list[tuple[str, ...] | None]) -> Path:
+    """The deepest folder holding every existing file of every servable capture, symlinks
+    resolved (the request check resolves them too, so a gallery of links is served from where
+    they point); if none exists, of all of them; the working folder if no row is servable."""
+    files = [f for fs in captures if fs is not None for f in fs]
+    # A stale row (a file since deleted) must not widen what may be served.
+    dirs = {os.path.dirname(f) for f in files if os.path.isfile(f)} or {os.path.dirname(f) for f in files}
+    if not dirs:
+        return Path.cwd().resolve()
+    return Path(os.path.commonpath(sorted(dirs)))
+
+
+def _missing_reason(
+    path: str, files: tuple[str, ...] | None, root: str, dataset: str
+) -> tuple[str, str] | None:
+    """Why the capture of index path ``path`` cannot be served from ``root`` (a kind and a
+    phrase); ``None`` if it can."""
+    if files is None:
+        return "layout", f"not a {dataset} modality file"
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    for f in files:
+        if not os.path.isfile(f):
+            if os.path.isabs(path):
+                return "absent", f"{f} does not exist"
+            return "relative", f"{f} does not exist (relative paths are read from the current folder)"
+        if f != root and not f.startswith(prefix):
+            return "outside", f"it resolves to {f}, outside the root"
+    return None
+
+
+# What to do when the root holds none of the captures, by the first capture's problem.
+_ROOT_HINTS = {
+    "relative": "start it from the folder extract ran in",
+    "absent": "the images are not where extract read them: serve on the machine that has them, "
+    "or extract and build the index again from where they are now",
+    "outside": "pass a --gallery-root that holds the files the index lists (symlinks resolved)",
+    "layout": "build the index from features of this dataset",
+}
+
+
+def _gallery_root_warning(
+    root: Path, paths: list[str], captures: list[tuple[str, ...] | None], dataset: str
+) -> str | None:
+    """One line when ``root`` holds none or only some of the captures the index lists."""
+    held, first = 0, None
+    for path, files in zip(paths, captures):
+        reason = _missing_reason(path, files, str(root), dataset)
+        if reason is None:
+            held += 1
+        elif first is None:
+            first = (path, *reason)
+    if first is None:
+        return None
+    path, kind, why = first
+    if held:
+        return (
+            f"gallery root {root} holds {held} of the {len(paths)} captures the index lists (first "
+            f"missing: {path}: {why}); the others show no gallery images"
+        )
+    return (
+        f"gallery root {root} holds none of the {len(paths)} captures the index lists (first: "
+        f"{path}: {why}); the service answers searches but shows no gallery images; {_ROOT_HINTS[kind]}"
+    )
 
 
 @dataclass(eq=False)
@@ -129,7 +216,8 @@ class SearchService:
         cfg: its config (the test transform, distance and autocast come from it).
         index: the gallery index; its features must come from the same checkpoint.
         gallery_root: the folder gallery images are served from (default: the deepest folder
-            holding all modality files of the captures the index lists).
+            holding all modality files of the captures the index lists, symlinks resolved). A
+            root that holds none or only some of them is said with a warning.
         options: ``k`` when a request gives none, the largest accepted upload per image and
             ``max_batch``, the most queries embedded in one model call. Queries that arrive
             while the model is busy wait and then run together, so under concurrent load a
@@ -159,8 +247,9 @@ class SearchService:
         self.transform = build_test_transform(cfg.data, self.img_size)
         backbone = model.backbone
         self.num_cameras = backbone.num_cameras if backbone.camera_embedding is not None else None
+        captures = _resolved_captures(index.paths, self.dataset)
         if gallery_root is None:
-            self.gallery_root = _default_root(index.paths, self.dataset)
+            self.gallery_root = _default_root(captures)
         else:
             root = Path(gallery_root)
             if not root.is_dir():
@@ -177,6 +266,12 @@ class SearchService:
         # Blank stand-ins for the modalities a query leaves out (zeroed after normalisation, so
         # only their size matters); never modified, so shared by every request.
         self._blanks = {m: Image.new("RGB", (w, h)) for m in MODALITIES}
+        check_same_model(
+            index.identity,
+            f"--index {index.source}" if index.source is not None else "the index",
+            model_identity(model, self.img_size, checkpoint or "the served model"),
+            f"--checkpoint {checkpoint} with these test.* settings",
+        )
         dim = self.embed(self._tensors(self._blanks, "full"), None).shape[0]
         if dim != index.dim:
             where = f" {index.source}" if index.source is not None else ""
@@ -184,6 +279,10 @@ class SearchService:
                 f"--index{where} holds {index.dim}-d features but the checkpoint gives {dim}-d features; "
                 "build the index from features of this checkpoint (mambapro extract + index build)"
             )
+        # Searches still work without the images, so a root that misses them is said, not refused.
+        problem = _gallery_root_warning(self.gallery_root, index.paths, captures, self.dataset)
+        if problem is not None:
+            warnings.warn(problem, stacklevel=2)
 
     # ------------------------------------------------------------------ queries
 
@@ -300,8 +399,12 @@ class SearchService:
         k = self.options.k if k is None else self.check_k(k)
         cam = self.check_camid(camid)
         images = dict(self._blanks)
+        notes = []
         for m, data in uploads.items():
             images[m] = self.decode(m, data)
+            note = tiny_image_note(images[m].size, self.img_size)
+            if note is not None:
+                notes.append(f"{m} {note}: the ranking carries little information")
         missing = parse_missing("".join(m[0] for m in MODALITIES if m not in uploads) or "full")
         feature = self.embed(self._tensors(images, missing), cam)
         # FAISS searches a read-only index safely from several threads.
@@ -335,6 +438,7 @@ class SearchService:
             "identities": identities,
             "matches": matches,
             "took_ms": round(1000 * (time.perf_counter() - start), 2),
+            "warnings": notes,
         }
 
     # ------------------------------------------------------------------ gallery images
@@ -388,11 +492,47 @@ class SearchService:
 
 # ---------------------------------------------------------------------- HTTP
 
+# Where FastAPI found a parameter (the first item of an error's ``loc``), in the client's words.
+_PLACES = {
+    "path": "path parameter",
+    "query": "query parameter",
+    "body": "field",
+    "header": "header",
+    "cookie": "cookie",
+}
+# Pydantic's reasons for the error types a client meets most, said as the other refusals say them.
+_REASONS = {
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false",
+}
+
+
+def _validation_detail(errors: Any) -> str:
+    """FastAPI's request-validation error list as one line naming each field and its value."""
+    parts = []
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ())]
+        place = _PLACES.get(loc[0], loc[0]) if loc else "request"
+        name = ".".join(loc[1:]) if len(loc) > 1 else None
+        what = f"{place} {name}" if name else place
+        if err.get("type") == "missing":
+            parts.append(f"{what} is missing")
+            continue
+        value = repr(err.get("input"))
+        if len(value) > 60:  # a client's value is echoed, not a whole body
+            value = value[:57] + "..."
+        reason = _REASONS.get(err.get("type", ""), " ".join(str(err.get("msg", "is invalid")).split()))
+        parts.append(f"{what}{'=' if name else ' '}{value}: {reason[:1].lower()}{reason[1:]}")
+    return "; ".join(parts) or "the request is invalid"
+
 
 def create_app(service: SearchService) -> Any:
     """The FastAPI application of ``service`` (see the module docstring for the routes)."""
     fastapi, _ = _web()
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException
@@ -403,6 +543,12 @@ def create_app(service: SearchService) -> Any:
 
     def refuse(status: int, detail: str) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status)
+
+    # Every route's parameter errors (a row that is not an integer, ...) as one line, not
+    # FastAPI's list of pydantic records.
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Any, exc: Any) -> JSONResponse:
+        return refuse(422, _validation_detail(exc.errors()))
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> HTMLResponse:
@@ -415,6 +561,13 @@ def create_app(service: SearchService) -> Any:
     # A plain Starlette route: the form is parsed here, under the limits above, rather than by
     # FastAPI's parameter validation (whose errors would name pydantic types, not our fields).
     async def search(request: Any) -> Any:
+        if request.query_params:  # k and camid are form fields: a k in the URL would be ignored
+            key = next(iter(request.query_params))
+            return refuse(
+                400,
+                f"query parameter {key!r} is not read: send {', '.join((*MODALITIES, *_FIELDS))} "
+                "as multipart form fields",
+            )
         ctype = request.headers.get("content-type", "")
         if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             return refuse(415, f"send multipart/form-data with the file fields {', '.join(MODALITIES)}")
@@ -557,7 +710,8 @@ form.addEventListener("submit", async (event) => {{
     status.className = "error"; status.textContent = response.status + ": " + answer.detail; return;
   }}
   status.textContent = "query " + answer.query.present + ": " + answer.matches.length +
-    " matches in " + answer.took_ms + " ms";
+    " matches in " + answer.took_ms + " ms" +
+    (answer.warnings.length ? " (warning: " + answer.warnings.join("; ") + ")" : "");
   results.appendChild(cell("query", query, "query"));
   for (const m of answer.matches) {{
     const title = m.rank + ": id " + m.pid + ", d " + m.distance.toPrecision(3);

@@ -13,20 +13,23 @@ atomically after every point; ``OUTPUT/sweep.png`` plots mAP against each swept 
 per key and one line per combination of the other keys' values (the paper's Figs. 8-9).
 
 Everything that can refuse the sweep (a bad ``--set``, a point whose config does not validate,
-a point folder that holds a run with other settings) is checked by :func:`plan_sweep`, before
-any training starts and without importing torch: the engine's torch-based modules load lazily,
-through :mod:`mambapro.engine`, when the first point trains.
+a point folder that holds a run with other settings, a point whose dataset does not parse) is
+checked by :func:`plan_sweep`, before any training starts. A config error is refused without
+importing torch: the engine's torch-based modules load lazily, through :mod:`mambapro.engine`,
+when the first point trains (or when an existing synthetic tree's settings are checked).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import itertools
 import json
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +38,12 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mambapro import engine
+from mambapro import data, engine
 from mambapro.config import Config, load_config, parse_override
+from mambapro.data import build_dataset, synth
 from mambapro.engine.runlog import changed_settings
-from mambapro.errors import ConfigError, UserError, atomic_write, check_output_dir
+from mambapro.errors import ConfigError, DatasetError, UserError, check_output_dir
+from mambapro.files import atomic_write
 
 __all__ = ["SweepPlan", "SweepPoint", "parse_sets", "plan_sweep", "point_name", "run_sweep", "run_state"]
 
@@ -46,6 +51,8 @@ CSV_NAME = "sweep.csv"
 PLOT_NAME = "sweep.png"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 _MAX_NAME = 200  # bytes; file systems allow 255
+#: The sweep command's flags that set a config key (its ``extra``), for naming them in errors.
+_FLAGS = {"data.root": "--data-root", "model.weights": "--clip-weights"}
 
 
 @dataclass
@@ -166,6 +173,18 @@ def _overridden_keys(overrides: list[str]) -> dict[str, str]:
     return out
 
 
+def _flag_keys(extra: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"root": "x"}}`` (the config values of flags such as --data-root) ->
+    ``{"data.root": "x"}``."""
+    out: dict[str, Any] = {}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            out.update(_flag_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 # ----------------------------------------------------------------------------- run folders
 
 
@@ -217,6 +236,62 @@ def _check_same_settings(point: SweepPoint) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- data
+
+
+def _parse_point_data(point: SweepPoint) -> None:
+    """Parse the point's dataset as its training will, without writing anything."""
+    d = point.cfg.data
+    if d.synthetic:
+        # dataset_from_config refuses a synthetic tree of other data.synth settings; the folder
+        # exists (the caller checked), so it only reads. Its module imports torch: it loads on
+        # this first use (mambapro.data's lazy exports), not when the sweep module is imported.
+        data.dataset_from_config(d)
+    else:
+        build_dataset(d.dataset, d.root, skip_broken=d.skip_broken, verify=d.verify)
+
+
+def _check_data(points: list[SweepPoint]) -> None:
+    """Refuse, before the first point trains, a point whose dataset its training would refuse.
+
+    Each distinct data config is parsed once (a real dataset's image headers are read). A
+    synthetic tree that is not there yet is not generated: the first point at its folder will
+    generate it, and a later point there must then ask for the same ``data.synth`` settings.
+    """
+    generated: dict[Path, tuple[dict[str, Any], SweepPoint]] = {}  # folder -> synth settings, point
+    parsed: set[tuple[Any, ...]] = set()
+    for point in points:
+        if point.state == "done":  # not trained again: its data is not read
+            continue
+        d = point.cfg.data
+        folder = synth.dataset_dir(d.dataset, d.root).resolve()
+        wanted = dataclasses.asdict(d.synth)
+        if folder in generated:
+            asked, first = generated[folder]
+            if d.synthetic and wanted != asked:
+                changed = ", ".join(f"{k}: {asked[k]} -> {v}" for k, v in wanted.items() if asked.get(k) != v)
+                raise DatasetError(
+                    f"sweep point {_shown(point)}: point {_shown(first)} generates the synthetic dataset "
+                    f"{folder} with other data.synth settings ({changed}); give each data.synth "
+                    "setting its own data.root"
+                )
+            continue
+        if d.synthetic and not folder.exists():
+            generated[folder] = (wanted, point)
+            continue
+        key = (d.dataset.lower(), folder, d.synthetic and tuple(wanted.items()), d.skip_broken, d.verify)
+        if key in parsed:
+            continue
+        try:
+            # The point's training parses again and warns then; once is enough.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _parse_point_data(point)
+        except UserError as err:
+            raise type(err)(f"sweep point {_shown(point)}: {err}") from None
+        parsed.add(key)
+
+
 # ----------------------------------------------------------------------------- plan
 
 
@@ -230,7 +305,8 @@ def plan_sweep(
     """Validate the whole grid and the output folder; nothing is written.
 
     Every point's config is loaded (``overrides``, then the point's values) so that a bad key
-    or value at any point is refused now, naming the point.
+    or value at any point is refused now, naming the point; so is a point whose dataset its
+    training would refuse (:func:`_check_data`).
     """
     overrides = list(overrides or [])
     out = check_output_dir(output, "--output")
@@ -240,9 +316,13 @@ def plan_sweep(
     given = _overridden_keys(overrides)
     if "train.output" in given:
         raise UserError(f"{given['train.output']}: the sweep sets each point's run folder; use --output")
+    flags = _flag_keys(extra or {})
     for key in grid:
         if key in given:
             raise UserError(f"{key} is both swept (--set) and overridden ({given[key]}); drop one")
+        if key in flags:  # the swept values would win over the flag without a word
+            flag = _FLAGS.get(key, f"the flag that sets {key}")
+            raise UserError(f"{key} is both swept (--set) and given by {flag} {flags[key]}; drop one")
     # The base config alone first: an error of the config or the overrides is not a point's.
     load_config(config, overrides, extra=extra)
 
@@ -282,6 +362,7 @@ def plan_sweep(
         point.state = run_state(point.folder)
         if point.state != "new":
             _check_same_settings(point)
+    _check_data(points)
     values = {k: list(v.values()) for k, v in typed.items()}  # distinct, in the order given
     return SweepPlan(keys, values, points, out)
 

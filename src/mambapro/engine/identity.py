@@ -1,0 +1,149 @@
+"""What made a set of embeddings: the identity a features file and a gallery index carry.
+
+Features of two checkpoints, of two test features (``ori``, ``fuse``), before and after the
+BNNeck, or at two image sizes may share a width and still live in different spaces: ranking one
+against the other gives a meaningless list. So every features file (``mambapro extract``) and
+every gallery index records an identity:
+
+* ``weights``: a fingerprint (SHA-256, first 16 hex digits) of the model's state dict, names,
+  dtypes, shapes and bytes, so two files of the same checkpoint agree wherever they were made;
+* ``feature``: the test feature (``ori`` or ``fuse``, ``test.feature`` resolved);
+* ``neck_feat``: before or after the BNNeck (``test.neck_feat``);
+* ``img_size``: the (H, W) the images were resized to;
+* ``modalities``: the modalities present in the images (``RGB+NI+TI`` unless some were zeroed);
+* ``checkpoint``: the file it came from (shown in messages, never compared).
+
+``index add``, ``search`` and ``serve`` compare the identities with :func:`check_same_model` and
+refuse a mismatch in one line naming both sides. Files written before identities existed carry
+none: they load with one warning and are not checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mambapro.errors import UserError
+from mambapro.modalities import present_label
+
+__all__ = [
+    "MODEL_KEYS",
+    "EmbeddingMismatchError",
+    "check_same_model",
+    "describe_identity",
+    "model_identity",
+    "stored_identity",
+    "weights_fingerprint",
+]
+
+#: The fields that make two sets of embeddings comparable (``modalities`` may differ between a
+#: query and a gallery: that is any-to-any retrieval).
+MODEL_KEYS = ("weights", "feature", "neck_feat", "img_size")
+_LABELS = {
+    "weights": "weights",
+    "feature": "test.feature",
+    "neck_feat": "test.neck_feat",
+    "img_size": "image size",
+    "modalities": "modalities",
+}
+
+
+class EmbeddingMismatchError(UserError, ValueError):
+    """Two sets of embeddings were made by different models or settings."""
+
+
+def weights_fingerprint(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 (first 16 hex digits) of a state dict: every entry's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_identity(
+    model: nn.Module, img_size: tuple[int, int], checkpoint: str | Path, missing: str = "full"
+) -> dict[str, Any]:
+    """The identity of the embeddings ``model`` (a :class:`~mambapro.models.MambaPro` in eval
+    mode) makes from images of ``img_size`` with the ``missing`` modalities zeroed."""
+    return {
+        "weights": weights_fingerprint(model.state_dict()),
+        "feature": model.test_feature,
+        "neck_feat": model.neck_feat,
+        "img_size": [int(img_size[0]), int(img_size[1])],
+        "modalities": present_label(missing),
+        "checkpoint": str(checkpoint),
+    }
+
+
+def _value(identity: Mapping[str, Any], key: str) -> str:
+    v = identity.get(key)
+    if key == "img_size" and isinstance(v, (list, tuple)) and len(v) == 2:
+        return f"{v[0]}x{v[1]}"
+    return str(v)
+
+
+def describe_identity(identity: Mapping[str, Any] | None) -> str:
+    """``weights 1a2b..., fuse before the BNNeck, 256x128, RGB+NI+TI`` (one line)."""
+    if identity is None:
+        return "an unknown model (written before mambapro recorded it)"
+    return (
+        f"weights {identity.get('weights')} ({identity.get('checkpoint', '?')}), "
+        f"test.feature={identity.get('feature')}, test.neck_feat={identity.get('neck_feat')}, "
+        f"{_value(identity, 'img_size')}, {identity.get('modalities')}"
+    )
+
+
+def check_same_model(
+    a: Mapping[str, Any] | None,
+    a_name: str,
+    b: Mapping[str, Any] | None,
+    b_name: str,
+    keys: tuple[str, ...] = MODEL_KEYS,
+) -> None:
+    """Raise :class:`EmbeddingMismatchError` when ``a`` and ``b`` differ in one of ``keys``,
+    naming each side and the differing values; nothing to check when either is None."""
+    if a is None or b is None:
+        return
+    diff = [k for k in keys if _value(a, k) != _value(b, k)]
+    if not diff:
+        return
+    shown = "; ".join(f"{_LABELS.get(k, k)} {_value(a, k)} vs {_value(b, k)}" for k in diff)
+    hint = (
+        "extract both with the same checkpoint"
+        if "weights" in diff
+        else "extract both with the same test.* settings"
+    )
+    made = f"made from {a.get('checkpoint', '?')} vs {b.get('checkpoint', '?')}"
+    raise EmbeddingMismatchError(
+        f"{a_name} and {b_name} hold embeddings of different models ({shown}; {made}): their "
+        f"distances mean nothing; {hint}"
+    )
+
+
+def stored_identity(
+    identity: Any, path: str | Path, what: str, remedy: str, error: type[UserError]
+) -> dict | None:
+    """The identity read from a file's record: a mapping, or None (one warning: a file written
+    before identities were recorded); anything else raises ``error`` naming the file.
+
+    ``what`` names the file's kind ("features file"), ``remedy`` how to get a checked one.
+    """
+    if identity is None:
+        warnings.warn(
+            f"{path} was written by an older mambapro and does not record the model that made it: "
+            f"it cannot be checked against the checkpoint; {remedy}",
+            stacklevel=3,
+        )
+        return None
+    if not isinstance(identity, dict):
+        raise error(f"{path}: damaged {what} (its model identity is not a mapping)")
+    return identity

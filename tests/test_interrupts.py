@@ -1,0 +1,128 @@
+"""SIGINT / SIGTERM during a checkpoint write: the write finishes, then the run stops as usual
+(a resumable ``last.ckpt``, exit 130) — through ``train`` and ``sweep``, in a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import fast
+from mambapro.data.synth import generate
+from mambapro.engine.checkpoint import load_checkpoint
+
+# The child slows every torch.save down (and says when one starts), so the signal lands inside
+# the write of the epoch checkpoint.
+_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import torch
+    from mambapro.cli import main
+
+    marker = Path(sys.argv[1])
+    real_save = torch.save
+
+    def slow_save(obj, f, *args, **kwargs):
+        marker.write_text("writing")
+        time.sleep(1.5)
+        real_save(obj, f, *args, **kwargs)
+
+    torch.save = slow_save
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("interrupts") / "tree"
+    generate("rgbnt201", root, seed=3, ids=6, test_ids=2, cameras=2, shots=2)
+    return root
+
+
+def _interrupt_during_first_write(
+    argv: list[str], signum: int, tmp_path: Path
+) -> subprocess.CompletedProcess:
+    marker = tmp_path / "writing"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(marker), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never started writing a checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.3)  # well inside the 1.5 s write
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_train_interrupted_while_saving_leaves_a_resumable_checkpoint(tree, tmp_path, signum) -> None:
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        "--config",
+        "demo",
+        "-q",
+        *fast("train.epochs=2"),
+        "--data-root",
+        str(tree),
+        "--output",
+        str(run),
+    ]
+    done = _interrupt_during_first_write(argv, signum, tmp_path)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "RuntimeError" not in done.stderr
+    assert (
+        f"{signal.Signals(signum).name} received; finishing the write of {run / 'last.ckpt'}" in done.stderr
+    )
+    assert "resumable checkpoint saved" in done.stdout
+    ckpt = load_checkpoint(run / "last.ckpt")  # whole, and a checkpoint of this run
+    assert ckpt["epoch"] == 1
+    assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == []
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mambapro.cli", *argv, "--resume"], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(run / "last.ckpt")["epoch"] == 2
+
+
+def test_sweep_interrupted_while_saving_resumes_the_point(tree, tmp_path) -> None:
+    out = tmp_path / "sweep"
+    argv = [
+        "sweep",
+        "--config",
+        "demo",
+        "-q",
+        *fast("train.epochs=2"),
+        "--data-root",
+        str(tree),
+        "--output",
+        str(out),
+        "--set",
+        "model.ma_d_state=4",
+    ]
+    done = _interrupt_during_first_write(argv, signal.SIGINT, tmp_path)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "RuntimeError" not in done.stderr
+    (last,) = out.rglob("last.ckpt")
+    assert load_checkpoint(last)["epoch"] == 1
+    again = subprocess.run(
+        [sys.executable, "-m", "mambapro.cli", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr
+    assert "resuming the interrupted run" in again.stdout
+    assert load_checkpoint(last)["epoch"] == 2
