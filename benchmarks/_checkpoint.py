@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from mambapro.config import config_to_dict, load_config
-from mambapro.engine.checkpoint import save_checkpoint
 from mambapro.models import build_model
+from mambapro.train.checkpoint import save_checkpoint
 
 
 def random_checkpoint(

@@ -2,7 +2,7 @@
 
 Models (random weights: speed does not depend on them): the ``demo`` preset (tiny backbone,
 128x64) and the ``rgbnt201`` preset (CLIP ViT-B/16, 256x128, MA on), each saved as a checkpoint
-and exported with :func:`mambapro.engine.export.export_model` (which checks the file against
+and exported with :func:`mambapro.deploy.export.export_model` (which checks the file against
 PyTorch). Measured per model and selective-scan form (``--forms``; ``mambapro export --scan``):
 
 * export seconds (tracing + conversion + the built-in check) and the file size;
@@ -31,7 +31,7 @@ import torch
 from _checkpoint import random_checkpoint
 from _machine import describe
 from mambapro.config import load_config
-from mambapro.engine.export import ExportedFile, TestTimeModel, _onnx_session, export_model
+from mambapro.deploy.export import ExportedFile, TestTimeModel, _onnx_session, export_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = {"demo": ["model.backbone=tiny"], "rgbnt201": ["model.weights=null"]}

@@ -1,4 +1,4 @@
-"""The FAISS gallery index (``mambapro.engine.index``) against the package's exact search, in one run.
+"""The FAISS gallery index (``mambapro.retrieval.index``) against the package's exact search, in one run.
 
 Synthetic clustered features (``--ids`` identities, Gaussian noise around each identity's centre,
 float32) of ``--n`` gallery rows x ``--dim``, and 1,000 queries drawn the same way (not in the
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from _machine import describe
-from mambapro.engine.features import FeatureSet
-from mambapro.engine.index import GalleryIndex
 from mambapro.evaluation import compute_distmat
+from mambapro.retrieval.features import FeatureSet
+from mambapro.retrieval.index import GalleryIndex
 
 GIB = 1024**3
 
@@ -98,7 +98,7 @@ def main() -> None:
     k = 10
     nlist = args.nlist or int(2 ** round(np.log2(2 * np.sqrt(args.n))))
 
-    lines = ["mambapro.engine.index (FAISS gallery index) benchmark", machine()]
+    lines = ["mambapro.retrieval.index (FAISS gallery index) benchmark", machine()]
     lines.append("command: python benchmarks/bench_index.py " + " ".join(sys.argv[1:]))
     lines.append(
         f"gallery {args.n:,} x {args.dim} float32 ({args.n * args.dim * 4 / GIB:.2f} GiB), "

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from mambapro.config import load_config
-from mambapro.engine.checkpoint import load_model
-from mambapro.engine.data import prepare_data
-from mambapro.engine.evaluate import cross_missing_matrix
-from mambapro.engine.trainer import run_training
 from mambapro.modalities import MISSING_SETTINGS, missing_label
+from mambapro.retrieval.testing import cross_missing_matrix
+from mambapro.train.checkpoint import load_model
+from mambapro.train.run_data import prepare_data
+from mambapro.train.trainer import run_training
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

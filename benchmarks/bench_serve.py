@@ -40,10 +40,10 @@ from _machine import describe
 from mambapro.cli import main as cli
 from mambapro.data import samples_at, triplet_paths
 from mambapro.data.synth import generate
-from mambapro.engine.checkpoint import load_model
-from mambapro.engine.index import GalleryIndex
-from mambapro.engine.serve import SearchService
+from mambapro.deploy.serve import SearchService
 from mambapro.modalities import MISSING_SETTINGS, MODALITIES, missing_modalities
+from mambapro.retrieval.index import GalleryIndex
+from mambapro.train.checkpoint import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = {"demo": ["model.backbone=tiny"], "rgbnt201": ["model.weights=null"]}

@@ -25,11 +25,11 @@ import warnings
 import torch
 
 from mambapro.config import load_config
-from mambapro.engine.losses import ReIDLoss
-from mambapro.engine.optim import build_optimizer
-from mambapro.engine.runtime import amp_dtype
 from mambapro.models import build_model
 from mambapro.ops import resolve_backend
+from mambapro.runtime import amp_dtype
+from mambapro.train.losses import ReIDLoss
+from mambapro.train.optim import build_optimizer
 
 ROWS = {
     "A: CLIP(L) only": ["model.adapter=none", "model.prompt=none", "model.aggregator=none"],

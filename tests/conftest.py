@@ -23,7 +23,7 @@ FAST = [
 ]
 
 
-#: A model identity as features files and indexes record it (mambapro.engine.identity).
+#: A model identity as features files and indexes record it (mambapro.retrieval.identity).
 IDENTITY = {
     "weights": "0123456789abcdef",
     "feature": "fuse",

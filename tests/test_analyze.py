@@ -22,7 +22,9 @@ from mambapro.cli import main
 from mambapro.config import load_config
 from mambapro.data import build_dataset
 from mambapro.data.synth import generate
-from mambapro.engine.analysis import (
+from mambapro.evaluation import compute_distmat, evaluate
+from mambapro.modalities import MODALITIES
+from mambapro.reports.analysis import (
     PAIRS,
     extract_analysis_features,
     grad_cam_maps,
@@ -32,11 +34,9 @@ from mambapro.engine.analysis import (
     per_query_ap,
     select_identities,
 )
-from mambapro.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
-from mambapro.engine.features import eval_loader, extract_features
-from mambapro.engine.trainer import run_training
-from mambapro.evaluation import compute_distmat, evaluate
-from mambapro.modalities import MODALITIES
+from mambapro.retrieval.features import eval_loader, extract_features
+from mambapro.train.checkpoint import load_checkpoint, load_model, save_checkpoint
+from mambapro.train.trainer import run_training
 
 # conftest's FAST with a 4 x 2 token grid, two steps and larger test batches.
 FAST = fast("data.img_size=[64,32]", "train.iters_per_epoch=2", "test.batch_size=16")

@@ -17,10 +17,10 @@ from mambapro.cli import main
 from mambapro.config import config_to_dict, load_config
 from mambapro.data import DatasetError
 from mambapro.data.synth import generate
-from mambapro.engine.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from mambapro.engine.data import prepare_data
-from mambapro.engine.trainer import run_training
 from mambapro.models import build_model
+from mambapro.train.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from mambapro.train.run_data import prepare_data
+from mambapro.train.trainer import run_training
 
 
 @pytest.fixture(scope="module")

@@ -37,12 +37,12 @@ from conftest import FAST
 from mambapro.config import load_config
 from mambapro.data import build_dataset
 from mambapro.data.synth import generate
-from mambapro.engine.checkpoint import load_model
-from mambapro.engine.evaluate import evaluate_model
-from mambapro.engine.features import run_extract
-from mambapro.engine.index import run_index
-from mambapro.engine.trainer import run_training
 from mambapro.files import artefact_kind
+from mambapro.retrieval.features import run_extract
+from mambapro.retrieval.index import run_index
+from mambapro.retrieval.testing import evaluate_model
+from mambapro.train.checkpoint import load_model
+from mambapro.train.trainer import run_training
 
 SMALL_SYNTH = ["--ids", "4", "--test-ids", "2", "--cameras", "2", "--shots", "2"]
 CKPT = "{s}/run/last.ckpt"

@@ -16,10 +16,10 @@ import torch
 import mambapro
 from mambapro.cli import main
 from mambapro.config import PRESETS_DIR, load_config
-from mambapro.engine import trainer as trainer_mod
-from mambapro.engine.checkpoint import load_checkpoint
-from mambapro.engine.features import FeatureSet
-from mambapro.engine.trainer import TrainingError, run_training
+from mambapro.retrieval.features import FeatureSet
+from mambapro.train import trainer as trainer_mod
+from mambapro.train.checkpoint import load_checkpoint
+from mambapro.train.trainer import TrainingError, run_training
 
 SMALL = [
     "data.synthetic=false",  # the module's own small tree, not the demo's synthetic settings
@@ -460,7 +460,7 @@ def test_every_preset_is_listed() -> None:
 def test_every_preset_and_ablation_builds_its_model(name: str) -> None:
     """Each preset trains exactly its parts: no adapters with model.adapter=none, no prompts with
     model.prompt=none, the encoder only under model.freeze=finetune, no aggregator for none."""
-    from mambapro.engine.report import parameter_report
+    from mambapro.reports.params import parameter_report
 
     path = next(PRESETS_DIR.rglob(name))
     cfg = load_config(path)

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from mambapro.config import TrainConfig
-from mambapro.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mambapro.engine.losses import ReIDLoss, TripletLoss
-from mambapro.engine.optim import build_optimizer, build_scheduler
+from mambapro.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mambapro.train.losses import ReIDLoss, TripletLoss
+from mambapro.train.optim import build_optimizer, build_scheduler
 
 
 def _triplet_reference(feats: torch.Tensor, labels: torch.Tensor, margin: float | None) -> torch.Tensor:
@@ -141,8 +141,8 @@ def test_checkpoint_loading_never_unpickles_code(tmp_path: Path) -> None:
 def test_rank_gallery_orders_stably_and_leaves_out_the_query_itself() -> None:
     import numpy as np
 
-    from mambapro.engine.features import FeatureSet
-    from mambapro.engine.search import rank_gallery
+    from mambapro.retrieval.features import FeatureSet
+    from mambapro.retrieval.search import rank_gallery
 
     paths = ["g0", "q", "g2", "g3", "g4"]
     gallery = FeatureSet(

@@ -14,8 +14,7 @@ import torch
 
 from mambapro.cli import main
 from mambapro.config import config_to_dict, load_config
-from mambapro.engine.checkpoint import load_model, save_checkpoint
-from mambapro.engine.export import (
+from mambapro.deploy.export import (
     ExportError,
     ExportMissingError,
     TestTimeModel,
@@ -26,6 +25,7 @@ from mambapro.engine.export import (
 from mambapro.errors import UserError
 from mambapro.ops import selective_scan
 from mambapro.ops.scan_export import EXPORT_FORMS, selective_scan_export
+from mambapro.train.checkpoint import load_model, save_checkpoint
 
 NUM_CAMERAS = 3
 

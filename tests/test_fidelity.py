@@ -29,12 +29,12 @@ from mambapro.data import DatasetError, ReIDDataset, Sample, build_test_transfor
 from mambapro.data.datasets import check_cameras
 from mambapro.data.specs import dataset_spec
 from mambapro.data.synth import generate
-from mambapro.engine.distributed import DistInfo
-from mambapro.engine.optim import build_optimizer, build_scheduler, step_epoch
-from mambapro.engine.report import parameter_report
-from mambapro.engine.runtime import eval_amp
-from mambapro.engine.trainer import Trainer
 from mambapro.models import build_model
+from mambapro.reports.params import parameter_report
+from mambapro.runtime import eval_amp
+from mambapro.train.distributed import DistInfo
+from mambapro.train.optim import build_optimizer, build_scheduler, step_epoch
+from mambapro.train.trainer import Trainer
 
 FIDELITY = Path(__file__).resolve().parents[1] / "docs" / "FIDELITY.md"
 PAPER_PRESETS = ("rgbnt201", "rgbnt100", "msvr310")

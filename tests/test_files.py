@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from mambapro.engine.features import FeatureSet
 from mambapro.errors import UserError
 from mambapro.files import RANK_LIST_TAG, artefact_kind, atomic_write, check_output, deferred_signals
+from mambapro.retrieval.features import FeatureSet
 
 
 def _features(path: Path) -> Path:

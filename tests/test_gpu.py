@@ -35,16 +35,16 @@ import pytest
 import torch
 
 from mambapro.config import load_config
-from mambapro.engine.checkpoint import load_checkpoint, load_model
-from mambapro.engine.distributed import cleanup, init_distributed
-from mambapro.engine.features import extract_features
-from mambapro.engine.losses import ReIDLoss
-from mambapro.engine.optim import build_optimizer
-from mambapro.engine.runtime import eval_amp, resolve_device
-from mambapro.engine.trainer import run_training
 from mambapro.models import MODALITIES, build_model
 from mambapro.ops import resolve_backend, selective_scan
 from mambapro.ops.scan_reference import selective_scan_ref
+from mambapro.retrieval.features import extract_features
+from mambapro.runtime import eval_amp, resolve_device
+from mambapro.train.checkpoint import load_checkpoint, load_model
+from mambapro.train.distributed import cleanup, init_distributed
+from mambapro.train.losses import ReIDLoss
+from mambapro.train.optim import build_optimizer
+from mambapro.train.trainer import run_training
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import IDENTITY
-from mambapro.engine.features import FeatureSet
-from mambapro.engine.identity import EmbeddingMismatchError, check_same_model, weights_fingerprint
-from mambapro.engine.index import GalleryIndex
-from mambapro.engine.search import rank_gallery
 from mambapro.errors import UserError
+from mambapro.retrieval.features import FeatureSet
+from mambapro.retrieval.identity import EmbeddingMismatchError, check_same_model, weights_fingerprint
+from mambapro.retrieval.index import GalleryIndex
+from mambapro.retrieval.search import rank_gallery
 
 IDENT = IDENTITY
 

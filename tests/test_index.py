@@ -1,4 +1,4 @@
-"""The FAISS gallery index (mambapro.engine.index): exact ranking, recall, add, files and errors."""
+"""The FAISS gallery index (mambapro.retrieval.index): exact ranking, recall, add, files and errors."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from conftest import IDENTITY
 from mambapro.cli import main
 from mambapro.config import config_to_dict, load_config
 from mambapro.data.synth import generate
-from mambapro.engine.checkpoint import save_checkpoint
-from mambapro.engine.features import FeatureSet
-from mambapro.engine.index import FaissMissingError, GalleryIndex, GalleryIndexError, run_index
-from mambapro.engine.search import rank_index
 from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat
 from mambapro.models import build_model
+from mambapro.retrieval.features import FeatureSet
+from mambapro.retrieval.index import FaissMissingError, GalleryIndex, GalleryIndexError, run_index
+from mambapro.retrieval.search import rank_index
+from mambapro.train.checkpoint import save_checkpoint
 
 N, F = 2000, 64
 IDENT = IDENTITY

@@ -203,8 +203,8 @@ def test_damaged_disk_cache_is_rebuilt_with_one_warning(
 
 
 def test_disk_cache_dir_that_is_a_file_is_named(root: Path, tmp_path: Path) -> None:
-    from mambapro.engine.runlog import check_run_folder
     from mambapro.errors import UserError
+    from mambapro.train.runlog import check_run_folder
 
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
@@ -420,8 +420,8 @@ def test_modality_dropout_on_the_device_path(root: Path) -> None:
 
 
 def test_train_step_augments_on_the_device_path(root: Path, tmp_path: Path) -> None:
-    from mambapro.engine.distributed import DistInfo
-    from mambapro.engine.trainer import Trainer
+    from mambapro.train.distributed import DistInfo
+    from mambapro.train.trainer import Trainer
 
     cfg = load_config(
         "demo",

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import fast
 from mambapro.data.synth import generate
-from mambapro.engine.checkpoint import load_checkpoint
+from mambapro.train.checkpoint import load_checkpoint
 
 # The child slows every torch.save down (and says when one starts), so the signal lands inside
 # the write of the epoch checkpoint.

@@ -1,6 +1,7 @@
-"""The package layout of docs/CONTRACTS.md, read from the source: module-level imports between
-mambapro modules form no cycle, the lower layers never import the engine or the CLI, and the
-engine imports at the top of its files (only optional dependencies are imported late)."""
+"""The package layout, read from the source: module-level imports between mambapro modules form
+no cycle, the lower layers never import the audience packages (train, retrieval, deploy,
+reports) or the CLI, and those packages import at the top of their files (only optional
+dependencies are imported late)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "mambapro"
 
-#: Imports allowed inside engine functions: optional dependencies only.
 # Optional dependencies, imported where used so the package works without them.
 OPTIONAL = {
     "torch.utils.tensorboard",
@@ -22,6 +22,10 @@ OPTIONAL = {
     "starlette",
     "uvicorn",
 }
+
+
+#: The packages by audience, above the model and data layers.
+AUDIENCES = ("train", "retrieval", "deploy", "reports")
 
 
 def _module_name(path: Path) -> str:
@@ -74,7 +78,7 @@ def _graph() -> dict[str, set[str]]:
 
 def test_module_imports_have_no_cycle() -> None:
     graph = _graph()
-    assert "mambapro.engine.trainer" in graph and "mambapro.models.mambapro" in graph
+    assert "mambapro.train.trainer" in graph and "mambapro.models.mambapro" in graph
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -97,7 +101,7 @@ def test_module_imports_have_no_cycle() -> None:
 
 def test_lower_layers_do_not_import_upward() -> None:
     graph = _graph()
-    upper = ("mambapro.engine", "mambapro.cli")
+    upper = (*(f"mambapro.{p}" for p in AUDIENCES), "mambapro.cli")
     lower = (
         "mambapro.data",
         "mambapro.models",
@@ -123,9 +127,9 @@ def test_lower_layers_do_not_import_upward() -> None:
     ]
 
 
-def test_engine_imports_at_the_top() -> None:
+def test_audience_packages_import_at_the_top() -> None:
     late = []
-    for path in sorted((PACKAGE / "engine").glob("*.py")):
+    for path in sorted(p for pkg in AUDIENCES for p in (PACKAGE / pkg).glob("*.py")):
         for fn in ast.walk(ast.parse(path.read_text())):
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue

@@ -13,8 +13,6 @@ from mambapro.cli import main
 from mambapro.config import config_to_dict, load_config
 from mambapro.data import build_dataset, build_test_transform, read_triplet
 from mambapro.data.synth import generate
-from mambapro.engine.checkpoint import load_model, save_checkpoint
-from mambapro.engine.evaluate import cross_missing_matrix, evaluate_model
 from mambapro.errors import ConfigError
 from mambapro.evaluation import compute_distmat
 from mambapro.modalities import (
@@ -26,6 +24,8 @@ from mambapro.modalities import (
     present_label,
 )
 from mambapro.models import build_model
+from mambapro.retrieval.testing import cross_missing_matrix, evaluate_model
+from mambapro.train.checkpoint import load_model, save_checkpoint
 from reference.eval import reference_evaluate
 
 OVERRIDES = ["data.synthetic=false", "data.img_size=[32,32]", "test.batch_size=8", "data.num_workers=0"]

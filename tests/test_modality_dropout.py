@@ -14,10 +14,10 @@ from mambapro.config import ConfigError, DataConfig, config_diff, config_to_dict
 from mambapro.data import MODALITIES, TripletDataset, build_dataset, build_train_loader, synth
 from mambapro.data.loader import DROPPABLE, draw_modality_dropout
 from mambapro.data.transforms import build_train_transform
-from mambapro.engine.report import parameter_report
 from mambapro.modalities import missing_modalities
 from mambapro.models import build_model
 from mambapro.models.missing import MissingTokens
+from mambapro.reports.params import parameter_report
 
 IMG = (32, 32)
 

@@ -1,4 +1,4 @@
-"""The search service (mambapro.engine.serve): rankings, missing modalities, limits, files, HTTP.
+"""The search service (mambapro.deploy.serve): rankings, missing modalities, limits, files, HTTP.
 
 The expected rankings come from the path every other command takes: the dataset's test loader
 (``eval_loader``: read the files, resize, normalise, zero the missing modalities), the model
@@ -27,14 +27,14 @@ from mambapro.cli import main
 from mambapro.config import config_to_dict, load_config
 from mambapro.data import read_triplet, samples_at, triplet_paths
 from mambapro.data.synth import generate
-from mambapro.engine.checkpoint import load_model, save_checkpoint
-from mambapro.engine.features import FeatureSet, eval_loader, extract_features
-from mambapro.engine.identity import EmbeddingMismatchError
-from mambapro.engine.index import GalleryIndex
 from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat
 from mambapro.modalities import MODALITIES
 from mambapro.models import build_model
+from mambapro.retrieval.features import FeatureSet, eval_loader, extract_features
+from mambapro.retrieval.identity import EmbeddingMismatchError
+from mambapro.retrieval.index import GalleryIndex
+from mambapro.train.checkpoint import load_model, save_checkpoint
 
 pytest.importorskip("faiss")
 pytest.importorskip("fastapi")
@@ -42,7 +42,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402  (after the optional-dependency skips)
 
-from mambapro.engine.serve import (  # noqa: E402
+from mambapro.deploy.serve import (  # noqa: E402
     MAX_PIXELS,
     SearchService,
     ServeMissingError,

@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import mambapro.engine.sweep as sweep_mod
-import mambapro.engine.trainer as trainer_mod
+import mambapro.train.sweep as sweep_mod
+import mambapro.train.trainer as trainer_mod
 from conftest import FAST
 from mambapro.cli import main
 from mambapro.config import load_config
 from mambapro.data.synth import generate
-from mambapro.engine.checkpoint import load_checkpoint
-from mambapro.engine.sweep import parse_sets, plan_sweep, point_name
 from mambapro.models import build_model
+from mambapro.train.checkpoint import load_checkpoint
+from mambapro.train.sweep import parse_sets, plan_sweep, point_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

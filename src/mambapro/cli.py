@@ -18,11 +18,11 @@ from typing import NoReturn
 from mambapro import __version__
 from mambapro.config import SynthConfig, dump_config, load_config
 from mambapro.data.synth import LAYOUTS
-from mambapro.engine.runlog import check_run_folder
-from mambapro.engine.serve_options import MAX_K, ServeOptions
+from mambapro.deploy.serve_options import MAX_K, ServeOptions
 from mambapro.errors import UserError, check_output_dir
 from mambapro.files import check_output, npz_path
 from mambapro.modalities import parse_missing_request
+from mambapro.train.runlog import check_run_folder
 
 __all__ = ["main", "build_parser"]
 
@@ -70,7 +70,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from mambapro.engine.report import flops_report, parameter_report
+    from mambapro.reports.params import flops_report, parameter_report
 
     cfg = _cfg(args)
     report = parameter_report(cfg)
@@ -79,7 +79,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
         print(json.dumps(report, indent=2))
     else:
-        from mambapro.engine.report import format_parameter_report
+        from mambapro.reports.params import format_parameter_report
 
         print(format_parameter_report(report))
     if args.flops:
@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _cfg(args, extra=_path_flags(args))
     check_run_folder(cfg, args.resume)
 
-    from mambapro.engine.trainer import run_training
+    from mambapro.train.trainer import run_training
 
     done = run_training(cfg, resume=args.resume, quiet=args.quiet)
     if done:  # rank 0 of a distributed run, or the only process
@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     # The whole grid is refused before torch loads: every point's config, the point folders.
     check_output_dir(args.output, "--output")
-    from mambapro.engine.sweep import plan_sweep, run_sweep
+    from mambapro.train.sweep import plan_sweep, run_sweep
 
     plan = plan_sweep(args.config, args.set, args.output, args.overrides, extra=_path_flags(args))
     run_sweep(plan, quiet=args.quiet)
@@ -119,7 +119,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     if args.missing is not None:
         parse_missing_request(args.missing)
 
-    from mambapro.engine.evaluate import run_test
+    from mambapro.retrieval.testing import run_test
 
     cfg_extra = _path_flags(args)
     run_test(
@@ -150,7 +150,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else args.checkpoint.parent / "analysis"
     check_output_dir(out, "--out")
 
-    from mambapro.engine.analysis import run_analyze
+    from mambapro.reports.analysis import run_analyze
 
     run_analyze(
         args.checkpoint,
@@ -171,7 +171,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     _require_file(args.checkpoint, "--checkpoint")
     check_output(npz_path(args.out), "--out", "features", inputs=[("--checkpoint", args.checkpoint)])
 
-    from mambapro.engine.features import run_extract
+    from mambapro.retrieval.features import run_extract
 
     run_extract(
         checkpoint=args.checkpoint,
@@ -200,7 +200,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_output(args.out, "--out", "rank list", inputs)
     check_output(args.out.with_suffix(".json"), "--out (its rankings)", "rankings", inputs)
 
-    from mambapro.engine.search import run_search
+    from mambapro.retrieval.search import run_search
 
     run_search(
         checkpoint=args.checkpoint,
@@ -223,7 +223,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         _require_file(args.index or args.out, "--index" if args.index else "--out")
     check_output(args.out, "--out", "index", inputs=[("--features", f) for f in args.features])
 
-    from mambapro.engine.index import run_index
+    from mambapro.retrieval.index import run_index
 
     run_index(
         args.action,
@@ -248,7 +248,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"--tolerance {args.tolerance}: must be > 0")
     check_output(args.out, "--out", fmt, inputs=[("--checkpoint", args.checkpoint)])
 
-    from mambapro.engine.export import run_export
+    from mambapro.deploy.export import run_export
 
     run_export(
         args.checkpoint,
@@ -269,12 +269,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.gallery_root is not None and not args.gallery_root.is_dir():
         what = "is a file" if args.gallery_root.exists() else "no such folder"
         raise UserError(f"--gallery-root {args.gallery_root}: {what}")
-    # Checked here, before the engine (and torch) loads.
+    # Checked here, before the service (and torch) loads.
     options = ServeOptions(
         host=args.host, port=args.port, k=args.k, max_upload_mb=args.max_upload_mb, max_batch=args.max_batch
     )
 
-    from mambapro.engine.serve import run_serve
+    from mambapro.deploy.serve import run_serve
 
     run_serve(
         args.checkpoint,
@@ -291,7 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_dir(args.output, "--output")
 
-    from mambapro.engine.demo import run_demo
+    from mambapro.train.demo import run_demo
 
     run_demo(config=args.config, overrides=args.overrides, output=args.output, quiet=args.quiet)
     return 0
@@ -318,7 +318,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _require_file(path: Path, option: str) -> None:
-    # Checked before the engine is imported: a mistyped path costs no seconds of loading torch.
+    # Checked before torch is imported: a mistyped path costs no seconds of loading torch.
     if not path.is_file():
         raise UserError(f"{option} {path}: {'is a folder' if path.is_dir() else 'no such file'}")
 

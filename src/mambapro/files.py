@@ -12,7 +12,7 @@ outputs that never replace one of their inputs or a file of another kind.
   computation starts.
 
 This module imports nothing heavy (no torch, no NumPy): the CLI runs these checks before the
-engine loads.
+torch-based modules load.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Lazy exports of a package: names whose modules load on first use (module ``__getattr__``).
 
-The CLI and the config read light parts of ``mambapro.data`` and ``mambapro.engine`` (dataset
+The CLI and the config read light parts of ``mambapro.data`` and ``mambapro.train`` (dataset
 specs, run-folder checks); the torch-based parts load only when one of their names is used.
 """
 

@@ -247,7 +247,7 @@ def missing_modality_table(
     Args:
         evaluate_setting: ``setting -> EvalResult``: the model evaluated with those modalities
             missing (zeroed after normalisation) in query and gallery alike
-            (``mambapro.engine.evaluate_model`` with ``missing=setting``).
+            (``mambapro.retrieval.evaluate_model`` with ``missing=setting``).
         settings: values of :data:`~mambapro.modalities.MISSING_SETTINGS`, in table order.
         title: first line of the table.
         log: called with a short line after each setting (e.g. ``print``).

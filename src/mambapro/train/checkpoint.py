@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from mambapro.config import Config, config_diff, config_to_dict, load_config
-from mambapro.engine.runtime import resolve_device
 from mambapro.errors import CheckpointError
 from mambapro.files import atomic_write
 from mambapro.models import build_model
+from mambapro.runtime import resolve_device
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "CheckpointError"]
 

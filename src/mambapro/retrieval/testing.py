@@ -18,9 +18,6 @@ from torch import nn
 
 from mambapro.config import Config
 from mambapro.data import dataset_from_config, dataset_spec
-from mambapro.engine.checkpoint import load_model
-from mambapro.engine.features import FeatureSet, check_model_cameras, eval_loader, extract_features
-from mambapro.engine.runtime import eval_amp
 from mambapro.errors import check_output_dir
 from mambapro.evaluation import (
     EvalResult,
@@ -38,6 +35,9 @@ from mambapro.modalities import (
     parse_missing_request,
     present_label,
 )
+from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, extract_features
+from mambapro.runtime import eval_amp
+from mambapro.train.checkpoint import load_model
 
 __all__ = ["cross_missing_matrix", "evaluate_model", "format_cross_matrix", "run_test", "write_report"]
 

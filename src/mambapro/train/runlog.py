@@ -53,7 +53,7 @@ def check_run_folder(cfg: Config, resume: bool) -> Path:
 
     Without ``resume`` the folder must hold no run yet; with it, it must hold ``last.ckpt``. With
     ``data.cache=disk`` an explicit ``data.cache_dir`` must be a folder that can be written.
-    Torch-free, so the CLI refuses before importing the engine.
+    Torch-free, so the CLI refuses before importing torch.
     """
     out = Path(cfg.train.output)
     check_output_dir(out, "run folder (train.output, --output)")

@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from mambapro.engine.features import FeatureSet
-from mambapro.engine.identity import MODEL_KEYS, check_same_model, stored_identity
 from mambapro.errors import UserError, short_reason
 from mambapro.evaluation.distance import prepare_features
 from mambapro.files import atomic_write, check_output
+from mambapro.retrieval.features import FeatureSet
+from mambapro.retrieval.identity import MODEL_KEYS, check_same_model, stored_identity
 
 __all__ = [
     "FORMAT",
@@ -194,7 +194,7 @@ class GalleryIndex:
         self.recall = recall  # recall@10 measured at build (approximate kinds), else None
         self.recall_queries = recall_queries
         self.built_from = built_from or len(self.paths)
-        self.identity = identity  # what made the embeddings (engine.identity), None if unknown
+        self.identity = identity  # what made the embeddings (retrieval.identity), None if unknown
         self.source: Path | None = None  # the file it was loaded from, named in messages
 
     def _name(self) -> str:

@@ -23,9 +23,9 @@ test set (query and gallery, all three modalities present):
   score for unseen identities; see :func:`grad_cam_maps` for why not the readout's output),
   computed with ``pytorch-grad-cam`` and overlaid on that modality's image, for ``queries`` queries: the
   best- and worst-AP ones of the first checkpoint (the same queries for every checkpoint).
-* **Rank lists** of the worst queries (:func:`mambapro.engine.search.draw_rank_list`), the CMC
+* **Rank lists** of the worst queries (:func:`mambapro.retrieval.search.draw_rank_list`), the CMC
   curves, the metrics, and with ``missing="all"`` the missing-modality table
-  (:func:`mambapro.engine.evaluate.evaluate_model` per setting).
+  (:func:`mambapro.retrieval.testing.evaluate_model` per setting).
 
 Everything lands in one folder with ``analysis.json`` and ``report.html`` (a self-contained page:
 relative links to the PNG files beside it, no network). Metrics use the plain distance
@@ -56,12 +56,6 @@ from tqdm.auto import tqdm
 
 from mambapro.config import Config
 from mambapro.data import dataset_from_config, dataset_spec
-from mambapro.engine.checkpoint import load_model
-from mambapro.engine.evaluate import evaluate_model
-from mambapro.engine.features import FeatureSet, check_model_cameras, eval_loader, eval_pass
-from mambapro.engine.report_page import write_report_page
-from mambapro.engine.runtime import eval_amp
-from mambapro.engine.search import draw_rank_list, rank_gallery
 from mambapro.errors import UserError, check_output_dir
 from mambapro.evaluation import (
     EvalResult,
@@ -73,6 +67,12 @@ from mambapro.evaluation import (
     plot_cmc,
 )
 from mambapro.modalities import MISSING_SETTINGS, MODALITIES
+from mambapro.reports.page import write_report_page
+from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, eval_pass
+from mambapro.retrieval.search import draw_rank_list, rank_gallery
+from mambapro.retrieval.testing import evaluate_model
+from mambapro.runtime import eval_amp
+from mambapro.train.checkpoint import load_model
 
 __all__ = [
     "DEFAULT_IDS",

@@ -27,14 +27,14 @@ from PIL import Image, ImageDraw, PngImagePlugin
 
 from mambapro.data import DatasetError, read_triplet, samples_at, triplet_paths
 from mambapro.data.io import is_side_by_side, tiny_image_note
-from mambapro.engine.checkpoint import load_model
-from mambapro.engine.features import FeatureSet, check_model_cameras, eval_loader, extract_features
-from mambapro.engine.identity import check_same_model, model_identity
-from mambapro.engine.index import GalleryIndex
-from mambapro.engine.runtime import eval_amp
 from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat
 from mambapro.files import RANK_LIST_TAG, atomic_write, check_output
+from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, extract_features
+from mambapro.retrieval.identity import check_same_model, model_identity
+from mambapro.retrieval.index import GalleryIndex
+from mambapro.runtime import eval_amp
+from mambapro.train.checkpoint import load_model
 
 __all__ = ["rank_index", "Match", "rank_gallery", "draw_rank_list", "run_search"]
 

@@ -1,8 +1,8 @@
 """Training orchestration: data, model, optimiser, loop, evaluation, checkpoints, run record.
 
 The trainer only orchestrates; the pieces live in ``mambapro.data``, ``mambapro.models``
-(the network), ``engine.data`` (the run's data), ``losses``, ``optim``, ``checkpoint``,
-``evaluate`` and ``mambapro.evaluation``.
+(the network), ``run_data`` (the run's data), ``losses``, ``optim``, ``checkpoint``,
+``mambapro.retrieval.testing`` and ``mambapro.evaluation``.
 
 Reproducibility: the training batches and every augmentation decision are a pure function of
 (seed, epoch, position) (see ``mambapro.data``), the model is initialised under the seed, and a
@@ -33,18 +33,18 @@ from tqdm.auto import tqdm
 from mambapro.config import Config, config_to_dict
 from mambapro.data import build_train_loader
 from mambapro.data.device_aug import DeviceAugment
-from mambapro.engine.analysis import run_analyze
-from mambapro.engine.checkpoint import load_checkpoint, save_checkpoint
-from mambapro.engine.data import prepare_data
-from mambapro.engine.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
-from mambapro.engine.evaluate import evaluate_model, write_report
-from mambapro.engine.features import check_model_cameras
-from mambapro.engine.losses import ReIDLoss
-from mambapro.engine.optim import build_optimizer, build_scheduler, step_epoch
-from mambapro.engine.runlog import RunLogger, changed_settings, check_run_folder
-from mambapro.engine.runtime import amp_dtype, eval_amp, resolve_device, seed_everything
 from mambapro.errors import TrainingError, UserError
 from mambapro.models import MambaPro, build_model
+from mambapro.reports.analysis import run_analyze
+from mambapro.retrieval.features import check_model_cameras
+from mambapro.retrieval.testing import evaluate_model, write_report
+from mambapro.runtime import amp_dtype, eval_amp, resolve_device, seed_everything
+from mambapro.train.checkpoint import load_checkpoint, save_checkpoint
+from mambapro.train.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from mambapro.train.losses import ReIDLoss
+from mambapro.train.optim import build_optimizer, build_scheduler, step_epoch
+from mambapro.train.run_data import prepare_data
+from mambapro.train.runlog import RunLogger, changed_settings, check_run_folder
 
 __all__ = ["Trainer", "TrainingError", "run_training"]
 

@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 
 from mambapro.config import Config
 from mambapro.data import build_test_loader, check_cameras, dataset_from_config
-from mambapro.engine.checkpoint import load_model
-from mambapro.engine.identity import model_identity, stored_identity
-from mambapro.engine.runtime import eval_amp
 from mambapro.errors import UserError, short_reason
 from mambapro.files import atomic_write, check_output, npz_path
+from mambapro.retrieval.identity import model_identity, stored_identity
+from mambapro.runtime import eval_amp
+from mambapro.train.checkpoint import load_model
 
 __all__ = [
     "EvalStep",
@@ -37,7 +37,7 @@ __all__ = [
 @dataclass
 class FeatureSet:
     """Features of one split: feats (N, F) float32, per-sample labels, and the identity of the
-    model that made them (:mod:`mambapro.engine.identity`; None when unknown)."""
+    model that made them (:mod:`mambapro.retrieval.identity`; None when unknown)."""
 
     feats: np.ndarray
     pids: np.ndarray

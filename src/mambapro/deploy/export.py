@@ -32,11 +32,11 @@ import torch
 from torch import Tensor, nn
 
 from mambapro import __version__
-from mambapro.engine.checkpoint import load_model
 from mambapro.errors import UserError
 from mambapro.files import atomic_write, check_output
 from mambapro.modalities import MODALITIES
 from mambapro.ops.scan_export import EXPORT_FORMS
+from mambapro.train.checkpoint import load_model
 
 __all__ = [
     "EXPORT_FORMATS",

@@ -52,13 +52,13 @@ from PIL import Image, UnidentifiedImageError
 
 from mambapro.data import DatasetError, apply_missing, build_test_transform, read_triplet, triplet_paths
 from mambapro.data.io import tiny_image_note
-from mambapro.engine.checkpoint import load_model
-from mambapro.engine.identity import check_same_model, model_identity
-from mambapro.engine.index import GalleryIndex
-from mambapro.engine.runtime import eval_amp
-from mambapro.engine.serve_options import MAX_K, ServeOptions
+from mambapro.deploy.serve_options import MAX_K, ServeOptions
 from mambapro.errors import UserError
 from mambapro.modalities import MODALITIES, missing_label, parse_missing, present_label
+from mambapro.retrieval.identity import check_same_model, model_identity
+from mambapro.retrieval.index import GalleryIndex
+from mambapro.runtime import eval_amp
+from mambapro.train.checkpoint import load_model
 
 __all__ = [
     "MAX_K",

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 
 from mambapro.config import Config
 from mambapro.data import ReIDDataset, dataset_from_config, split_validation
-from mambapro.engine.distributed import DistInfo, barrier
+from mambapro.train.distributed import DistInfo, barrier
 
 __all__ = ["DataBundle", "prepare_data"]
 
 
 @dataclass
 class DataBundle:
-    """Everything the engine needs to know about the data of a run."""
+    """Everything the trainer needs to know about the data of a run."""
 
     name: str
     dataset: ReIDDataset  # train split without the held-out validation identities

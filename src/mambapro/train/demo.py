@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from mambapro.config import load_config
-from mambapro.engine.data import prepare_data
-from mambapro.engine.evaluate import evaluate_model, write_report
-from mambapro.engine.runtime import resolve_device, seed_everything
-from mambapro.engine.trainer import run_training
 from mambapro.errors import check_output_dir
 from mambapro.models import build_model
+from mambapro.retrieval.testing import evaluate_model, write_report
+from mambapro.runtime import resolve_device, seed_everything
+from mambapro.train.run_data import prepare_data
+from mambapro.train.trainer import run_training
 
 __all__ = ["run_demo", "fresh_output_dir"]
 

@@ -1,7 +1,7 @@
 """The options of ``mambapro serve`` (where it listens, what it accepts): defaults and limits.
 
 One place for them, torch-free, so the CLI takes its defaults from here and refuses a bad option
-before it loads the model, and :mod:`mambapro.engine.serve` enforces the same values.
+before it loads the model, and :mod:`mambapro.deploy.serve` enforces the same values.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ per key and one line per combination of the other keys' values (the paper's Figs
 Everything that can refuse the sweep (a bad ``--set``, a point whose config does not validate,
 a point folder that holds a run with other settings, a point whose dataset does not parse) is
 checked by :func:`plan_sweep`, before any training starts. A config error is refused without
-importing torch: the engine's torch-based modules load lazily, through :mod:`mambapro.engine`,
+importing torch: the torch-based modules load lazily, through :mod:`mambapro.train`,
 when the first point trains (or when an existing synthetic tree's settings are checked).
 """
 
@@ -38,12 +38,12 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mambapro import data, engine
+from mambapro import data, reports, train
 from mambapro.config import Config, load_config, parse_override
 from mambapro.data import build_dataset, synth
-from mambapro.engine.runlog import changed_settings
 from mambapro.errors import ConfigError, DatasetError, UserError, check_output_dir
 from mambapro.files import atomic_write
+from mambapro.train.runlog import changed_settings
 
 __all__ = ["SweepPlan", "SweepPoint", "parse_sets", "plan_sweep", "point_name", "run_sweep", "run_state"]
 
@@ -377,8 +377,8 @@ def _row(plan: SweepPlan, point: SweepPoint, status: str) -> dict[str, Any]:
         raise UserError(f"{point.folder}: the run ended without its final test record in metrics.jsonl")
     epochs = [r for r in _read_records(point.folder) if "seconds" in r and "selection" not in r]
     meta = json.loads((point.folder / "meta.json").read_text())
-    # engine's lazy export: torch loads with the first point, not when a sweep is refused.
-    params = engine.parameter_report(point.cfg, meta["num_classes"], meta["num_cameras"])["trainable"]
+    # a lazy export: torch loads with the first point, not when a sweep is refused.
+    params = reports.parameter_report(point.cfg, meta["num_classes"], meta["num_cameras"])["trainable"]
     row: dict[str, Any] = {"point": point.name}
     row.update({k: _value_text(point.values[k]) for k in plan.keys})
     row.update(
@@ -489,7 +489,7 @@ def run_sweep(plan: SweepPlan, quiet: bool = False) -> SweepPlan:
                 print(f"{where}: training in {point.folder}", flush=True)
                 status = "trained"
             try:
-                engine.run_training(
+                train.run_training(
                     point.cfg, resume=point.state == "resume", quiet=quiet, show_data=not shown_data
                 )
             except KeyboardInterrupt:
