@@ -264,7 +264,7 @@ def main() -> None:
     growth = ma[-1] / ma[0]
     lines.append(
         f"MA time {tokens[-1]} / {tokens[0]} tokens: {growth:.1f}x for {tokens[-1] / tokens[0]:.0f}x the "
-        f"tokens ({'within' if growth <= 20 else 'ABOVE'} the issue's bound of 20); "
+        f"tokens ({'within' if growth <= 20 else 'ABOVE'} the bound of 20); "
         f"Transformer: {tr[-1] / tr[0]:.1f}x"
     )
     lines.append(crossing(tokens, ma, tr))

@@ -1,4 +1,4 @@
-"""Input pipeline throughput: triplets per second delivered to the train step (issue 15).
+"""Input pipeline throughput: triplets per second delivered to the train step.
 
 Run on demand: ``python benchmarks/bench_input.py [--out benchmarks/results/bench_input.txt]``.
 A synthetic RGBNT201-layout dataset at 256x128 (``mambapro.data.synth.generate``), batch 64

@@ -8,7 +8,7 @@ the (B, D, L, N) state tensor. The loop (mamba-ssm's ``selective_scan_ref``) is 
 the ratios, measured in the same run, and also the reference for the printed max errors
 (outputs; gradients of every input, relative to their max magnitude).
 
-    python benchmarks/bench_scan.py                       # the issue's table (the loop takes ~20 min)
+    python benchmarks/bench_scan.py                       # the full table (the loop takes ~20 min)
     python benchmarks/bench_scan.py --sizes 8x384         # the acceptance size only
 """
 
@@ -197,7 +197,7 @@ def main() -> None:
                 lines.append(row)
             Path(dump).unlink(missing_ok=True)
     lines.append(
-        "targets (issue 5, B=8, L=384): fwd+bwd >= 50x, fwd >= 2x, peak extra <= 4x state, "
+        "targets (B=8, L=384): fwd+bwd >= 50x, fwd >= 2x, peak extra <= 4x state, "
         "errors <= 1e-5 (out) / 1e-4 (grad)"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ error / max |loop value|, of the output and of the worst input's gradient. ``loo
 fp32 whatever it is given, so it runs on fp32 inputs only. A size that runs out of memory is
 reported as such, and so is a backend whose process fails.
 
-    python benchmarks/bench_scan_cuda.py                    # the GPU issue's table (about a minute)
+    python benchmarks/bench_scan_cuda.py                    # the GPU table (about a minute)
     python benchmarks/bench_scan_cuda.py --sizes 64x384 --backends torch,triton --dtypes bf16
 """
 
@@ -37,7 +37,7 @@ BACKENDS = ("loop", "torch", "triton", "mamba_ssm")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 LOW_PRECISION = ("u", "delta", "B", "C")  # what MA hands the scan in its autocast dtype
-#: The issue's targets (fwd+bwd at B = 64, L = 384): triton >= 10x torch, within 2x of mamba-ssm.
+#: The targets (fwd+bwd at B = 64, L = 384): triton >= 10x torch, within 2x of mamba-ssm.
 TARGET_SIZE = (64, 384)
 DEVICE = "cuda"
 

@@ -42,7 +42,7 @@ def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-#: The GPU issue's target for row F at batch 64 with bf16 autocast, read as 12.5e9 bytes.
+#: The GPU target for row F at batch 64 with bf16 autocast, read as 12.5e9 bytes.
 TARGET_PEAK_BYTES = 12.5e9
 
 

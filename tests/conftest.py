@@ -1,4 +1,5 @@
-"""Shared test helpers: the small-training config overrides and the opt-in ``one_thread`` fixture.
+"""Shared test helpers: the small-training config overrides, the opt-in ``one_thread`` fixture and
+the session's one trained tiny model (``tiny_run``).
 
 Test modules import the constants with ``from conftest import FAST`` (``tests`` is on the path:
 ``pythonpath`` in pyproject.toml) and opt in to the fixture with
@@ -6,8 +7,21 @@ Test modules import the constants with ``from conftest import FAST`` (``tests`` 
 
 from __future__ import annotations
 
-import pytest
-import torch
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Idle OpenMP workers sleep instead of spinning, as in the CLI (mambapro.cli sets the same default
+# before torch loads): libgomp reads this once, when torch is imported, which for the tests is
+# here, before any test module. On a busy 2-core machine spinning workers made each tiny
+# in-process training about six times slower (40 s instead of 7 s). An explicit choice in the
+# environment wins, and the subprocesses of the tests inherit it, as they would from the CLI.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Small, fast training: the demo preset's tiny model on 32x32 inputs, one step per epoch.
 FAST = [
@@ -58,3 +72,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """What ``tiny_run`` made. Shared by every module that asks for it, so read only: a test that
+    changes one of these files (or needs a run folder of its own) copies it first."""
+
+    tree: Path  #: a synthetic RGBNT201 dataset folder (seed 5: 6 ids, 2 of them test, 2 cameras, 2 shots)
+    run: Path  #: the demo preset trained on ``tree`` with FAST: last.ckpt, config.yaml, metrics, ...
+    checkpoint: Path  #: run / "last.ckpt"
+    gallery: Path  #: the gallery split's features of that checkpoint (`mambapro extract`)
+    index: Path  #: a gallery index built from them (`mambapro index build`)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """One tiny training for the whole session, with its features and index, each made by the
+    code of the real command."""
+    from mambapro.config import load_config
+    from mambapro.data.synth import generate
+    from mambapro.retrieval.features import run_extract
+    from mambapro.retrieval.index import run_index
+    from mambapro.train.trainer import run_training
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    made = TinyRun(root / "tree", root / "run", root / "run/last.ckpt", root / "g.npz", root / "g.index")
+    generate("rgbnt201", made.tree, seed=5, ids=6, test_ids=2, cameras=2, shots=2)
+    run_training(
+        load_config("demo", [*FAST, f"data.root={made.tree}", f"train.output={made.run}"]), quiet=True
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_extract(made.checkpoint, made.tree, "gallery", made.gallery, quiet=True)
+        run_index("build", made.gallery, made.index)
+    return made

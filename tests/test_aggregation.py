@@ -1,4 +1,4 @@
-"""Aggregators: registry, exact parameter counts (SPEC §5), shapes, gradients and structure."""
+"""Aggregators: registry, exact parameter counts, shapes, gradients and structure."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from mambapro.aggregation import (
 )
 from mambapro.aggregation.ma import ScanDirections
 
-# SPEC §5, parameters including the three readout heads, C = 512. The paper's rows are single
+# The paper's Table 3, parameters including the three readout heads, C = 512. The paper's rows are single
 # blocks (depth 1); the default MA has two. Sum and Concat have no exact integer in the spec:
 # these are the structures that give the paper's 1.58M / 2.37M (see simple.py).
 EXACT_PARAMS = {
@@ -45,7 +45,7 @@ def tokens(batch: int, grid: tuple[int, int], dim: int, seed: int = 0) -> list[t
 
 
 def test_registry_names_equal_config_choices() -> None:
-    assert tuple(AGGREGATORS.names()) == config.AGGREGATORS
+    assert config.choices("model.aggregator") == tuple(AGGREGATORS.names())
 
 
 @pytest.mark.parametrize(("name", "depth"), list(EXACT_PARAMS), ids=lambda x: str(x))
@@ -71,7 +71,7 @@ PAPER_MILLIONS = {
 def test_paper_row_totals_decompose() -> None:
     """Built modules, counted part by part: every row is the shared readout plus its blocks
     (MA = its intra part + its inter part, MA(Trans) = 4 Transformer blocks), each part equal to
-    the count of its layers by hand (SPEC §3) and each total rounding to the paper's number."""
+    the count of its layers by hand and each total rounding to the paper's number."""
     c, d, n, r = 512, 1024, 16, 32
     readout = 3 * (2 * d + d * c + c)  # per modality LayerNorm(2C) + Linear(2C -> C)
     front = c * 2 * d + (9 * d + d) + 2 * d  # in_proj (no bias), 3x3 depth-wise conv, BatchNorm2d
@@ -101,7 +101,7 @@ def test_paper_row_totals_decompose() -> None:
     assert n_params(built["ma_transformer"]) == 4 * t_block + readout
     assert n_params(built["concat"]) == readout + 3 * c * c + c  # + Linear(3C -> C)
 
-    # The default MA stacks two blocks under one readout (SPEC §5: 17,358,336).
+    # The default MA stacks two blocks under one readout (Table 3: 17,358,336).
     assert len(ma2.blocks) == 2 and n_params(ma2) == 2 * (intra + inter) + readout == 17_358_336
 
 
@@ -114,7 +114,7 @@ def test_bidirectional_adds_one_ssm_per_scan() -> None:
 
 
 @pytest.mark.parametrize("grid", [(16, 8), (8, 16)], ids=["16x8", "8x16"])
-@pytest.mark.parametrize("name", config.AGGREGATORS)
+@pytest.mark.parametrize("name", AGGREGATORS.names())
 def test_forward_backward_both_geometries(name: str, grid: tuple[int, int]) -> None:
     torch.manual_seed(0)
     depth = 2 if name == "ma" else 1  # the default MA stacks two blocks
@@ -130,7 +130,7 @@ def test_forward_backward_both_geometries(name: str, grid: tuple[int, int]) -> N
     assert not missing, f"parameters without a finite gradient: {missing}"
 
 
-@pytest.mark.parametrize("name", config.AGGREGATORS)
+@pytest.mark.parametrize("name", AGGREGATORS.names())
 def test_token_count_mismatch_names_the_shape(name: str) -> None:
     module = build_aggregator(name, grid=(16, 8), depth=1, **SMALL)
     bad = tokens(2, (8, 8), SMALL["dim"])  # 65 tokens where 129 are expected

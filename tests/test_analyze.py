@@ -79,7 +79,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(IDS),
             "--queries",
             "4",
-            "--out",
+            "--output",
             str(s / "out"),
         ]
     )
@@ -296,7 +296,7 @@ def test_a_test_set_of_one_identity_is_refused_by_train_analyze_and_analyze(caps
         "--data-root",
         str(tmp_path / "tree"),
     ]
-    line = _error(capsys, [*argv, "--out", str(tmp_path / "a")])
+    line = _error(capsys, [*argv, "--output", str(tmp_path / "a")])
     assert "test set (query + gallery) has 1 identity; t-SNE needs at least 2" in line and "--ids" not in line
     assert not (tmp_path / "a").exists()
 
@@ -315,7 +315,7 @@ def test_missing_modality_table(shared, tmp_path) -> None:
     # Without an aggregator (cheap): the table of the seven settings, full = the metrics row.
     out = tmp_path / "missing"
     argv = ["analyze", "-q", "--checkpoint", str(shared / "none/last.ckpt"), "--ids", "2", "--queries", "1"]
-    assert main([*argv, "--missing", "all", "--out", str(out)]) == 0
+    assert main([*argv, "--missing", "all", "--output", str(out)]) == 0
     report = json.loads((out / "analysis.json").read_text())
     (label,) = report["missing"]
     rows = report["missing"][label]

@@ -13,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import TinyRun
 from mambapro.cli import main
 from mambapro.config import config_to_dict, load_config
 from mambapro.data import DatasetError
@@ -24,10 +25,8 @@ from mambapro.train.trainer import run_training
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    generate("rgbnt201", root, seed=5, ids=6, test_ids=2, cameras=2, shots=2)
-    return root
+def data_root(tiny_run: TinyRun) -> Path:
+    return tiny_run.tree  # read only
 
 
 def test_options_and_overrides_in_any_order(capsys: pytest.CaptureFixture[str]) -> None:

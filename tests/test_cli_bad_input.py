@@ -6,6 +6,13 @@ this line names the culprit (the row's pattern), and that the files it could tou
 own folder and the shared inputs: dataset trees, a finished run, stray files) are byte for byte
 what they were (snapshot before and after).
 
+Each row is its own test, named after the row (``pytest -k synth-one-camera`` runs one). The
+selected rows run two at a time in a module fixture, in the order of their tests, and each test
+waits for its own row's result. The shared inputs are hashed once, when the module made them;
+each row then hashes them again after it ran (content, so a same-size rewrite within one mtime
+tick shows too) and compares with the reference, or, when their file metadata already differed
+from the reference as the row started, with a hash taken then.
+
 The rows cover the seven classes of the reliability issue for every command: data that must not
 be replaced, file-system errors (a file where a folder goes, read-only folders), values outside
 their range, errors of our own code reachable from the CLI, runs refused before their folder
@@ -25,7 +32,9 @@ import shutil
 import stat
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +42,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAST
-from mambapro.config import load_config
+from conftest import FAST, TinyRun
 from mambapro.data import build_dataset
 from mambapro.data.synth import generate
 from mambapro.files import artefact_kind
 from mambapro.retrieval.features import run_extract
-from mambapro.retrieval.index import run_index
 from mambapro.retrieval.testing import evaluate_model
 from mambapro.train.checkpoint import load_model
-from mambapro.train.trainer import run_training
 
 SMALL_SYNTH = ["--ids", "4", "--test-ids", "2", "--cameras", "2", "--shots", "2"]
 CKPT = "{s}/run/last.ckpt"
@@ -56,7 +62,7 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
     # 1. data that must never be replaced
     (
         "synth-onto-other-synthetic",
-        ["synth", "--out", "{s}/tree", *SMALL_SYNTH],
+        ["synth", "--output", "{s}/tree", *SMALL_SYNTH],
         r"{s}/tree/RGBNT201 already exists \(a synthetic dataset made with seed=5, ids=6",
         None,
     ),
@@ -74,7 +80,7 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
     ),
     (
         "synth-onto-real-dataset",
-        ["synth", "--out", "{s}/panels", "--layout", "rgbnt100", *SMALL_SYNTH],
+        ["synth", "--output", "{s}/panels", "--layout", "rgbnt100", *SMALL_SYNTH],
         r"{s}/panels/RGBNT100/rgbir already exists",
         None,
     ),
@@ -173,10 +179,10 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         r"cannot write in {s}/ro",
         None,
     ),
-    ("synth-out-read-only", ["synth", "--out", "{s}/ro", *SMALL_SYNTH], r"cannot write in {s}/ro", None),
+    ("synth-out-read-only", ["synth", "--output", "{s}/ro", *SMALL_SYNTH], r"cannot write in {s}/ro", None),
     (
         "synth-out-below-a-file",
-        ["synth", "--out", "{s}/afile/x", *SMALL_SYNTH],
+        ["synth", "--output", "{s}/afile/x", *SMALL_SYNTH],
         r"{s}/afile is a file, not a folder",
         None,
     ),
@@ -290,19 +296,19 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
     ),
     (
         "synth-msvr310-one-scene",
-        ["synth", "--layout", "msvr310", "--out", "{w}/x", "--scenes", "1"],
+        ["synth", "--layout", "msvr310", "--output", "{w}/x", "--scenes", "1"],
         r"needs shots >= 2 and scenes >= 2",
         None,
     ),
     (
         "synth-more-test-ids-than-ids",
-        ["synth", "--out", "{w}/x", "--ids", "5", "--test-ids", "10"],
+        ["synth", "--output", "{w}/x", "--ids", "5", "--test-ids", "10"],
         r"ids = 5 must exceed test_ids = 10",
         None,
     ),
     (
         "synth-one-camera",
-        ["synth", "--out", "{w}/x", "--cameras", "1"],
+        ["synth", "--output", "{w}/x", "--cameras", "1"],
         r"cameras = 1 must be in 2..9 for the rgbnt201 layout",
         None,
     ),
@@ -571,13 +577,13 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
     ),
     (
         "analyze-compare-missing",
-        ["analyze", "--checkpoint", CKPT, "--compare", "{s}/nope.ckpt", "--out", "{w}/a"],
+        ["analyze", "--checkpoint", CKPT, "--compare", "{s}/nope.ckpt", "--output", "{w}/a"],
         r"--compare {s}/nope.ckpt: no such file",
         None,
     ),
     (
         "analyze-compare-not-a-checkpoint",
-        ["analyze", "--checkpoint", CKPT, "--compare", "{s}/photo.jpg", "--out", "{w}/a"],
+        ["analyze", "--checkpoint", CKPT, "--compare", "{s}/photo.jpg", "--output", "{w}/a"],
         r"{s}/photo.jpg is not a mambapro checkpoint",
         None,
     ),
@@ -589,19 +595,19 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
     ),
     (
         "analyze-one-id",
-        ["analyze", "--checkpoint", CKPT, "--ids", "1", "--out", "{w}/a"],
+        ["analyze", "--checkpoint", CKPT, "--ids", "1", "--output", "{w}/a"],
         r"--ids 1: t-SNE needs at least 2 identities",
         None,
     ),
     (
         "analyze-out-is-a-file",
-        ["analyze", "--checkpoint", CKPT, "--out", "{s}/afile"],
-        r"--out {s}/afile is a file, not a folder",
+        ["analyze", "--checkpoint", CKPT, "--output", "{s}/afile"],
+        r"--output {s}/afile is a file, not a folder",
         None,
     ),
     (
         "analyze-out-read-only",
-        ["analyze", "--checkpoint", CKPT, "--ids", "2", "--out", "{s}/ro/a"],
+        ["analyze", "--checkpoint", CKPT, "--ids", "2", "--output", "{s}/ro/a"],
         r"cannot write in {s}/ro",
         None,
     ),
@@ -975,10 +981,39 @@ def _snapshot(root: Path) -> dict[str, str]:
     return out
 
 
+def _stat_snapshot(root: Path) -> dict[str, tuple[int, ...]]:
+    """Every path under ``root`` with what a change of it would change without reading it: type
+    and mode, and for files also inode, size, mtime and ctime (any write or chmod sets ctime)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        key = str(p.relative_to(root))
+        if stat.S_ISDIR(st.st_mode):
+            out[key] = (st.st_mode,)  # as in _snapshot, a folder's mtime is not compared
+        else:
+            out[key] = (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return out
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The shared inputs as the module made them: their content snapshot and their stat snapshot,
+    taken together once. A row whose start finds the same stat snapshot starts from that content,
+    so it needs one content snapshot (after it ran), not two."""
+
+    content: dict[str, str]
+    stats: dict[str, tuple[int, ...]]
+
+
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shared(tmp_path_factory: pytest.TempPathFactory, tiny_run: TinyRun) -> Path:
     s = tmp_path_factory.mktemp("shared")
-    generate("rgbnt201", s / "tree", seed=5, ids=6, test_ids=2, cameras=2, shots=2)
+    # The session's tiny model, its dataset, features and index (copies: rows must be able to
+    # refuse to replace them, and the broken copies below are made from them).
+    shutil.copytree(tiny_run.tree, s / "tree")
+    shutil.copytree(tiny_run.run, s / "run")
+    shutil.copy2(tiny_run.gallery, s / "g.npz")
+    shutil.copy2(tiny_run.index, s / "g.index")
     shutil.copytree(s / "tree", s / "broken")
     victim = sorted((s / "broken/RGBNT201/train_171/NI").iterdir())[0]
     victim.write_bytes(b"")
@@ -986,9 +1021,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     victim = sorted((s / "panels/RGBNT100/rgbir/bounding_box_train").iterdir())[0]
     with Image.open(victim) as img:
         img.crop((0, 0, 95, img.height)).save(victim)  # 95 is not three equal panels
-    run_training(
-        load_config("demo", [*FAST, f"data.root={s / 'tree'}", f"train.output={s / 'run'}"]), quiet=True
-    )
     (s / "afile").write_text("a plain file\n")
     (s / "notes.txt").write_text("some notes\n")
     Image.new("RGB", (8, 8)).save(s / "photo.jpg")
@@ -1005,11 +1037,10 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _deployment_files(s: Path) -> None:
-    """Features, indexes and checkpoints of the deployment rows, made by the real commands."""
+    """Features, indexes and checkpoints of the deployment rows, made by the real commands (the
+    features and the index of the run itself come from ``tiny_run``)."""
     ckpt = s / "run/last.ckpt"
     with contextlib.redirect_stdout(io.StringIO()):
-        run_extract(ckpt, s / "tree", "gallery", s / "g.npz", quiet=True)
-        run_index("build", s / "g.npz", s / "g.index")
         state = torch.load(ckpt, weights_only=True)
         for value in state["model"].values():  # another model of the same shape
             if value.is_floating_point():
@@ -1026,7 +1057,17 @@ def _deployment_files(s: Path) -> None:
         (s / f"trunc{Path(name).suffix}").write_bytes(data[: len(data) // 2])
 
 
-def _run_row(shared: Path, base: Path, row: tuple, prefix: list[str]) -> str | None:
+@pytest.fixture(scope="module")
+def prefix(shared: Path) -> list[str]:
+    """The command prefix of every row (``_drop_root_powers``), checked once."""
+    prefix = _drop_root_powers()
+    if prefix:  # the read-only folder must really be read-only for the subprocesses
+        probe = subprocess.run([*prefix, "touch", str(shared / "ro" / "x")], capture_output=True)
+        assert probe.returncode != 0, "setpriv did not drop root's permission override"
+    return prefix
+
+
+def _run_row(shared: Path, ref: Reference, base: Path, row: tuple, prefix: list[str]) -> str | None:
     """Run one row; the description of what went wrong, or None."""
     name, argv, pattern, setup = row
     work = base / name
@@ -1043,7 +1084,10 @@ def _run_row(shared: Path, base: Path, row: tuple, prefix: list[str]) -> str | N
             text = text.replace(key, re.escape(value) if escape else value)
         return text
 
-    before = (_snapshot(shared), _snapshot(work))
+    # The shared inputs before: the reference, unless something already changed them (then their
+    # content now, so that a row is blamed only for what changed while it ran).
+    shared_before = ref.content if _stat_snapshot(shared) == ref.stats else _snapshot(shared)
+    work_before = _snapshot(work)
     proc = subprocess.run(
         [*prefix, sys.executable, "-m", "mambapro.cli", *(fill(a) for a in argv)],
         cwd=work,
@@ -1052,7 +1096,7 @@ def _run_row(shared: Path, base: Path, row: tuple, prefix: list[str]) -> str | N
         timeout=300,
         env={**os.environ, "COLUMNS": "200"},
     )
-    after = (_snapshot(shared), _snapshot(work))
+    after = (_snapshot(shared), _snapshot(work))  # content hashes: same-size rewrites show too
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if not line.startswith("mambapro: warning:")]
     problems = []
@@ -1064,7 +1108,7 @@ def _run_row(shared: Path, base: Path, row: tuple, prefix: list[str]) -> str | N
         problems.append(f"{len(errors)} error lines")
     elif not re.search(fill(pattern, escape=True), errors[0]):
         problems.append(f"the message does not match {fill(pattern)!r}")
-    for label, a, b in (("shared inputs", before[0], after[0]), ("its folder", before[1], after[1])):
+    for label, a, b in (("shared inputs", shared_before, after[0]), ("its folder", work_before, after[1])):
         if a != b:
             changed = sorted(set(a.items()) ^ set(b.items()))[:3]
             problems.append(f"{label} changed: {changed}")
@@ -1073,17 +1117,38 @@ def _run_row(shared: Path, base: Path, row: tuple, prefix: list[str]) -> str | N
     return None
 
 
-def test_every_bad_input_is_one_line_exit_2_and_changes_nothing(shared: Path, tmp_path: Path) -> None:
-    prefix = _drop_root_powers()
-    if prefix:  # the read-only folder must really be read-only for the subprocesses
-        probe = subprocess.run([*prefix, "touch", str(shared / "ro" / "x")], capture_output=True)
-        assert probe.returncode != 0, "setpriv did not drop root's permission override"
-    with ThreadPoolExecutor(max_workers=2) as pool:  # the rows are independent
-        failures = [f for f in pool.map(lambda r: _run_row(shared, tmp_path, r, prefix), ROWS) if f]
-    assert not failures, "\n".join(failures)
+@pytest.fixture(scope="module")
+def row_outcomes(
+    request: pytest.FixtureRequest, shared: Path, prefix: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future]]:
+    """Every selected row of this session, run two at a time (they are independent; most of a row
+    is the start of a Python process and the import of torch), in the order the tests run: the
+    row's test waits for its own result only."""
+    selected = [
+        item.callspec.params["row"]
+        for item in request.session.items
+        if getattr(item, "function", None) is test_bad_input_is_one_line_exit_2_and_changes_nothing
+    ]
+    ref = Reference(_snapshot(shared), _stat_snapshot(shared))
+    base = tmp_path_factory.mktemp("rows")
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        yield {row[0]: pool.submit(_run_row, shared, ref, base, row, prefix) for row in selected}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # rows not reached (-x, an interrupt) never start
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row[0] for row in ROWS])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    row: tuple, row_outcomes: dict[str, Future]
+) -> None:
+    failure = row_outcomes[row[0]].result()
+    assert failure is None, failure
 
 
 def test_the_rows_cover_every_command_and_class() -> None:
+    names = [name for name, _, _, _ in ROWS]
+    assert len(set(names)) == len(names), "each row's name is its test id and its folder"
     commands = {argv[0] for _, argv, _, _ in ROWS}
     assert commands >= {
         "config",

@@ -358,7 +358,7 @@ def test_samples_at_errors_name_the_path(trees: Path, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- published names
-# File names typed out in the published datasets' naming and folder layout (SPEC §1), each with
+# File names typed out in the published datasets' naming and folder layout, each with
 # its pid, camera and scene written by hand as the authors' release parsers read them
 # (data/datasets/RGBNT201.py, RGBNT100.py, msvr310.py of the release):
 #   RGBNT201  pid = int(name.split("_")[0][0:6]), camid = int(name.split("_")[1][3]) - 1

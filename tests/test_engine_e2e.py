@@ -260,9 +260,9 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
 
 
 # --------------------------------------------------------------------------- parameter counts
-# Trainable parameters per part, counted by hand from the layer sizes of SPEC §3 (D = encoder
+# Trainable parameters per part, counted by hand from the layer sizes of the model (D = encoder
 # width, C = projected width); test_hand_counts_reproduce_spec_numbers ties these formulas to
-# the exact integers of SPEC §5 before the presets are checked against them.
+# the exact integers of the paper's Table 3 before the presets are checked against them.
 
 
 def _vit_block(d: int) -> int:
@@ -331,7 +331,7 @@ def _head(width: int, classes: int) -> int:
 
 
 # The RGBNT201 presets: ViT-B/16 at 256x128 (16x8 grid + cls = 129 tokens), D = 768, C = 512,
-# 171 training identities, 4 cameras (SPEC §1).
+# 171 training identities, 4 cameras.
 D, C, TOKENS, IDS, CAMS = 768, 512, 129, 171, 4
 CLIP_F = _clip_vit(D, 12, TOKENS, C)
 PFA = _adapters("pfa", D, 12)
@@ -424,7 +424,7 @@ ENCODERS = {"clip_vit_b16": CLIP_F, "vit_b16_imagenet": VIT, "tiny": _clip_vit(1
 
 
 def test_hand_counts_reproduce_spec_numbers() -> None:
-    """The formulas above give SPEC §5's exact integers (and the paper's rounded millions)."""
+    """The formulas above give the paper's Table 3 exact integers (and the paper's rounded millions)."""
     assert CLIP_F == 86_140_416
     assert PFA == 28_339_200 and SRP == 28_477_440 and PFA + SRP == 56_816_640
     assert PFA + SRP + MA == 74_174_976

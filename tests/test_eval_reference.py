@@ -1,5 +1,5 @@
 """Hand-computed checks of the slow evaluation references in ``tests/reference/eval.py``
-(the per-query loop of SPEC §2 and the literal k-reciprocal re-ranking), which the fast
+(the per-query loop of the benchmarks' protocol and the literal k-reciprocal re-ranking), which the fast
 implementations are tested against."""
 
 from __future__ import annotations

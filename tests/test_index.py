@@ -162,7 +162,7 @@ def test_save_load_round_trip(random_set, clustered_set, flat, tmp_path) -> None
     assert path == tmp_path / "gallery.index" and path.is_file()
     back = GalleryIndex.load(path)
     assert back.kind == "flat" and back.ntotal == N and back.dim == F and back.recall is None
-    assert back.paths == gallery.paths
+    assert back.paths == [os.path.abspath(p) for p in gallery.paths]  # stored absolute
     np.testing.assert_array_equal(back.pids, gallery.pids)
     np.testing.assert_array_equal(back.search(queries, 10)[1], flat.search(queries, 10)[1])
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left

@@ -1,4 +1,4 @@
-"""Fast input pipeline (issue 15): worker defaults, the decoded cache, batched device augmentation.
+"""Fast input pipeline: worker defaults, the decoded cache, batched device augmentation.
 
 Expectations come from outside the code under test: PIL decoding + the transform's own resize
 step for the cache, torchvision's v2 transforms (driven with forced parameters) for the device

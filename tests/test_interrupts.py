@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fast
-from mambapro.data.synth import generate
+from conftest import TinyRun, fast
 from mambapro.train.checkpoint import load_checkpoint
 
 # The child slows every torch.save down (and says when one starts), so the signal lands inside
@@ -41,10 +40,8 @@ _CHILD = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("interrupts") / "tree"
-    generate("rgbnt201", root, seed=3, ids=6, test_ids=2, cameras=2, shots=2)
-    return root
+def tree(tiny_run: TinyRun) -> Path:
+    return tiny_run.tree  # read only: the runs write under tmp_path
 
 
 def _interrupt_during_first_write(

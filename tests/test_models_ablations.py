@@ -1,5 +1,5 @@
 """The shipped ablation presets (Tables 3, 4, 5, 6, 8, 9, 11) load, quote their paper row, and build
-backbones whose trainable parameters are the exact integers of SPEC §5."""
+backbones whose trainable parameters are the exact integers of the paper's Table 3."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The multi-modal backbone: registries, exact parameter counts (SPEC §5), adapter placement,
+"""The multi-modal backbone: registries, exact parameter counts, adapter placement,
 prompt exchange against a per-modality reference, freezing and gradients, input errors."""
 
 from __future__ import annotations
@@ -52,12 +52,12 @@ def _randomise(module: nn.Module, seed: int = 0) -> None:
 
 
 def test_registry_names_equal_config_choices() -> None:
-    assert tuple(BACKBONES.names()) == config_module.BACKBONES
-    assert tuple(ADAPTERS.names()) == config_module.ADAPTERS
-    assert tuple(PROMPTS.names()) == config_module.PROMPTS
+    assert config_module.choices("model.backbone") == tuple(BACKBONES.names())
+    assert config_module.choices("model.adapter") == tuple(ADAPTERS.names())
+    assert config_module.choices("model.prompt") == tuple(PROMPTS.names())
 
 
-# --------------------------------------------------------------------------- SPEC §5 counts
+# ------------------------------------------------------------ the paper's parameter counts (Table 3)
 
 
 def test_clip_f_whole_encoder_trains_86_140_416() -> None:
@@ -196,7 +196,7 @@ def test_tiny_preset_geometry() -> None:
 
 
 def _reference_forward(backbone: MultiModalBackbone, images: dict[str, Tensor], camids: Tensor) -> dict:
-    """SPEC §3 written out per modality, one sequence at a time, with explicit loops."""
+    """The model (paper and release) written out per modality, one sequence at a time, in loops."""
     enc, prompts = backbone.encoder, backbone.prompts
     out = {}
     for k, name in enumerate(MODALITIES):

@@ -190,7 +190,7 @@ def test_imagenet_vit_equals_timm_at_224_and_at_reid_geometry(tmp_path: Path) ->
     with torch.no_grad():
         assert (ours(x) - ref.forward_features(x)).abs().max().item() <= 1e-4
 
-    # At 256x128, timm's own bilinear resize (SPEC §3: matches the release) is the oracle.
+    # At 256x128, timm's own bilinear resize (as the release resizes) is the oracle.
     ref2 = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(256, 128)).eval()
     ref2.load_state_dict(checkpoint_filter_fn(sd, ref2, interpolation="bilinear", antialias=False))
     ours2 = imagenet_vit((256, 128), width=192, layers=12, heads=3).eval()

@@ -50,10 +50,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from mambapro.data import build_dataset
     from mambapro.data.synth import generate
 
+    _refuse_old_out(args, "synth")
     start = time.perf_counter()
     root = generate(
         args.layout,
-        args.out,
+        args.output,
         seed=args.seed,
         ids=args.ids,
         test_ids=args.test_ids,
@@ -63,7 +64,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     took = time.perf_counter() - start
-    dataset = build_dataset(args.layout, args.out)
+    dataset = build_dataset(args.layout, args.output)
     print(dataset)
     print(f"synthetic {args.layout} dataset written to {root} in {took:.1f} s")
     return 0
@@ -137,6 +138,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     # --compare takes every following word: key=value overrides after it are overrides.
+    _refuse_old_out(args, "analyze")
     overrides = [str(c) for c in args.compare if "=" in str(c) and not c.exists()]
     args.compare = [c for c in args.compare if str(c) not in overrides]
     args.overrides = [*overrides, *args.overrides]
@@ -147,8 +149,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise UserError(f"--ids {args.ids}: t-SNE needs at least 2 identities")
     if args.queries < 0:
         raise UserError(f"--queries {args.queries}: must be >= 0")
-    out = args.out if args.out is not None else args.checkpoint.parent / "analysis"
-    check_output_dir(out, "--out")
+    out = args.output if args.output is not None else args.checkpoint.parent / "analysis"
+    check_output_dir(out, "--output")
 
     from mambapro.reports.analysis import run_analyze
 
@@ -317,6 +319,31 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_root_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        required=required,
+        help="folder holding the dataset folder (data.root)",
+    )
+
+
+def _checkpoint_arg(p: argparse.ArgumentParser, help_: str) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, help=help_)
+
+
+def _add_old_out(p: argparse.ArgumentParser) -> None:
+    # Output folders are --output everywhere; the old spelling gets a line naming the new one
+    # (argparse would otherwise take --out as an abbreviation of --output).
+    p.add_argument("--out", dest="old_out", type=Path, default=None, help=argparse.SUPPRESS)
+
+
+def _refuse_old_out(args: argparse.Namespace, command: str) -> None:
+    if args.old_out is not None:
+        raise UserError(f"{command} --out is now --output (an output folder): use --output {args.old_out}")
+
+
 def _require_file(path: Path, option: str) -> None:
     # Checked before torch is imported: a mistyped path costs no seconds of loading torch.
     if not path.is_file():
@@ -363,9 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = add("train", cmd_train, "train a model")
-    p.add_argument("--data-root", type=Path, default=None)
+    _data_root_arg(p)
     p.add_argument("--clip-weights", type=Path, default=None, help="local OpenAI CLIP ViT-B-16.pt")
-    p.add_argument("--output", "-o", type=Path, default=None)
+    p.add_argument("--output", "-o", type=Path, default=None, help="run folder (default: train.output)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.ckpt")
     _add_config_args(p)
 
@@ -388,17 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="sweep folder: one run folder per point, sweep.csv, sweep.png (rerun to skip/resume points)",
     )
-    p.add_argument("--data-root", type=Path, default=None)
+    _data_root_arg(p)
     p.add_argument("--clip-weights", type=Path, default=None, help="local OpenAI CLIP ViT-B-16.pt")
     _add_config_args(p)
 
     p = add("check-data", cmd_check_data, "decode every image of a dataset once and list the broken ones")
-    p.add_argument("--data-root", type=Path, default=None)
+    _data_root_arg(p)
     _add_config_args(p)
 
     p = add("test", cmd_test, "evaluate a checkpoint (mAP, CMC, mINP)")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--data-root", type=Path, default=None)
+    _checkpoint_arg(p, "the checkpoint to evaluate (last.ckpt or best.ckpt of a run)")
+    _data_root_arg(p)
     p.add_argument(
         "--missing",
         default=None,
@@ -424,14 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
         "figures of checkpoints on their test set: t-SNE, modality alignment before/after MA, "
         "Grad-CAM, rank lists, CMC; report.html",
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
+    _checkpoint_arg(p, "the checkpoint to analyse")
     p.add_argument(
         "--compare", type=Path, nargs="+", default=[], metavar="CKPT", help="checkpoints of the same dataset"
     )
-    p.add_argument("--data-root", type=Path, default=None)
+    _data_root_arg(p)
     p.add_argument(
-        "--out", "-o", type=Path, default=None, help="output folder (default: analysis/ by the checkpoint)"
+        "--output", "-o", type=Path, default=None, help="output folder (default: analysis/ by the checkpoint)"
     )
+    _add_old_out(p)
     p.add_argument(
         "--ids",
         type=int,
@@ -444,29 +472,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (test.* keys)")
 
     p = add("extract", cmd_extract, "extract features of a split to an .npz file")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--data-root", type=Path, required=True)
-    p.add_argument("--split", choices=["query", "gallery", "train"], required=True)
-    p.add_argument("--out", type=Path, required=True)
+    _checkpoint_arg(p, "the checkpoint whose test-time features are extracted")
+    _data_root_arg(p, required=True)
+    p.add_argument(
+        "--split", choices=["query", "gallery", "train"], required=True, help="which split of the dataset"
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="the features file to write (.npz appended if missing)"
+    )
     _add_config_args(p)
 
     p = add("search", cmd_search, "rank a gallery for a query triplet")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    _checkpoint_arg(p, "the checkpoint that embeds the query (and a gallery folder)")
     p.add_argument("--query", type=Path, required=True, help="a triplet folder or a sample file")
     p.add_argument("--gallery", type=Path, default=None, help="a dataset split folder or features .npz")
     p.add_argument("--index", type=Path, default=None, help="or a gallery index of `mambapro index build`")
-    p.add_argument("-k", dest="k", type=int, default=10)
-    p.add_argument("--out", type=Path, default=Path("ranklist.png"))
+    p.add_argument("-k", dest="k", type=int, default=10, help="matches per query")
+    p.add_argument(
+        "--out", type=Path, default=Path("ranklist.png"), help="the rank-list image (and its .json rankings)"
+    )
     _add_config_args(p)
 
     p = add(
         "index", cmd_index, "build or extend a FAISS gallery index of features .npz files (extra: deploy)"
     )
-    p.add_argument("action", choices=["build", "add"])
+    p.add_argument("action", choices=["build", "add"], help="build a new index, or add captures to one")
     p.add_argument("--features", type=Path, nargs="+", required=True, help="features .npz file(s) of extract")
     p.add_argument("--out", type=Path, required=True, help="the index file (add: updated unless --index)")
     p.add_argument("--index", type=Path, default=None, help="add: the index to extend (default: --out)")
-    p.add_argument("--kind", choices=["flat", "ivf-pq"], default="flat")
+    p.add_argument(
+        "--kind",
+        choices=["flat", "ivf-pq"],
+        default="flat",
+        help="flat: exact; ivf-pq: compressed, approximate",
+    )
     p.add_argument("--nlist", type=int, default=None, help="ivf-pq: cells (default about 4 sqrt(N))")
     p.add_argument("--m", type=int, default=64, help="ivf-pq: PQ sub-quantizers (must divide the dimension)")
     p.add_argument("--nbits", type=int, default=8, help="ivf-pq: bits per sub-quantizer code")
@@ -477,14 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_export,
         "write the test-time model as ONNX or torch.export pt2, checked against PyTorch (extra: deploy)",
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
+    _checkpoint_arg(p, "the checkpoint to export")
     p.add_argument("--out", type=Path, required=True, help="the file to write (.onnx or .pt2)")
     p.add_argument("--format", choices=["onnx", "pt2"], default=None, help="default: from --out's suffix")
     p.add_argument(
         "--scan",
         choices=["parallel", "unrolled", "hop"],
         default="parallel",
-        help="how the selective scan is written in the file (README: Deployment)",
+        help="how the selective scan is written in the file (docs/deploy.md, Export)",
     )
     p.add_argument("--no-camids", action="store_true", help="no camera-id input (unknown cameras)")
     p.add_argument(
@@ -497,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_serve,
         "serve searches over a gallery index: POST /search, GET /health, an upload page at / (extra: deploy)",
     )
-    p.add_argument("--checkpoint", type=Path, required=True)
+    _checkpoint_arg(p, "the checkpoint that embeds the queries (the index must come from it)")
     p.add_argument("--index", type=Path, required=True, help="a gallery index of `mambapro index build`")
     p.add_argument(
         "--gallery-root",
@@ -512,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=serve_defaults.host,
         help="address to bind (default loopback only; the service has no auth)",
     )
-    p.add_argument("--port", type=int, default=serve_defaults.port)
+    p.add_argument("--port", type=int, default=serve_defaults.port, help="TCP port to listen on")
     p.add_argument(
         "-k",
         dest="k",
@@ -535,18 +574,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (test.* keys)")
 
     p = add("params", cmd_params, "trainable and total parameters per part")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--flops", action="store_true", help="also print per-sample MACs of the aggregators")
     _add_config_args(p)
 
     p = add("synth", cmd_synth, "write the embedded synthetic tri-modal dataset in a dataset's layout")
     synth_defaults = SynthConfig()
-    p.add_argument("--layout", choices=sorted(LAYOUTS), default="rgbnt201")
-    p.add_argument("--out", type=Path, default=Path("data/synthetic"))
-    p.add_argument("--seed", type=int, default=synth_defaults.seed)
+    p.add_argument(
+        "--layout", choices=sorted(LAYOUTS), default="rgbnt201", help="the dataset layout to write"
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("data/synthetic"),
+        help="folder the dataset folder is written in",
+    )
+    _add_old_out(p)
+    p.add_argument("--seed", type=int, default=synth_defaults.seed, help="seed of the generator")
     p.add_argument("--ids", type=int, default=synth_defaults.ids, help="identities in total")
     p.add_argument("--test-ids", type=int, default=synth_defaults.test_ids, help="of which test identities")
-    p.add_argument("--cameras", type=int, default=synth_defaults.cameras)
+    p.add_argument("--cameras", type=int, default=synth_defaults.cameras, help="cameras per identity")
     p.add_argument("--shots", type=int, default=synth_defaults.shots, help="captures per identity and camera")
     p.add_argument("--scenes", type=int, default=synth_defaults.scenes, help="scenes (msvr310 layout)")
 

@@ -20,6 +20,7 @@ from typing import Any, Union
 
 import yaml
 
+from mambapro import parts
 from mambapro.data.specs import dataset_names, dataset_spec
 from mambapro.data.synth import SynthParams as SynthConfig
 from mambapro.data.synth import check_params as check_synth_params
@@ -39,12 +40,14 @@ __all__ = [
     "config_to_dict",
     "dump_config",
     "PRESETS_DIR",
+    "choices",
     "resolve_config_path",
 ]
 
 
 def _choices(*values: Any, default: Any) -> Any:
-    """A field whose value must be one of ``values`` (or of ``values[0]()``, a registry's names);
+    """A field whose value must be one of ``values`` (or of ``values[0]()``, a registry's names,
+    read each time a value is checked, so that a part registered later is a valid value);
     strings match case-insensitively, numbers by value."""
     choices = values[0] if len(values) == 1 and callable(values[0]) else values
     return field(default=default, metadata={"choices": choices})
@@ -90,17 +93,9 @@ def _device_problem(name: str) -> str | None:
     return "is not a device: use auto, cpu, cuda, cuda:N or mps"
 
 
-ADAPTERS = ("none", "pfa", "bna", "lora")
-#: Where an adapter sits in a block (Table 8): beside (parallel to) or behind (after) a sub-layer.
-ADAPTER_POSITIONS = ("side_ffn", "behind_ffn", "side_mhsa", "behind_mhsa")
-PROMPTS = ("none", "ip", "sp", "srp_separation", "srp_fusion")
-AGGREGATORS = ("none", "sum", "concat", "transformer", "intra_ma", "inter_ma", "ma", "ma_transformer")
-#: Encoder depth of each registered backbone (``models.backbone`` builds them; a test checks
-#: that the built encoders have these depths), for checking layer indices at load time.
-BACKBONE_LAYERS = {"clip_vit_b16": 12, "vit_b16_imagenet": 12, "tiny": 4}
-BACKBONES = tuple(BACKBONE_LAYERS)
-PATCH_SIZE = 16  # every registered backbone's patch size
-ACTIVATIONS = ("quick_gelu", "gelu")
+# The choices of the model's parts are the names of the registries in ``mambapro.parts`` (no
+# torch there: the constructors load when a part is built), read when a value is checked; the
+# smaller vocabularies (adapter positions, heads, ...) and the scan backends come from there too.
 
 
 @dataclass
@@ -111,7 +106,7 @@ class DataConfig:
     # Generate the embedded synthetic dataset under ``root`` when it is absent.
     synthetic: bool = False
     synth: SynthConfig = field(default_factory=SynthConfig)
-    # (H, W) per modality; null takes the dataset's geometry (SPEC §1).
+    # (H, W) per modality; null takes the dataset's geometry.
     img_size: list[int] | None = None
     batch_size: int = _range(64, ge=1)  # P x K with K = num_instances
     num_instances: int = _range(4, ge=1)
@@ -150,34 +145,40 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = _choices(*BACKBONES, default="clip_vit_b16")
+    # A registered backbone (mambapro.parts.BACKBONES: its names are the choices).
+    backbone: str = _choices(parts.BACKBONES.names, default="clip_vit_b16")
     weights: str | None = None
-    freeze: str = _choices("frozen", "finetune", default="frozen")
-    adapter: str = _choices(*ADAPTERS, default="pfa")
-    adapter_position: str = _choices(*ADAPTER_POSITIONS, default="side_ffn")
-    adapter_act: str = _choices(*ACTIVATIONS, default="quick_gelu")
+    freeze: str = _choices(*parts.FREEZE_MODES, default="frozen")
+    # A registered adapter (mambapro.parts.ADAPTERS).
+    adapter: str = _choices(parts.ADAPTERS.names, default="pfa")
+    # Where an adapter sits in a block (Table 8): beside (parallel to) or behind (after) a sub-layer.
+    adapter_position: str = _choices(*parts.ADAPTER_POSITIONS, default="side_ffn")
+    adapter_act: str = _choices(parts.ACTIVATIONS.names, default="quick_gelu")
     lora_rank: int = _range(64, ge=1)
     # LoRA's update is scaled by lora_alpha / lora_rank (the release's LoRA_Linear, alpha = 1).
     lora_alpha: float = _range(1.0, gt=0)
     # Layer indices (0-based) that get an adapter / prompts; null means every layer.
     adapter_layers: list[int] | None = _range(None, ge=0)
-    prompt: str = _choices(*PROMPTS, default="srp_fusion")
+    # A registered prompt variant (mambapro.parts.PROMPTS).
+    prompt: str = _choices(parts.PROMPTS.names, default="srp_fusion")
     prompt_tokens: int = _range(4, ge=1)
     prompt_layers: list[int] | None = _range(None, ge=0)
-    prompt_act: str = _choices(*ACTIVATIONS, default="quick_gelu")
+    prompt_act: str = _choices(parts.ACTIVATIONS.names, default="quick_gelu")
     camera_embedding: bool = True
     camera_coef: float = _range(1.0, ge=0)
     # Tokens the camera embedding is added to: the cls token (the release's CLIP) or every
     # token (the release's ImageNet ViT, Table 9).
-    camera_tokens: str = _choices("cls", "all", default="cls")
+    camera_tokens: str = _choices(*parts.CAMERA_TOKENS, default="cls")
     # Stochastic depth of the encoder's blocks (linearly rising to this rate; the release's
     # ImageNet ViT uses 0.1, its CLIP none).
     drop_path: float = _range(0.0, ge=0, lt=1)
     # Supervision of the backbone's cls features: one BNNeck head on their concatenation
     # (the release's MODEL.DIRECT = 1) or one head shared by the three modalities, each
     # modality's feature supervised separately (DIRECT = 0, the vehicle datasets).
-    ori_head: str = _choices("concat", "per_modality", default="concat")
-    aggregator: str = _choices(*AGGREGATORS, default="ma")
+    ori_head: str = _choices(*parts.ORI_HEADS, default="concat")
+    # A registered aggregator (mambapro.parts.AGGREGATORS). The ma_* keys and scan_backend below
+    # reach it together, as one mambapro.parts.MASettings.
+    aggregator: str = _choices(parts.AGGREGATORS.names, default="ma")
     ma_depth: int = _range(2, ge=1)
     ma_d_state: int = _range(16, ge=1)
     ma_dt_rank: int = _range(32, ge=1)
@@ -186,14 +187,12 @@ class ModelConfig:
     # MA initialisation: ``release`` re-initialises every Linear of the aggregator trunc-normal
     # (std 0.02, zero bias; dt_proj included, so the initial step is softplus(0)) as the
     # authors' AAM does; ``mamba`` keeps Mamba's dt_proj init (steps in 1e-3..1e-1).
-    ma_init: str = _choices("release", "mamba", default="release")
+    ma_init: str = _choices(*parts.MA_INITS, default="release")
     # Selective-scan implementation: pure PyTorch, Triton kernels (CUDA), mamba-ssm's CUDA kernel, or
     # auto (on CUDA: triton when it imports, else mamba_ssm when importable, else torch), or the
     # plain-operator forms exported models use (unrolled, hop, parallel; ops/scan_export.py).
     # A runtime choice, not part of the weights: a checkpoint may be evaluated with another one.
-    scan_backend: str = _choices(
-        "auto", "torch", "mamba_ssm", "triton", "unrolled", "hop", "parallel", default="auto"
-    )
+    scan_backend: str = _choices(*parts.SCAN_BACKENDS, default="auto")
 
 
 @dataclass
@@ -257,9 +256,9 @@ class TestConfig:
     # Autocast at test time (train.amp's dtype); off: fp32 features, as the release evaluates.
     amp: bool = False
     # The test feature before its BNNeck's BatchNorm (the release) or after it.
-    neck_feat: str = _choices("before", "after", default="before")
+    neck_feat: str = _choices(*parts.NECK_FEATS, default="before")
     # Which feature is evaluated: the MA feature when an aggregator exists, else the ori concat.
-    feature: str = _choices("auto", "ori", "fuse", default="auto")
+    feature: str = _choices(*parts.TEST_FEATURES, default="auto")
 
 
 @dataclass
@@ -377,6 +376,22 @@ def _same_choice(choice: Any, value: Any) -> bool:
     return not isinstance(value, (bool, str)) and choice == value
 
 
+def choices(key: str) -> tuple[Any, ...] | None:
+    """The values the dotted ``key`` accepts (``model.aggregator``: the registered aggregators'
+    names, as they are now), or None for a key without a fixed set; ``KeyError`` for an unknown key."""
+    obj: Any = Config()
+    *sections, name = key.split(".")
+    for section in sections:
+        obj = getattr(obj, section, None)
+        if not dataclasses.is_dataclass(obj):
+            raise KeyError(f"unknown config key '{key}'")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if name not in fields or dataclasses.is_dataclass(getattr(obj, name)):
+        raise KeyError(f"unknown config key '{key}'")
+    values = fields[name].metadata.get("choices")
+    return tuple(values()) if callable(values) else values
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML file and its ``_base_`` chain, merged base-first."""
     path = path.resolve()
@@ -483,10 +498,12 @@ def load_config(
 def _check(cfg: Config) -> None:
     """Cross-field checks that a single type or range cannot express."""
     d, m, t = cfg.data, cfg.model, cfg.train
+    backbone = parts.BACKBONES.info(m.backbone)  # its BackboneInfo (None: registered without one)
+    patch = backbone.patch_size if backbone is not None else 1
     size = d.img_size
-    if size is not None and (len(size) != 2 or any(x <= 0 or x % PATCH_SIZE for x in size)):
+    if size is not None and (len(size) != 2 or any(x <= 0 or x % patch for x in size)):
         raise ConfigError(
-            f"'data.img_size' = {size} must be [H, W], positive multiples of the patch size {PATCH_SIZE}"
+            f"'data.img_size' = {size} must be [H, W], positive multiples of the patch size {patch}"
         )
     if d.batch_size % d.num_instances != 0:
         raise ConfigError(
@@ -512,10 +529,10 @@ def _check(cfg: Config) -> None:
     problem = _device_problem(t.device)
     if problem:
         raise ConfigError(f"'train.device' = {t.device!r} {problem}")
-    depth = BACKBONE_LAYERS[m.backbone]
+    depth = backbone.layers if backbone is not None else None
     for name in ("adapter_layers", "prompt_layers"):
         layers = getattr(m, name)
-        if layers is not None and any(i >= depth for i in layers):
+        if depth is not None and layers is not None and any(i >= depth for i in layers):
             raise ConfigError(
                 f"'model.{name}' = {layers}: the {m.backbone} backbone has layers 0..{depth - 1}"
             )

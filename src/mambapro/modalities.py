@@ -2,7 +2,7 @@
 
 A sample is a pixel-aligned triplet in the fixed order :data:`MODALITIES` (RGB, near-infrared,
 thermal-infrared). A missing-modality setting names the modalities that are absent at test time
-by their letters (SPEC §2): ``full`` (none missing), ``R``, ``N``, ``T``, ``RN``, ``RT``, ``NT``;
+by their letters: ``full`` (none missing), ``R``, ``N``, ``T``, ``RN``, ``RT``, ``NT``;
 its table label is ``full`` or ``-R``, ``-RN``, ...
 
 Any-to-any retrieval names a subset by the modalities *present* instead (``RGB``, ``NI+TI``,

@@ -1,6 +1,7 @@
 """Slow reference implementations of the evaluation, written straight from the definitions.
 
-``reference_evaluate`` is the per-query loop of SPEC §2 and ``reference_re_ranking`` a literal
+``reference_evaluate`` is the per-query loop of the benchmarks' protocol and
+``reference_re_ranking`` a literal
 transcription of Zhong et al. (CVPR 2017) with Python sets. The fast implementations in
 ``mambapro.evaluation`` are tested against them (tests/test_eval_metrics.py,
 tests/test_eval_rerank.py), the benchmark (benchmarks/bench_eval.py) times against

@@ -1,11 +1,12 @@
-"""What every aggregator shares: the registry, the token-shape check and the readout head.
+"""What every aggregator shares: the registry (``mambapro.parts``), the token-shape check and the
+readout head.
 
 An aggregator maps the three modalities' projected tokens ``(B, 1 + H·W, C)`` (cls first, then the
 H×W patch grid in row-major order) to one feature ``(B, 3·C)``. All of them except ``none`` are
 "mix the patch tokens, then read out": a mixer (sum, concat, Transformer, MA, ...) transforms the
-patch tokens, and the readout of SPEC §3 / eq. 18 turns each modality's
+patch tokens, and the readout of eq. 18 turns each modality's
 ``[cls_m, mean(patches_m)]`` into ``Linear(LayerNorm(·))`` of width C. The readout is the same for
-every aggregator, which is how the paper's parameter counts decompose: each row of SPEC §5
+every aggregator, which is how the paper's parameter counts decompose: each row of its Table 3
 includes the three readout heads, 3 · (2·2C + 2C·C + C) = 1,580,544 at C = 512.
 """
 
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from mambapro.modalities import MODALITIES
 from mambapro.ops.init import init_linear_
-from mambapro.registry import Registry
+from mambapro.parts import AGGREGATORS
 
 __all__ = [
     "AGGREGATORS",
@@ -29,10 +30,8 @@ __all__ = [
     "split_tokens",
 ]
 
-#: Aggregator constructors by ``model.aggregator`` name; each takes the keyword arguments of
-#: :func:`mambapro.aggregation.build_aggregator` (dim, grid, depth, d_state, dt_rank, expand,
-#: bidirectional, scan_backend).
-AGGREGATORS: Registry = Registry("aggregators")
+# AGGREGATORS (from mambapro.parts): the constructors by ``model.aggregator`` name, each taking
+# ``(*, dim, grid, ma)`` (see mambapro.aggregation.build_aggregator).
 
 
 def check_grid(grid: tuple[int, int] | list[int]) -> tuple[int, int]:

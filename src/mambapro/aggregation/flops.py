@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import mambapro.ops  # noqa: F401  (registers the selective scan's FLOP formula)
+from mambapro.parts import AGGREGATORS
 
 __all__ = ["PAPER_TABLE", "aggregator_flops_table", "count_macs"]
 
@@ -87,8 +88,6 @@ _DEPTHLESS = ("none", "sum", "concat")
 
 
 def _table_rows() -> list[tuple[str, int]]:
-    from mambapro.aggregation import AGGREGATORS
-
     rows = [(name, 1) for name in AGGREGATORS.names()]
     rows.append(("ma", 2))  # the default MA (2 blocks); the paper's table rows are single blocks
     return rows

@@ -1,4 +1,4 @@
-"""Mamba Aggregation (MA, paper §"Mamba Aggregation", eqs. 13-19; SPEC §3).
+"""Mamba Aggregation (MA, the paper's section "Mamba Aggregation", eqs. 13-19).
 
 One MA block is an intra-modality MA followed by an inter-modality MA. Both share one skeleton
 (eqs. 13-17): per modality m, ``in_proj_m`` (C -> 2·E, E = expand·C, no bias) splits into x and
@@ -10,7 +10,7 @@ The two differ only in what the SSM sees:
 * intra: a separate SSM per modality over its own H·W tokens (eq. 14-15);
 * inter: one SSM over the concatenation [x_r; x_n; x_t] of 3·H·W tokens (eq. 16-17).
 
-Parameter counts (C = 512, E = 1024, N = 16, R = dt_rank = 32), which match SPEC §5 exactly:
+Parameter counts (C = 512, E = 1024, N = 16, R = dt_rank = 32), which match the paper's Table 3 exactly:
 
 * SSM: x_proj E·(R + 2N) = 65,536; dt_proj R·E + E = 33,792; A_log E·N = 16,384; D E = 1,024;
   LayerNorm(E) 2,048; total 118,784.
@@ -38,6 +38,7 @@ own initialisation either way.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -47,6 +48,7 @@ from torch import Tensor
 from mambapro.aggregation.base import PatchAggregator
 from mambapro.ops import SCAN_BACKENDS, selective_scan
 from mambapro.ops.init import init_linear_
+from mambapro.parts import MA_INITS, MASettings
 
 __all__ = [
     "InterModalityMA",
@@ -165,27 +167,26 @@ class _MAMixer(nn.Module):
     """The part shared by intra- and inter-modality MA (eqs. 13-17); subclasses place the SSMs.
 
     ``num_ssms`` SSMs are built: one per modality (intra) or one over the concatenation (inter).
+
+    Args:
+        dim: token width C.
+        ma: the settings (``d_state``, ``dt_rank``, ``expand``, ``bidirectional`` and
+            ``scan_backend`` apply here); default ``MASettings()``.
+        **changes: attributes of ``ma`` to replace (``d_state=4``, ...).
     """
 
     num_ssms: int
 
-    def __init__(
-        self,
-        dim: int,
-        d_state: int = 16,
-        dt_rank: int = 32,
-        expand: int = 2,
-        bidirectional: bool = False,
-        scan_backend: str = "torch",
-    ) -> None:
+    def __init__(self, dim: int, ma: MASettings | None = None, **changes: Any) -> None:
         super().__init__()
-        self.dim, self.d_inner = dim, expand * dim
+        ma = (ma or MASettings()).replace(**changes)
+        self.dim, self.d_inner = dim, ma.expand * dim
         self.in_proj = nn.ModuleList(nn.Linear(dim, 2 * self.d_inner, bias=False) for _ in range(3))
         self.conv = nn.ModuleList(ModalityConv(self.d_inner) for _ in range(3))
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
         init_linear_(self.in_proj, self.out_proj)
         ssms = [
-            ScanDirections(self.d_inner, d_state, dt_rank, bidirectional, scan_backend)
+            ScanDirections(self.d_inner, ma.d_state, ma.dt_rank, ma.bidirectional, ma.scan_backend)
             for _ in range(self.num_ssms)
         ]
         # A single SSM is stored bare, so that inter-MA's parameter names are ssm.* (no index).
@@ -243,45 +244,39 @@ class MambaAggregator(PatchAggregator):
     Args:
         dim: token width C.
         grid: (H, W) patch grid of each modality (16×8 for 256×128 inputs, 8×16 for 128×256).
-        depth: number of stacked blocks (the paper's default MA has 2; its Table 6 rows have 1).
         mode: ``both`` (intra then inter per block, the paper's MA), ``intra`` or ``inter``.
-        d_state, dt_rank, expand, bidirectional, scan_backend: the SSM's hyper-parameters.
-        init: ``release`` (every Linear trunc-normal std 0.02, zero bias) or ``mamba`` (see the
-            module docstring).
+        ma: the settings, default ``MASettings()``: ``depth`` stacked blocks (the paper's default
+            MA has 2; its Table 6 rows have 1), the SSM's ``d_state``, ``dt_rank``, ``expand``,
+            ``bidirectional`` and ``scan_backend``, and ``init``: ``release`` (every Linear
+            trunc-normal std 0.02, zero bias) or ``mamba`` (see the module docstring).
+        **changes: attributes of ``ma`` to replace (``depth=1``, ...).
     """
 
     MODES = ("both", "intra", "inter")
-    INITS = ("release", "mamba")
+    INITS = MA_INITS
 
     def __init__(
         self,
         dim: int = 512,
         grid: tuple[int, int] = (16, 8),
-        depth: int = 2,
         mode: str = "both",
-        d_state: int = 16,
-        dt_rank: int = 32,
-        expand: int = 2,
-        bidirectional: bool = False,
-        scan_backend: str = "torch",
-        init: str = "release",
+        ma: MASettings | None = None,
+        **changes: Any,
     ) -> None:
         super().__init__(dim, grid)
         if mode not in self.MODES:
             raise ValueError(f"MA mode = {mode!r} is not one of: {', '.join(self.MODES)}")
-        if init not in self.INITS:
-            raise ValueError(f"MA init = {init!r} is not one of: {', '.join(self.INITS)}")
-        kw = dict(d_state=d_state, dt_rank=dt_rank, expand=expand, bidirectional=bidirectional)
-        kw["scan_backend"] = scan_backend
+        ma = (ma or MASettings()).replace(**changes)
         kinds = {
             "both": (IntraModalityMA, InterModalityMA),
             "intra": (IntraModalityMA,),
             "inter": (InterModalityMA,),
         }
         self.mode = mode
-        self.blocks = nn.ModuleList(MABlock([kind(dim, **kw) for kind in kinds[mode]]) for _ in range(depth))
-        self.init = init
-        if init == "release":
+        self.settings = ma
+        self.blocks = nn.ModuleList(MABlock([kind(dim, ma) for kind in kinds[mode]]) for _ in range(ma.depth))
+        self.init = ma.init
+        if ma.init == "release":
             init_linear_(self.blocks)
 
     def mix(self, patches: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:

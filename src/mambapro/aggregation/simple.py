@@ -11,7 +11,7 @@ GFLOPs); the structures here are the ones those numbers pin down:
   concatenation of the three modalities' patch tokens; at 128 tokens it costs
   128·3C·C = 0.10 G MACs, exactly the paper's 0.10. With its bias (as nn.Linear has by default)
   Concat has 2,367,488 parameters.
-* ``none``: the concatenated cls tokens, no parameters (the "ori" feature of SPEC §3).
+* ``none``: the concatenated cls tokens, no parameters (the "ori" feature).
 """
 
 from __future__ import annotations

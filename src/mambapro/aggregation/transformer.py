@@ -2,7 +2,7 @@
 
 Both use timm's pre-norm ViT ``Block`` (LayerNorm, multi-head self-attention with qkv bias, MLP
 ratio 4, GELU): C·3C + 3C + C·C + C + 2·2C + C·4C + 4C + 4C·C + C = 3,152,384 parameters at
-C = 512. The SPEC §5 counts pin the structures down:
+C = 512. The paper's parameter counts (Table 3) pin the structures down:
 
 * ``transformer`` (Table 6): 4,732,928 - 1,580,544 (readout) = 3,152,384 = one block over the
   3·H·W concatenated patch tokens of the three modalities (no positional or modality

@@ -1,4 +1,4 @@
-"""Parsers of the registered benchmarks (layouts and name rules of SPEC §1, declared in ``specs.py``).
+"""Parsers of the registered benchmarks (layouts and name rules declared in ``specs.py``).
 
 :func:`build_dataset` walks a dataset folder under the data root as its
 :class:`~mambapro.data.specs.DatasetSpec` describes (one parser per folder structure, the file

@@ -43,7 +43,7 @@ from ..modalities import MODALITIES, missing_modalities
 if TYPE_CHECKING:  # the config imports the data package (dataset specs), not the reverse
     from ..config import DataConfig
 
-__all__ = ["AugParams", "DeviceAugment", "draw_params", "uniforms"]
+__all__ = ["AugParams", "DeviceAugment", "OnDevice", "draw_params", "uniforms"]
 
 ERASE_SCALE = (0.02, 0.33)  # torchvision RandomErasing defaults
 ERASE_RATIO = (0.3, 3.3)
@@ -305,3 +305,29 @@ class DeviceAugment:
         res = {k: v for k, v in batch.items() if k not in ("seeds", "dropped")}
         res.update(zip(MODALITIES, out.unbind(0)))
         return res
+
+
+class OnDevice:
+    """A train loader whose batches arrive on ``device``, each moved there once, and augmented
+    there by ``augment`` when one is given (``data.augment_on=device``: the loader yields the
+    uint8 images). ``len`` and ``batch_sampler`` are the loader's."""
+
+    def __init__(self, loader: Any, device: torch.device, augment: DeviceAugment | None = None) -> None:
+        self.loader = loader
+        self.device = device
+        self.augment = augment
+
+    @property
+    def batch_sampler(self) -> Any:
+        return self.loader.batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        for batch in self.loader:
+            moved = {
+                k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                for k, v in batch.items()
+            }
+            yield moved if self.augment is None else self.augment(moved)

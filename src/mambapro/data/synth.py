@@ -52,7 +52,7 @@ blur. Captures are grouped in ``scenes`` sessions (``shot % scenes``); a session
 of day across cameras for one identity, which is what the MSVR310 protocol (same scene is junk)
 is about.
 
-Layouts and names (SPEC §1)
+Layouts and names
 ---------------------------
 * ``rgbnt201``: ``RGBNT201/{train_171,test}/{RGB,NI,TI}/{pid:06d}_cam{c+1}_{scene}_{shot:02d}.jpg``;
   the test folder is both query and gallery.

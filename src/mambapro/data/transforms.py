@@ -7,7 +7,7 @@ erasing draw: the authors' release applies its transform to each image separatel
 on the three images, and a v2 transform called on several images draws its random parameters
 once and applies them to all of them: the pixel-aligned modalities then stay aligned.
 
-Train pipeline (SPEC §4, the release's recipe): resize (bicubic), horizontal flip ``flip_prob``, pad
+Train pipeline (the release's recipe): resize (bicubic), horizontal flip ``flip_prob``, pad
 ``padding`` with zeros + random crop back to size, scale to [0, 1], normalise with mean = std =
 ``data.mean``/``data.std`` per channel, random erasing ``erase_prob`` filled with per-pixel
 N(0, 1) noise (timm's ``mode='pixel'``, which the official code uses; after normalisation this is
@@ -17,7 +17,7 @@ noise of the data's own scale). Test: resize with ``data.test_interpolation`` (t
 Randomness comes from the global torch RNG (as in torchvision); :class:`TripletDataset` seeds it
 per item, so every decision is a pure function of the item seed.
 
-Missing-modality evaluation (SPEC §2): :func:`apply_missing` replaces the missing modalities by
+Missing-modality evaluation: :func:`apply_missing` replaces the missing modalities by
 all-zero tensors *after* normalisation (mid-grey for mean = std = 0.5).
 """
 

@@ -11,7 +11,7 @@ property ``mambapro``, the pt2 archive's extra file ``mambapro.json``.
 
 The selective scan is written in standard operators for export (``--scan``; see
 :mod:`mambapro.ops.scan_export`): the default, ``parallel``, was chosen by
-``benchmarks/bench_export.py`` (README). Before writing, the exported file is run on synthetic
+``benchmarks/bench_export.py`` (docs/benchmarks.md). Before writing, the exported file is run on synthetic
 triplets at two batch sizes and compared with the PyTorch model (its own scan backend); a file
 whose features differ by more than ``tolerance`` relative to the largest feature value is not
 written.

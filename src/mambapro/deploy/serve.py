@@ -29,15 +29,13 @@ queries that arrive while it is busy wait and are embedded together in the next 
 ``benchmarks/bench_serve.py`` measures latency and throughput under a burst.
 
 fastapi and uvicorn come with the ``deploy`` extra; :func:`create_app` and :func:`run_serve` say
-which extra to install when they are missing.
+which extra to install when they are missing. The upload page is :mod:`~mambapro.deploy.page`, the
+gallery root :mod:`~mambapro.deploy.gallery_root`, the refusals :mod:`~mambapro.deploy.validation`.
 """
 
 from __future__ import annotations
 
-import html
 import io
-import json
-import os
 import socket
 import threading
 import time
@@ -52,7 +50,10 @@ from PIL import Image, UnidentifiedImageError
 
 from mambapro.data import DatasetError, apply_missing, build_test_transform, read_triplet, triplet_paths
 from mambapro.data.io import tiny_image_note
+from mambapro.deploy.gallery_root import default_root, gallery_root_warning, inside, resolved_captures
+from mambapro.deploy.page import upload_page
 from mambapro.deploy.serve_options import MAX_K, ServeOptions
+from mambapro.deploy.validation import RequestError, parse_camid, parse_k, validation_detail
 from mambapro.errors import UserError
 from mambapro.modalities import MODALITIES, missing_label, parse_missing, present_label
 from mambapro.retrieval.identity import check_same_model, model_identity
@@ -79,15 +80,6 @@ class ServeMissingError(UserError, ImportError):
     """fastapi or uvicorn is not installed."""
 
 
-class RequestError(Exception):
-    """A request the service refuses: an HTTP status and a one-line reason."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
 def _web() -> tuple[Any, Any]:
     try:
         import fastapi
@@ -97,104 +89,6 @@ def _web() -> tuple[Any, Any]:
             f"{err.name or 'fastapi'} is not installed: pip install 'mambapro[deploy]'"
         ) from None
     return fastapi, uvicorn
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def _real(path: str, folders: dict[str, str]) -> str:
-    """``os.path.realpath(path)``; ``folders`` caches resolved folders, so a gallery costs one
-    ``realpath`` per folder and one ``lstat`` per file (only a file that is a link is followed)."""
-    folder, name = os.path.split(path)
-    if name in ("", ".", ".."):
-        return os.path.realpath(path)
-    real = folders.get(folder)
-    if real is None:
-        real = folders[folder] = os.path.realpath(folder or ".")
-    full = os.path.join(real, name)
-    return os.path.realpath(full) if os.path.islink(full) else full
-
-
-def _resolved_captures(paths: list[str], dataset: str) -> list[tuple[str, ...] | None]:
-    """Per index row, every file of its capture (all modalities) with symlinks resolved, as
-    :meth:`SearchService.gallery_image` resolves them; ``None`` for a row not in the layout,
-    which is never served. Relative paths are read from the current folder."""
-    folders: dict[str, str] = {}
-    captures: list[tuple[str, ...] | None] = []
-    for path in paths:
-        try:
-            files = triplet_paths(path, dataset)
-        except DatasetError:
-            captures.append(None)
-            continue
-        captures.append(tuple(_real(f, folders) for f in files))
-    return captures
-
-
-def _default_root(captures: list[tuple[str, ...] | None]) -> Path:
-    """The deepest folder holding every existing file of every servable capture, symlinks
-    resolved (the request check resolves them too, so a gallery of links is served from where
-    they point); if none exists, of all of them; the working folder if no row is servable."""
-    files = [f for fs in captures if fs is not None for f in fs]
-    # A stale row (a file since deleted) must not widen what may be served.
-    dirs = {os.path.dirname(f) for f in files if os.path.isfile(f)} or {os.path.dirname(f) for f in files}
-    if not dirs:
-        return Path.cwd().resolve()
-    return Path(os.path.commonpath(sorted(dirs)))
-
-
-def _missing_reason(
-    path: str, files: tuple[str, ...] | None, root: str, dataset: str
-) -> tuple[str, str] | None:
-    """Why the capture of index path ``path`` cannot be served from ``root`` (a kind and a
-    phrase); ``None`` if it can."""
-    if files is None:
-        return "layout", f"not a {dataset} modality file"
-    prefix = root if root.endswith(os.sep) else root + os.sep
-    for f in files:
-        if not os.path.isfile(f):
-            if os.path.isabs(path):
-                return "absent", f"{f} does not exist"
-            return "relative", f"{f} does not exist (relative paths are read from the current folder)"
-        if f != root and not f.startswith(prefix):
-            return "outside", f"it resolves to {f}, outside the root"
-    return None
-
-
-# What to do when the root holds none of the captures, by the first capture's problem.
-_ROOT_HINTS = {
-    "relative": "start it from the folder extract ran in",
-    "absent": "the images are not where extract read them: serve on the machine that has them, "
-    "or extract and build the index again from where they are now",
-    "outside": "pass a --gallery-root that holds the files the index lists (symlinks resolved)",
-    "layout": "build the index from features of this dataset",
-}
-
-
-def _gallery_root_warning(
-    root: Path, paths: list[str], captures: list[tuple[str, ...] | None], dataset: str
-) -> str | None:
-    """One line when ``root`` holds none or only some of the captures the index lists."""
-    held, first = 0, None
-    for path, files in zip(paths, captures):
-        reason = _missing_reason(path, files, str(root), dataset)
-        if reason is None:
-            held += 1
-        elif first is None:
-            first = (path, *reason)
-    if first is None:
-        return None
-    path, kind, why = first
-    if held:
-        return (
-            f"gallery root {root} holds {held} of the {len(paths)} captures the index lists (first "
-            f"missing: {path}: {why}); the others show no gallery images"
-        )
-    return (
-        f"gallery root {root} holds none of the {len(paths)} captures the index lists (first: "
-        f"{path}: {why}); the service answers searches but shows no gallery images; {_ROOT_HINTS[kind]}"
-    )
 
 
 @dataclass(eq=False)
@@ -247,9 +141,9 @@ class SearchService:
         self.transform = build_test_transform(cfg.data, self.img_size)
         backbone = model.backbone
         self.num_cameras = backbone.num_cameras if backbone.camera_embedding is not None else None
-        captures = _resolved_captures(index.paths, self.dataset)
+        captures = resolved_captures(index.paths, self.dataset)
         if gallery_root is None:
-            self.gallery_root = _default_root(captures)
+            self.gallery_root = default_root(captures)
         else:
             root = Path(gallery_root)
             if not root.is_dir():
@@ -280,7 +174,7 @@ class SearchService:
                 "build the index from features of this checkpoint (mambapro extract + index build)"
             )
         # Searches still work without the images, so a root that misses them is said, not refused.
-        problem = _gallery_root_warning(self.gallery_root, index.paths, captures, self.dataset)
+        problem = gallery_root_warning(self.gallery_root, index.paths, captures, self.dataset)
         if problem is not None:
             warnings.warn(problem, stacklevel=2)
 
@@ -362,28 +256,10 @@ class SearchService:
         return item.feature
 
     def check_k(self, k: Any) -> int:
-        try:
-            value = int(str(k).strip())
-        except ValueError:
-            raise RequestError(400, f"k={k!r}: must be an integer in 1..{MAX_K}") from None
-        if not 1 <= value <= MAX_K:
-            raise RequestError(400, f"k={value}: must be in 1..{MAX_K}")
-        return value
+        return parse_k(k)
 
     def check_camid(self, camid: Any) -> int | None:
-        if camid is None or str(camid).strip() == "":
-            return None
-        if self.num_cameras is None:
-            raise RequestError(400, f"camid={camid!r}: this model has no camera embedding; leave camid out")
-        try:
-            value = int(str(camid).strip())
-        except ValueError:
-            raise RequestError(
-                400, f"camid={camid!r}: must be an integer in 0..{self.num_cameras - 1}"
-            ) from None
-        if not 0 <= value < self.num_cameras:
-            raise RequestError(400, f"camid={value}: the model knows cameras 0..{self.num_cameras - 1}")
-        return value
+        return parse_camid(camid, self.num_cameras)
 
     def search(self, uploads: dict[str, bytes], k: Any = None, camid: Any = None) -> dict[str, Any]:
         """Rank the gallery for one query: ``uploads`` maps modality names to encoded images.
@@ -411,26 +287,20 @@ class SearchService:
         dist, rows = self.index.search(feature[None], k, self.cfg.test.distance)
         with self._queue_lock:
             self.requests += 1
-        matches = []
-        for d, j in zip(dist[0], rows[0]):
-            if j < 0:  # an approximate index may return fewer than k rows
-                continue
-            j = int(j)
-            matches.append(
-                {
-                    "rank": len(matches) + 1,
-                    "row": j,
-                    "distance": float(d),
-                    "pid": int(self.index.pids[j]),
-                    "camid": int(self.index.camids[j]),
-                    "path": self.index.paths[j],
-                    "images": {m: f"/gallery/{j}/{m}" for m in MODALITIES},
-                }
-            )
-        identities: list[int] = []
-        for m in matches:
-            if m["pid"] not in identities:
-                identities.append(m["pid"])
+        ranked = self.index.ranking(rows[0], dist[0], k)
+        matches = [
+            {
+                "rank": m.rank,
+                "row": m.index,
+                "distance": m.distance,
+                "pid": m.pid,
+                "camid": m.camid,
+                "path": m.path,
+                "images": {mod: f"/gallery/{m.index}/{mod}" for mod in MODALITIES},
+            }
+            for m in ranked
+        ]
+        identities = list(dict.fromkeys(m.pid for m in ranked))  # in rank order, once each
         return {
             "query": {"present": present_label(missing), "missing": missing_label(missing), "camid": cam},
             "k": k,
@@ -456,7 +326,7 @@ class SearchService:
                 404, f"gallery row {row}: its files are not in the {self.dataset} layout"
             ) from None
         resolved = [Path(f).resolve() for f in files]
-        if not all(_inside(p, self.gallery_root) for p in resolved):
+        if not all(inside(p, self.gallery_root) for p in resolved):
             raise RequestError(404, f"gallery row {row}: its files lie outside the gallery root")
         try:
             images = read_triplet(tuple(str(p) for p in resolved), self.dataset)
@@ -492,41 +362,6 @@ class SearchService:
 
 # ---------------------------------------------------------------------- HTTP
 
-# Where FastAPI found a parameter (the first item of an error's ``loc``), in the client's words.
-_PLACES = {
-    "path": "path parameter",
-    "query": "query parameter",
-    "body": "field",
-    "header": "header",
-    "cookie": "cookie",
-}
-# Pydantic's reasons for the error types a client meets most, said as the other refusals say them.
-_REASONS = {
-    "int_parsing": "must be an integer",
-    "int_from_float": "must be an integer",
-    "float_parsing": "must be a number",
-    "bool_parsing": "must be true or false",
-}
-
-
-def _validation_detail(errors: Any) -> str:
-    """FastAPI's request-validation error list as one line naming each field and its value."""
-    parts = []
-    for err in errors:
-        loc = [str(x) for x in err.get("loc", ())]
-        place = _PLACES.get(loc[0], loc[0]) if loc else "request"
-        name = ".".join(loc[1:]) if len(loc) > 1 else None
-        what = f"{place} {name}" if name else place
-        if err.get("type") == "missing":
-            parts.append(f"{what} is missing")
-            continue
-        value = repr(err.get("input"))
-        if len(value) > 60:  # a client's value is echoed, not a whole body
-            value = value[:57] + "..."
-        reason = _REASONS.get(err.get("type", ""), " ".join(str(err.get("msg", "is invalid")).split()))
-        parts.append(f"{what}{'=' if name else ' '}{value}: {reason[:1].lower()}{reason[1:]}")
-    return "; ".join(parts) or "the request is invalid"
-
 
 def create_app(service: SearchService) -> Any:
     """The FastAPI application of ``service`` (see the module docstring for the routes)."""
@@ -548,11 +383,11 @@ def create_app(service: SearchService) -> Any:
     # FastAPI's list of pydantic records.
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Any, exc: Any) -> JSONResponse:
-        return refuse(422, _validation_detail(exc.errors()))
+        return refuse(422, validation_detail(exc.errors()))
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> HTMLResponse:
-        return HTMLResponse(_page(service))
+        return HTMLResponse(upload_page(service))
 
     @app.get("/health")
     def health() -> dict:
@@ -619,108 +454,6 @@ def create_app(service: SearchService) -> Any:
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     return app
-
-
-def _page(service: SearchService) -> str:
-    """The upload page: one self-contained HTML document (inline style and script only)."""
-    info = html.escape(
-        f"{service.dataset}: {service.index.ntotal} gallery captures ({service.index.kind} index), "
-        f"distance {service.cfg.test.distance}"
-    )
-    camid_hint = (
-        f"0..{service.num_cameras - 1}, optional"
-        if service.num_cameras is not None
-        else "no camera embedding"
-    )
-    inputs = "\n".join(
-        f'<label>{m} <input type="file" name="{m}" accept="image/*"></label>' for m in MODALITIES
-    )
-    config = json.dumps({"modalities": list(MODALITIES), "k": service.options.k, "maxK": MAX_K})
-    return _PAGE.format(
-        info=info,
-        inputs=inputs,
-        k=service.options.k,
-        max_k=MAX_K,
-        camid_hint=html.escape(camid_hint),
-        camid_disabled="" if service.num_cameras is not None else " disabled",
-        config=config,
-    )
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mambapro search</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
-form {{ display: flex; flex-wrap: wrap; gap: 1em; align-items: end; margin-bottom: 1em; }}
-label {{ display: flex; flex-direction: column; font-size: 0.9em; }}
-#status {{ margin: 0.5em 0; color: #555; }}
-#status.error {{ color: #b00; }}
-#results {{ display: flex; flex-wrap: wrap; gap: 0.6em; }}
-.match {{ border: 3px solid #ccc; padding: 4px; text-align: center; font-size: 0.8em; }}
-.match img {{ display: block; height: 96px; margin: 2px auto; }}
-.query {{ border-color: #2860dc; }}
-</style></head>
-<body>
-<h1>mambapro search</h1>
-<p>{info}. Upload any non-empty subset of the three modality images of one capture; the
-missing ones are zero-filled as in <code>mambapro test --missing</code>.</p>
-<form id="query">
-{inputs}
-<label>k <input type="number" name="k" min="1" max="{max_k}" value="{k}"></label>
-<label>camid ({camid_hint}) <input type="number" name="camid" min="0"{camid_disabled}></label>
-<button type="submit">Search</button>
-</form>
-<div id="status"></div>
-<div id="results"></div>
-<script>
-const CONFIG = {config};
-const form = document.getElementById("query");
-const status = document.getElementById("status");
-const results = document.getElementById("results");
-function cell(title, images, cls) {{
-  const div = document.createElement("div");
-  div.className = "match " + cls;
-  const caption = document.createElement("div");
-  caption.textContent = title;
-  div.appendChild(caption);
-  for (const src of images) {{
-    const img = document.createElement("img");
-    if (src) {{ img.src = src; }} else {{ img.alt = "missing"; }}
-    div.appendChild(img);
-  }}
-  return div;
-}}
-form.addEventListener("submit", async (event) => {{
-  event.preventDefault();
-  const data = new FormData();
-  const query = [];
-  for (const m of CONFIG.modalities) {{
-    const file = form.elements[m].files[0];
-    if (file) {{ data.append(m, file); query.push(URL.createObjectURL(file)); }} else {{ query.push(null); }}
-  }}
-  for (const key of ["k", "camid"]) {{
-    const value = form.elements[key].value;
-    if (value !== "" && !form.elements[key].disabled) {{ data.append(key, value); }}
-  }}
-  status.className = ""; status.textContent = "searching ...";
-  results.replaceChildren();
-  const response = await fetch("/search", {{ method: "POST", body: data }});
-  const answer = await response.json();
-  if (!response.ok) {{
-    status.className = "error"; status.textContent = response.status + ": " + answer.detail; return;
-  }}
-  status.textContent = "query " + answer.query.present + ": " + answer.matches.length +
-    " matches in " + answer.took_ms + " ms" +
-    (answer.warnings.length ? " (warning: " + answer.warnings.join("; ") + ")" : "");
-  results.appendChild(cell("query", query, "query"));
-  for (const m of answer.matches) {{
-    const title = m.rank + ": id " + m.pid + ", d " + m.distance.toPrecision(3);
-    results.appendChild(cell(title, CONFIG.modalities.map((x) => m.images[x]), ""));
-  }}
-}});
-</script>
-</body></html>
-"""
 
 
 # ---------------------------------------------------------------------- command

@@ -1,4 +1,4 @@
-"""Evaluation: exact ReID metrics, distances, k-reciprocal re-ranking and reports (SPEC §2).
+"""Evaluation: exact ReID metrics, distances, k-reciprocal re-ranking and reports.
 
 ``evaluate`` ranks a (Q, G) distance matrix under the market protocol (junk: same pid and
 camera) or the MSVR310 protocol (junk: same pid and scene); ``compute_distmat`` builds the

@@ -1,6 +1,6 @@
 """Query-gallery distance matrices from features, computed in blocks.
 
-The evaluation protocol (SPEC §2) ranks by squared Euclidean distance between L2-normalised
+The evaluation protocol ranks by squared Euclidean distance between L2-normalised
 features; cosine distance ``1 - cos`` is offered as well (for unit vectors it is exactly half the
 squared Euclidean distance, so both rank identically up to rounding).
 
@@ -109,7 +109,7 @@ def compute_distmat(
             features' device).
         gf: (G, D) gallery features.
         metric: ``"euclidean"`` (squared Euclidean) or ``"cosine"`` (``1 - cos``).
-        normalize: L2-normalise features first (SPEC §2). Cosine always normalises.
+        normalize: L2-normalise features first. Cosine always normalises.
         block_size: query rows per block; ``None`` picks about 16M entries (64 MB) per block.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Exact ReID metrics (CMC, mAP, mINP) under the market and MSVR310 protocols (SPEC §2).
+"""Exact ReID metrics (CMC, mAP, mINP) under the market and MSVR310 protocols.
 
 Definitions, per query:
 

@@ -35,7 +35,7 @@ __all__ = [
 #: Columns of a result table, in order.
 COLUMNS = ("mAP", *(f"Rank-{k}" for k in REPORT_RANKS), "mINP")
 
-#: Test-time settings: which modalities (R = RGB, N = NI, T = TI) are missing (SPEC §2).
+#: Test-time settings: which modalities (R = RGB, N = NI, T = TI) are missing.
 
 Row = EvalResult | Mapping[str, float]
 

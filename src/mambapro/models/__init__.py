@@ -1,10 +1,11 @@
 """The MambaPro network and its parts: image encoders, weight loading, adapters, prompts, the
-multi-modal backbone (SPEC §3).
+multi-modal backbone.
 
 Entry points: :func:`build_model` (the full network: backbone + aggregator + heads),
 :func:`build_backbone` (the configured multi-modal backbone) and :func:`clip_image_encoder` (the
 plain CLIP ViT-B/16 image encoder). The registries
-``BACKBONES``, ``ADAPTERS`` and ``PROMPTS`` hold one constructor per config value.
+``BACKBONES``, ``ADAPTERS`` and ``PROMPTS`` (re-exported from ``mambapro.parts``, where their
+names live without torch) hold one constructor per config value, loaded on first use.
 """
 
 from mambapro.models.adapters import ADAPTERS, LoRAAdapter, MlpAdapter

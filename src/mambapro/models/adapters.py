@@ -19,9 +19,9 @@ as its paper: the down projection trunc-normal, the up projection zero, so that 
 starts as the identity of the pre-trained block. (The release's ``LoRA_Linear`` initialises its
 down projection ``lora_A`` Kaiming-uniform, ``a = sqrt(5)``, l. 123.)
 
-Factories in :data:`ADAPTERS` all take ``(dim, *, act, lora_rank, lora_alpha)`` (the
-``model.adapter_act``, ``model.lora_rank`` and ``model.lora_alpha`` values) and use what they
-need; ``none`` returns None.
+The factories that :data:`ADAPTERS` (``mambapro.parts``, lazily) names all take
+``(dim, *, act, lora_rank, lora_alpha)`` (the ``model.adapter_act``, ``model.lora_rank`` and
+``model.lora_alpha`` values) and use what they need; ``none`` returns None.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from mambapro.models.clip_vit import make_act
 from mambapro.ops.init import init_linear_
-from mambapro.registry import Registry
+from mambapro.parts import ADAPTERS
 
-__all__ = ["ADAPTERS", "AdapterFactory", "LoRAAdapter", "MlpAdapter"]
+__all__ = ["ADAPTERS", "AdapterFactory", "LoRAAdapter", "MlpAdapter", "bna", "lora", "no_adapter", "pfa"]
 
 
 class MlpAdapter(nn.Module):
@@ -82,26 +82,24 @@ class AdapterFactory(Protocol):
     def __call__(self, dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module | None: ...
 
 
-#: ``model.adapter`` values: constructors ``(dim, *, act, lora_rank, lora_alpha) -> module``
-#: (None for ``none``).
-ADAPTERS: Registry[AdapterFactory] = Registry("adapters")
+# The ``model.adapter`` constructors: ``mambapro.parts.ADAPTERS`` names each of them (lazily).
 
 
-@ADAPTERS.register("none")
-def _no_adapter(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> None:
+def no_adapter(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> None:
+    """``none``: no adapter."""
     return None
 
 
-@ADAPTERS.register("pfa")
-def _pfa(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module:
+def pfa(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module:
+    """``pfa``: D -> 2D -> D."""
     return MlpAdapter(dim, 2 * dim, act)
 
 
-@ADAPTERS.register("bna")
-def _bna(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module:
+def bna(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module:
+    """``bna``: D -> D/2 -> D."""
     return MlpAdapter(dim, dim // 2, act)
 
 
-@ADAPTERS.register("lora")
-def _lora(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module:
+def lora(dim: int, *, act: str, lora_rank: int, lora_alpha: float) -> nn.Module:
+    """``lora``: rank ``lora_rank``, scaled by ``lora_alpha / lora_rank``."""
     return LoRAAdapter(dim, lora_rank, lora_alpha)

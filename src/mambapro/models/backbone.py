@@ -35,11 +35,11 @@ from torch import Tensor, nn
 from mambapro.config import ModelConfig
 from mambapro.modalities import MODALITIES, NUM_MODALITIES
 from mambapro.models.adapters import ADAPTERS
-from mambapro.models.clip_vit import CAMERA_TOKENS, VisionTransformer
+from mambapro.models.clip_vit import VisionTransformer
 from mambapro.models.prompts import PROMPTS, MultiModalPrompts
 from mambapro.models.vit_imagenet import imagenet_vit, load_timm_vit_state_dict
 from mambapro.models.weights import load_clip_state_dict, load_encoder_state_dict
-from mambapro.registry import Registry
+from mambapro.parts import BACKBONES, CAMERA_TOKENS, FREEZE_MODES
 
 __all__ = [
     "BACKBONES",
@@ -47,14 +47,17 @@ __all__ = [
     "MultiModalBackbone",
     "build_backbone",
     "clip_image_encoder",
+    "clip_vit_b16",
+    "tiny",
+    "vit_b16_imagenet",
 ]
 
 logger = logging.getLogger(__name__)
 
 EncoderFactory = Callable[[tuple[int, int], "str | Path | None"], VisionTransformer]
 
-#: ``model.backbone`` values: constructors ``(img_size, weights) -> VisionTransformer``.
-BACKBONES: Registry[EncoderFactory] = Registry("backbones")
+# ``model.backbone`` values: ``mambapro.parts.BACKBONES`` names the constructors below (lazily)
+# with each one's depth and patch size (``BackboneInfo``), which the constructors build with.
 
 
 def _build(
@@ -72,27 +75,35 @@ def _build(
     return encoder
 
 
-@BACKBONES.register("clip_vit_b16")
 def clip_vit_b16(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
     """CLIP ViT-B/16 image encoder (D = 768, 12 layers, 12 heads, C = 512), OpenAI weights."""
+    info = BACKBONES.info("clip_vit_b16")
     return _build(
-        lambda: VisionTransformer(img_size, patch_size=16, width=768, layers=12, heads=12, output_dim=512),
+        lambda: VisionTransformer(
+            img_size, patch_size=info.patch_size, width=768, layers=info.layers, heads=12, output_dim=512
+        ),
         weights,
         load_clip_state_dict,
     )
 
 
-@BACKBONES.register("vit_b16_imagenet")
 def vit_b16_imagenet(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
     """ImageNet ViT-B/16 (Table 9) from a timm checkpoint; no projection, so C = D = 768."""
-    return _build(lambda: imagenet_vit(img_size), weights, load_timm_vit_state_dict)
+    info = BACKBONES.info("vit_b16_imagenet")
+    return _build(
+        lambda: imagenet_vit(img_size, layers=info.layers, patch_size=info.patch_size),
+        weights,
+        load_timm_vit_state_dict,
+    )
 
 
-@BACKBONES.register("tiny")
 def tiny(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
     """CLIP-style tiny encoder for CPU demos and tests: D = 192, 4 layers, 3 heads, C = 128."""
+    info = BACKBONES.info("tiny")
     return _build(
-        lambda: VisionTransformer(img_size, patch_size=16, width=192, layers=4, heads=3, output_dim=128),
+        lambda: VisionTransformer(
+            img_size, patch_size=info.patch_size, width=192, layers=info.layers, heads=3, output_dim=128
+        ),
         weights,
         load_clip_state_dict,
     )
@@ -189,8 +200,8 @@ class MultiModalBackbone(nn.Module):
 
     def set_freeze(self, mode: str) -> None:
         """``frozen``: only adapters, prompts and camera train; ``finetune``: everything trains."""
-        if mode not in ("frozen", "finetune"):
-            raise ValueError(f"model.freeze = '{mode}' is not one of: frozen, finetune")
+        if mode not in FREEZE_MODES:
+            raise ValueError(f"model.freeze = '{mode}' is not one of: {', '.join(FREEZE_MODES)}")
         for name, params in self.parameter_parts().items():
             for p in params:
                 p.requires_grad_(mode == "finetune" or name != "backbone")

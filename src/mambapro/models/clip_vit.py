@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from mambapro.config import ADAPTER_POSITIONS
+from mambapro.parts import ACTIVATIONS, ADAPTER_POSITIONS, CAMERA_TOKENS
 
 __all__ = [
     "ADAPTER_POSITIONS",
@@ -45,10 +45,6 @@ __all__ = [
 ]
 
 
-#: Which tokens :meth:`VisionTransformer.embed` adds an offset (the camera embedding) to.
-CAMERA_TOKENS = ("cls", "all")
-
-
 class QuickGELU(nn.Module):
     """``x * sigmoid(1.702 x)``: the GELU approximation OpenAI's CLIP was trained with."""
 
@@ -57,12 +53,11 @@ class QuickGELU(nn.Module):
 
 
 def make_act(name: str) -> nn.Module:
-    """``quick_gelu`` (CLIP and the authors' release) or ``gelu`` (exact erf GELU, the paper)."""
-    if name == "quick_gelu":
-        return QuickGELU()
-    if name == "gelu":
-        return nn.GELU()
-    raise ValueError(f"unknown activation '{name}'; choose one of: quick_gelu, gelu")
+    """A new activation module registered in ``mambapro.parts.ACTIVATIONS``: ``quick_gelu``
+    (CLIP and the authors' release) or ``gelu`` (exact erf GELU, the paper)."""
+    if name not in ACTIVATIONS.names():
+        raise ValueError(f"unknown activation '{name}'; choose one of: {', '.join(ACTIVATIONS.names())}")
+    return ACTIVATIONS.build(name)
 
 
 class Attention(nn.Module):
@@ -107,7 +102,7 @@ class ResidualAttentionBlock(nn.Module):
     """A pre-norm transformer block with an optional adapter (PFA, BNA or LoRA).
 
     With ``x̄ = x + MHSA(LN₁(x))`` and ``x̂ = x̄ + FFN(LN₂(x̄))``, the adapter ``A`` enters at
-    ``adapter_position`` (SPEC §3, Table 8):
+    ``adapter_position`` (Table 8):
 
     - ``side_ffn`` (PFA's place): ``x̂ = x̄ + FFN(LN₂(x̄)) + A(x̄)``: input ``x̄`` itself, not
       ``LN₂(x̄)``, as the authors' release does;

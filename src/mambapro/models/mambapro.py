@@ -1,4 +1,4 @@
-"""The full MambaPro model: shared backbone, aggregator and the BNNeck heads (SPEC §3).
+"""The full MambaPro model: shared backbone, aggregator and the BNNeck heads.
 
 ``ori`` is the concatenation of the three modalities' cls features (3·C); ``fuse`` is the
 aggregator's feature (f_ma). Each head is a BNNeck (BatchNorm1d with a frozen zero bias) and a
@@ -25,6 +25,7 @@ from mambapro.config import Config
 from mambapro.modalities import MODALITIES
 from mambapro.models.backbone import build_backbone
 from mambapro.models.missing import MissingTokens
+from mambapro.parts import NECK_FEATS, ORI_HEADS, TEST_FEATURES, MASettings
 
 __all__ = ["BNNeckHead", "MambaPro", "build_model"]
 
@@ -66,8 +67,9 @@ class MambaPro(nn.Module):
             tokens before MA and the ``ori`` head (``train.modality_dropout_mode: feature``).
     """
 
-    ORI_HEADS = ("concat", "per_modality")
-    NECK_FEATS = ("before", "after")
+    ORI_HEADS = ORI_HEADS
+    NECK_FEATS = NECK_FEATS
+    TEST_FEATURES = TEST_FEATURES
 
     def __init__(
         self,
@@ -84,6 +86,10 @@ class MambaPro(nn.Module):
             raise ValueError(f"model.ori_head = {ori_head!r} is not one of: {', '.join(self.ORI_HEADS)}")
         if neck_feat not in self.NECK_FEATS:
             raise ValueError(f"test.neck_feat = {neck_feat!r} is not one of: {', '.join(self.NECK_FEATS)}")
+        if test_feature not in self.TEST_FEATURES:
+            raise ValueError(
+                f"test.feature = {test_feature!r} is not one of: {', '.join(self.TEST_FEATURES)}"
+            )
         if test_feature == "fuse" and aggregator is None:
             raise ValueError("test.feature=fuse needs an aggregator (model.aggregator is 'none')")
         self.backbone = backbone
@@ -156,16 +162,7 @@ def build_model(cfg: Config, num_classes: int, num_cameras: int) -> MambaPro:
     aggregator = None
     if m.aggregator != "none":
         aggregator = build_aggregator(
-            m.aggregator,
-            dim=backbone.out_dim,
-            grid=tuple(backbone.grid),
-            depth=m.ma_depth,
-            d_state=m.ma_d_state,
-            dt_rank=m.ma_dt_rank,
-            expand=m.ma_expand,
-            bidirectional=m.ma_bidirectional,
-            scan_backend=m.scan_backend,
-            ma_init=m.ma_init,
+            m.aggregator, dim=backbone.out_dim, grid=tuple(backbone.grid), ma=MASettings.from_config(m)
         )
     return MambaPro(
         backbone,

@@ -3,7 +3,7 @@
 Per prompted layer l, each modality m ∈ (r, n, t) owns ``N_pr`` learnable prompts ``p_l^m``
 (zeros at init). Before layer l the prompt tokens are appended to every modality's sequence;
 after it they are taken off again, and the outputs feed the next prompted layer's residual
-prompt. The semantics follow the authors' release, which refines the paper's eqs. 5-12 (SPEC §3):
+prompt. The semantics follow the authors' release, which refines the paper's eqs. 5-12:
 
 - **transfer** (SP and SRP): one transfer block per *source* modality,
   ``T_l^m = Linear(D -> D/2) -> act -> Linear(D/2 -> D)``, used residually:
@@ -38,9 +38,19 @@ from torch import Tensor, nn
 
 from mambapro.modalities import NUM_MODALITIES
 from mambapro.models.adapters import MlpAdapter
-from mambapro.registry import Registry
+from mambapro.parts import PROMPTS
 
-__all__ = ["PROMPTS", "MultiModalPrompts", "PromptLayer", "PromptFactory"]
+__all__ = [
+    "PROMPTS",
+    "MultiModalPrompts",
+    "PromptFactory",
+    "PromptLayer",
+    "ip",
+    "no_prompts",
+    "sp",
+    "srp_fusion",
+    "srp_separation",
+]
 RESIDUALS = (None, "fusion", "separation")
 
 
@@ -139,30 +149,29 @@ class PromptFactory(Protocol):
     ) -> MultiModalPrompts | None: ...
 
 
-#: ``model.prompt`` values: constructors ``(dim, *, layers, num_tokens, act)`` (None for ``none``).
-PROMPTS: Registry[PromptFactory] = Registry("prompts")
+# The ``model.prompt`` constructors: ``mambapro.parts.PROMPTS`` names each of them (lazily).
 
 
-@PROMPTS.register("none")
-def _no_prompts(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> None:
+def no_prompts(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> None:
+    """``none``: no prompts."""
     return None
 
 
-@PROMPTS.register("ip")
-def _ip(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+def ip(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+    """``ip``: independent prompts, no transfer."""
     return MultiModalPrompts(dim, layers, num_tokens, act, transfer=False, residual=None)
 
 
-@PROMPTS.register("sp")
-def _sp(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+def sp(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+    """``sp``: synergistic prompts (transfer between modalities)."""
     return MultiModalPrompts(dim, layers, num_tokens, act, transfer=True, residual=None)
 
 
-@PROMPTS.register("srp_separation")
-def _srp_separation(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+def srp_separation(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+    """``srp_separation``: SP with one residual block per prompt group."""
     return MultiModalPrompts(dim, layers, num_tokens, act, transfer=True, residual="separation")
 
 
-@PROMPTS.register("srp_fusion")
-def _srp_fusion(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+def srp_fusion(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+    """``srp_fusion``: SP with one residual block on the fused groups (the paper's SRP)."""
     return MultiModalPrompts(dim, layers, num_tokens, act, transfer=True, residual="fusion")

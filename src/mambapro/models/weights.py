@@ -18,7 +18,7 @@ Key layouts: OpenAI's (``visual.conv1.weight``, ...; also open_clip's, which is 
 visual tower alone (``conv1.weight``, ...), and timm's ViT layout (``patch_embed.proj.weight``,
 ``blocks.{i}.attn.qkv``, ...), converted to OpenAI names. Tensors are cast to fp32 (OpenAI stores
 fp16). The positional grid is resized to the input grid with bilinear interpolation,
-``align_corners=False`` and no antialiasing, as the authors' release does (SPEC §3).
+``align_corners=False`` and no antialiasing, as the authors' release does.
 """
 
 from __future__ import annotations

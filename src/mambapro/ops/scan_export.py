@@ -17,7 +17,7 @@ and the exported file runs without ``mambapro`` (``onnxruntime`` or bare ``torch
 
 Both compute exactly the recurrence of :func:`mambapro.ops.selective_scan` (its docstring gives
 the semantics) in fp32; which one ``mambapro export`` uses is chosen by
-``benchmarks/bench_export.py`` (README). Training never needs them: they record L steps for
+``benchmarks/bench_export.py`` (docs/benchmarks.md). Training never needs them: they record L steps for
 autograd, like mamba-ssm's reference loop.
 """
 
@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch._higher_order_ops.scan import scan as _scan_hop
 
+from mambapro.parts import EXPORT_FORMS
+
 __all__ = ["EXPORT_FORMS", "selective_scan_export"]
 
-EXPORT_FORMS = ("unrolled", "hop", "parallel")
 # Steps per prefix scan of the parallel form: whole-sequence scans of ViT-B's 387 tokens at batch
 # 32 held tens of GB in onnxruntime; chunks of 32 keep each array under 100 MB there.
 PARALLEL_CHUNK = 32

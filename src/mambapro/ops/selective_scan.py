@@ -1,6 +1,6 @@
 """Selective scan (Mamba's S6 recurrence) in pure PyTorch: exact, fast on CPU, correct under autograd.
 
-Semantics are those of mamba-ssm's ``selective_scan_fn`` (SPEC §3), so the CUDA kernel can be
+Semantics are those of mamba-ssm's ``selective_scan_fn``, so the CUDA kernel can be
 swapped in (``backend='mamba_ssm'``), as can the install-free Triton kernels of
 :mod:`mambapro.ops.scan_triton` (``backend='triton'``)::
 
@@ -17,7 +17,7 @@ Design (chosen by measurement, ``benchmarks/bench_scan.py``)
 ------------------------------------------------------------
 The literal loop (mamba-ssm's ``selective_scan_ref``) materialises exp(ΔA) and ΔBu as (B, D, L, N)
 tensors and lets autograd record L steps; its backward is dominated by the per-step slice
-gradients, each a zero-filled (B, D, L, N) tensor, so it costs ~2 minutes at the issue's size.
+gradients, each a zero-filled (B, D, L, N) tensor, so it costs ~2 minutes at the benchmark's size.
 
 Here one ``torch.library.custom_op`` runs a chunked scan with a hand-written backward:
 
@@ -35,7 +35,7 @@ Here one ``torch.library.custom_op`` runs a chunked scan with a hand-written bac
 * The gradient of ``last_state`` is supported (mamba-ssm's kernel ignores it).
 
 Speed, memory and errors against the literal loop are measured by ``benchmarks/bench_scan.py``
-(latest table in ``benchmarks/results/bench_scan.txt`` and the README), not quoted here.
+(latest table in ``benchmarks/results/bench_scan.txt`` and docs/benchmarks.md), not quoted here.
 
 Backends: ``torch`` (this file, any device), ``triton`` (``scan_triton.py``: forward and backward
 Triton kernels, CUDA tensors; CPU tensors only under Triton's interpreter), ``mamba_ssm``
@@ -64,11 +64,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from mambapro.ops.scan_export import EXPORT_FORMS, selective_scan_export
+from mambapro.ops.scan_export import selective_scan_export
+from mambapro.parts import EXPORT_FORMS, SCAN_BACKENDS
 
 __all__ = ["SCAN_BACKENDS", "resolve_backend", "selective_scan", "selective_scan_macs"]
-
-SCAN_BACKENDS = ("torch", "mamba_ssm", "triton", "auto", *EXPORT_FORMS)
 
 # Elements per time-major chunk buffer (T·B·D·N); 2^20 fp32 = 4 MiB keeps the three buffers of the
 # backward within a 32 MiB L3 cache. Chosen by the chunk-size sweep in benchmarks/bench_scan.py.

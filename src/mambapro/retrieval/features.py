@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from mambapro.config import Config
 from mambapro.data import build_test_loader, check_cameras, dataset_from_config
 from mambapro.errors import UserError, short_reason
 from mambapro.files import atomic_write, check_output, npz_path
+from mambapro.retrieval.gallery import LABELS, GalleryLabels
 from mambapro.retrieval.identity import model_identity, stored_identity
 from mambapro.runtime import eval_amp
 from mambapro.train.checkpoint import load_model
@@ -35,7 +35,7 @@ __all__ = [
 
 
 @dataclass
-class FeatureSet:
+class FeatureSet(GalleryLabels):
     """Features of one split: feats (N, F) float32, per-sample labels, and the identity of the
     model that made them (:mod:`mambapro.retrieval.identity`; None when unknown)."""
 
@@ -59,15 +59,7 @@ class FeatureSet:
         path = Path(path)
         extra = {} if self.identity is None else {"identity": np.asarray(json.dumps(self.identity))}
         with atomic_write(path) as fh:  # a file object: NumPy appends no suffix
-            np.savez(
-                fh,
-                feats=self.feats,
-                pids=self.pids,
-                camids=self.camids,
-                sceneids=self.sceneids,
-                paths=np.asarray([os.path.abspath(p) for p in self.paths], dtype=str),
-                **extra,
-            )
+            np.savez(fh, feats=self.feats, **self.arrays(), **extra)
         return path
 
     @classmethod
@@ -95,14 +87,14 @@ class FeatureSet:
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise UserError(f"{bad} (a bare array)")
         with z:
-            missing = {"feats", "pids", "camids", "sceneids", "paths"} - set(z.files)
+            missing = {"feats", *LABELS} - set(z.files)
             if missing:
                 hint = "; it looks like a gallery index" if {"header", "index"} <= set(z.files) else ""
                 raise UserError(
                     f"{path} lacks the arrays {sorted(missing)} of a mambapro features file{hint}"
                 )
             try:
-                arrays = {k: z[k] for k in ("feats", "pids", "camids", "sceneids", "paths")}
+                arrays = {k: z[k] for k in ("feats", *LABELS)}
                 identity = json.loads(str(z["identity"][()])) if "identity" in z.files else None
             except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
                 # A truncated or overwritten archive fails here, when an array is read.

@@ -41,6 +41,7 @@ from mambapro.errors import UserError, short_reason
 from mambapro.evaluation.distance import prepare_features
 from mambapro.files import atomic_write, check_output
 from mambapro.retrieval.features import FeatureSet
+from mambapro.retrieval.gallery import LABELS, GalleryLabels
 from mambapro.retrieval.identity import MODEL_KEYS, check_same_model, stored_identity
 
 __all__ = [
@@ -61,8 +62,7 @@ RECALL_K = 10
 #: What the rows of one gallery share: the model, and the modalities present in their images.
 GALLERY_KEYS = (*MODEL_KEYS, "modalities")
 RECALL_QUERIES = 1000
-_META = ("pids", "camids", "sceneids", "paths")
-_KEYS = {"header", "index", *_META}
+_KEYS = {"header", "index", *LABELS}
 
 
 class GalleryIndexError(UserError, ValueError):
@@ -139,7 +139,7 @@ def load_features(features: str | Path | Sequence[str | Path]) -> tuple[Any, str
                 f"{p}: features must be 2-D (num_samples, dim), got shape {fs.feats.shape}"
             )
         n = len(fs.feats)
-        for name in _META:
+        for name in LABELS:
             if len(getattr(fs, name)) != n:
                 raise GalleryIndexError(f"{p}: {len(getattr(fs, name))} {name} for {n} feature rows")
         if fs.feats.shape[1] != sets[0].feats.shape[1]:
@@ -167,7 +167,7 @@ def load_features(features: str | Path | Sequence[str | Path]) -> tuple[Any, str
     )
 
 
-class GalleryIndex:
+class GalleryIndex(GalleryLabels):
     """A FAISS index of L2-normalised gallery features and the metadata of each row."""
 
     def __init__(
@@ -405,10 +405,7 @@ class GalleryIndex:
                 fh,
                 header=np.asarray(json.dumps(self.header())),
                 index=np.asarray(blob, dtype=np.uint8),
-                pids=self.pids,
-                camids=self.camids,
-                sceneids=self.sceneids,
-                paths=np.asarray(self.paths, dtype=str),
+                **self.arrays(),
             )
         return path
 
@@ -441,7 +438,7 @@ class GalleryIndex:
             try:
                 header = json.loads(str(z["header"][()]))
                 blob = z["index"]
-                meta = {name: z[name] for name in _META}
+                meta = {name: z[name] for name in LABELS}
             except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
                 raise GalleryIndexError(f"{path}: corrupt gallery index ({short_reason(err)})") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:

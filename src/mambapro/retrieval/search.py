@@ -16,9 +16,7 @@ from the file names of the dataset layout, or from the ``.npz``).
 from __future__ import annotations
 
 import json
-import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat
 from mambapro.files import RANK_LIST_TAG, atomic_write, check_output
 from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, extract_features
+from mambapro.retrieval.gallery import Match
 from mambapro.retrieval.identity import check_same_model, model_identity
 from mambapro.retrieval.index import GalleryIndex
 from mambapro.runtime import eval_amp
@@ -43,19 +42,6 @@ _BORDER = 4
 _COLOURS = {"query": (40, 90, 220), "match": (20, 170, 60), "other": (220, 40, 40)}
 
 
-@dataclass(frozen=True)
-class Match:
-    """One ranked gallery entry."""
-
-    rank: int  # 1-based
-    index: int  # row in the gallery features
-    distance: float
-    path: str
-    pid: int
-    camid: int
-    same_identity: bool
-
-
 def rank_gallery(distances: np.ndarray, query_path: str, query_pid: int, gallery: Any, k: int) -> list[Match]:
     """Top-``k`` gallery entries of one query by ascending distance (ties: lower gallery index).
 
@@ -63,26 +49,7 @@ def rank_gallery(distances: np.ndarray, query_path: str, query_pid: int, gallery
     left out.
     """
     order = np.argsort(distances, kind="stable")
-    out: list[Match] = []
-    own = os.path.abspath(query_path)
-    for j in order:
-        if os.path.abspath(gallery.paths[j]) == own:
-            continue
-        pid = int(gallery.pids[j])
-        out.append(
-            Match(
-                rank=len(out) + 1,
-                index=int(j),
-                distance=float(distances[j]),
-                path=gallery.paths[j],
-                pid=pid,
-                camid=int(gallery.camids[j]),
-                same_identity=pid == int(query_pid),
-            )
-        )
-        if len(out) == k:
-            break
-    return out
+    return gallery.ranking(order, distances[order], k, query_path, query_pid)
 
 
 def _thumbnails(first_path: str, dataset_name: str) -> list[Any]:
@@ -105,29 +72,10 @@ def rank_index(
     """``run_search``'s rankings against an index: per query (a FeatureSet), its top-``k``
     :class:`Match` list, leaving out the query's own file as :func:`rank_gallery` does."""
     dist, rows = index.search(query.feats, min(k + 1, max(index.ntotal, 1)), metric)
-    out: list[list[Match]] = []
-    for qpath, qpid, drow, irow in zip(query.paths, query.pids, dist, rows):
-        matches: list[Match] = []
-        own = os.path.abspath(qpath)
-        for d, j in zip(drow, irow):
-            if j < 0 or os.path.abspath(index.paths[j]) == own:
-                continue
-            pid = int(index.pids[j])
-            matches.append(
-                Match(
-                    rank=len(matches) + 1,
-                    index=int(j),
-                    distance=float(d),
-                    path=index.paths[j],
-                    pid=pid,
-                    camid=int(index.camids[j]),
-                    same_identity=pid == int(qpid),
-                )
-            )
-            if len(matches) == k:
-                break
-        out.append(matches)
-    return out
+    return [
+        index.ranking(irow, drow, k, qpath, qpid)
+        for qpath, qpid, drow, irow in zip(query.paths, query.pids, dist, rows)
+    ]
 
 
 def draw_rank_list(query_path: str, matches: list[Match], dataset_name: str, out: str | Path) -> Path:

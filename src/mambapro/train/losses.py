@@ -1,4 +1,4 @@
-"""Re-identification losses (SPEC §3).
+"""Re-identification losses.
 
 Each head contributes ``ce_weight * CE_ls(logits) + triplet_weight * Triplet(features)`` where
 CE_ls is label-smoothing cross-entropy and Triplet mines, for every anchor of the batch, its
@@ -36,7 +36,7 @@ def batch_hard_mining(dist: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 class TripletLoss(nn.Module):
     """Batch-hard triplet loss on Euclidean distances.
 
-    ``margin=None`` gives the soft margin ``softplus(d_ap - d_an)`` (the default of SPEC §3);
+    ``margin=None`` gives the soft margin ``softplus(d_ap - d_an)`` (the release's default);
     a number gives the hinge ``relu(d_ap - d_an + margin)``.
     """
 

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of SPEC §4.
+"""Optimiser and learning-rate schedule of the paper's recipe (as the authors' release runs it).
 
 Adam with weight decay; biases get ``bias_lr_factor`` x the learning rate; when the encoder is
 fine-tuned (CLIP(F)) its own parameters use ``backbone_lr``, its biases ``backbone_lr`` x

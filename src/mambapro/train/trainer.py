@@ -32,15 +32,15 @@ from tqdm.auto import tqdm
 
 from mambapro.config import Config, config_to_dict
 from mambapro.data import build_train_loader
-from mambapro.data.device_aug import DeviceAugment
+from mambapro.data.device_aug import DeviceAugment, OnDevice
 from mambapro.errors import TrainingError, UserError
 from mambapro.models import MambaPro, build_model
-from mambapro.reports.analysis import run_analyze
 from mambapro.retrieval.features import check_model_cameras
 from mambapro.retrieval.testing import evaluate_model, write_report
 from mambapro.runtime import amp_dtype, eval_amp, resolve_device, seed_everything
 from mambapro.train.checkpoint import load_checkpoint, save_checkpoint
 from mambapro.train.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from mambapro.train.hooks import Hook, default_hooks
 from mambapro.train.losses import ReIDLoss
 from mambapro.train.optim import build_optimizer, build_scheduler, step_epoch
 from mambapro.train.run_data import prepare_data
@@ -63,33 +63,20 @@ class TrainState:
     best_epoch: int = -1
 
 
-class _DeviceAugmented:
-    """A ``data.augment_on=device`` train loader: its uint8 batches moved to the training device
-    and augmented there (:class:`~mambapro.data.device_aug.DeviceAugment`); ``len`` and
-    ``batch_sampler`` are the loader's."""
-
-    def __init__(self, loader: Any, augment: DeviceAugment, to_device: Any) -> None:
-        self.loader = loader
-        self.augment = augment
-        self.to_device = to_device
-
-    @property
-    def batch_sampler(self) -> Any:
-        return self.loader.batch_sampler
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Any:
-        for batch in self.loader:
-            yield self.augment(self.to_device(batch))
-
-
 class Trainer:
-    """Runs the training loop of one configuration in one output folder."""
+    """Runs the training loop of one configuration in one output folder.
 
-    def __init__(self, cfg: Config, dist_info: DistInfo, quiet: bool = False) -> None:
+    :meth:`run_step` is one optimisation step on a batch; :meth:`train_epoch` runs the steps of
+    an epoch (resumable inside it); :meth:`fit` runs the epochs, calling ``hooks`` (default:
+    :func:`~mambapro.train.hooks.default_hooks` of the config) after each one and after the
+    final evaluation.
+    """
+
+    def __init__(
+        self, cfg: Config, dist_info: DistInfo, quiet: bool = False, hooks: list[Hook] | None = None
+    ) -> None:
         self.cfg = cfg
+        self.hooks = default_hooks(cfg) if hooks is None else list(hooks)
         self.dist = dist_info
         self.quiet = quiet or not dist_info.is_main
         self.device = resolve_device(cfg.train.device, dist_info.local_rank)
@@ -110,11 +97,10 @@ class Trainer:
             modality_dropout=cfg.train.modality_dropout,
             progress=not self.quiet,
         )
-        # data.augment_on=device: the loader yields uint8 images; each batch is moved to the
-        # device and augmented there as it is taken from the loader.
+        # Each batch is moved to the device once, as it is taken from the loader; with
+        # data.augment_on=device the loader yields uint8 images, augmented there.
         self.augment = DeviceAugment(cfg.data, cfg.img_size()) if cfg.data.augment_on == "device" else None
-        if self.augment is not None:
-            self.train_loader = _DeviceAugmented(self.train_loader, self.augment, self._to_device)
+        self.train_loader = OnDevice(self.train_loader, self.device, self.augment)
         self.model: MambaPro = build_model(cfg, self.data.num_classes, self.data.num_cameras).to(self.device)
         # The camera table is sized by the training cameras: refuse now, not after training,
         # when a test camera has no row.
@@ -212,17 +198,44 @@ class Trainer:
                 v.copy_(buffers[k])
         self._step_snapshot = None
 
-    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {
-            k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
-        }
+    def run_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimisation step on ``batch`` (on the training device, augmented): forward under
+        autocast, the loss, backward through the gradient scaler, clipping (``train.grad_clip``),
+        the optimiser step. Returns the step's loss terms and accuracy, averaged over ranks.
+        A non-finite loss raises :class:`TrainingError` before any weight changes."""
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            outputs = self.ddp(batch)
+            terms = self.loss_fn(outputs, batch["pids"])
+        loss = terms["loss"]
+        mean_loss = all_reduce_mean(loss.detach(), self.dist)
+        if not torch.isfinite(mean_loss):
+            s = self.state
+            raise TrainingError(
+                f"non-finite loss ({mean_loss.item()}) at epoch {s.epoch + 1}, iteration "
+                f"{s.iteration + 1}; the last good checkpoint is {self.out / 'last.ckpt'} "
+                "(try a lower train.lr, train.grad_clip, or train.amp=off)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.train.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with torch.no_grad():
+            values = {k: float(all_reduce_mean(v.detach().float(), self.dist)) for k, v in terms.items()}
+            logits = outputs["fuse" if "fuse" in outputs else next(iter(outputs))][1]
+            acc = (logits.argmax(1) == batch["pids"]).float().mean()
+            values["acc"] = float(all_reduce_mean(acc, self.dist))
+        return values
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """The steps of ``epoch`` from ``state.iteration`` on; the epoch's mean loss terms."""
         s = self.state
         self.ddp.train()
         step_epoch(self.scheduler, epoch, self.cfg.train)
         self.train_loader.batch_sampler.set_epoch(epoch)
-        params = [p for p in self.model.parameters() if p.requires_grad]
         log_every = self.cfg.train.log_period
         bar = tqdm(
             total=len(self.train_loader),
@@ -236,36 +249,11 @@ class Trainer:
         try:
             for batch in self.train_loader:
                 self._step_snapshot = self._snapshot()
-                batch = self._to_device(batch)
-                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    outputs = self.ddp(batch)
-                    terms = self.loss_fn(outputs, batch["pids"])
-                loss = terms["loss"]
-                mean_loss = all_reduce_mean(loss.detach(), self.dist)
-                if not torch.isfinite(mean_loss):
-                    raise TrainingError(
-                        f"non-finite loss ({mean_loss.item()}) at epoch {epoch + 1}, iteration "
-                        f"{s.iteration + 1}; the last good checkpoint is {self.out / 'last.ckpt'} "
-                        "(try a lower train.lr, train.grad_clip, or train.amp=off)"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if self.cfg.train.grad_clip is not None:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                step_values = self.run_step(batch)
                 # Count the batch as done right after the update so that an interrupt never
                 # replays an applied step on resume.
                 s.iteration += 1
                 self._step_snapshot = None
-                with torch.no_grad():
-                    step_values = {
-                        k: float(all_reduce_mean(v.detach().float(), self.dist)) for k, v in terms.items()
-                    }
-                    logits = outputs["fuse" if "fuse" in outputs else next(iter(outputs))][1]
-                    acc = (logits.argmax(1) == batch["pids"]).float().mean()
-                    step_values["acc"] = float(all_reduce_mean(acc, self.dist))
                 for k, v in step_values.items():
                     s.sums[k] += v
                 if log_every > 0 and s.iteration % log_every == 0:
@@ -302,35 +290,16 @@ class Trainer:
         )
 
     def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs, each followed by the hooks; then :meth:`finish`."""
         cfg, s = self.cfg, self.state
-        select = cfg.train.select_best
         while s.epoch < cfg.train.epochs:
             epoch = s.epoch
             t0 = time.perf_counter()
             record = self.train_epoch(epoch)
             record.update(epoch=epoch + 1, seconds=round(time.perf_counter() - t0, 3))
             s.epoch, s.iteration, s.sums = epoch + 1, 0, defaultdict(float)
-            is_last = s.epoch == cfg.train.epochs
-            periodic = cfg.train.eval_period > 0 and s.epoch % cfg.train.eval_period == 0
-            if select != "final" and (periodic or is_last):
-                split = "val" if select == "val" else "test"
-                res = self.evaluate(split)
-                if res is not None:
-                    record.update({f"{split}_{k}": v for k, v in res.as_dict().items()})
-                    if res.mAP > s.best_metric:
-                        s.best_metric, s.best_epoch = res.mAP, s.epoch
-                        self.save("best.ckpt")
-            elif periodic and not is_last:
-                res = self.evaluate("test")
-                if res is not None:
-                    record.update({f"test_{k}": v for k, v in res.as_dict().items()})
-            if self.dist.is_main:
-                self.logger.log(record, step=s.epoch, prefix="train/")
-                if not self.quiet:
-                    shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch",))
-                    print(f"epoch {s.epoch}/{cfg.train.epochs}: {shown}", flush=True)
-            if s.epoch % max(cfg.train.checkpoint_period, 1) == 0 or is_last:
-                self.save()
+            for hook in self.hooks:
+                hook.after_epoch(self, record)
         return self.finish()
 
     def check_ranks_in_sync(self) -> bool:
@@ -379,24 +348,10 @@ class Trainer:
                 **{f"test_{k}": v for k, v in res.as_dict().items()},
             }
         )
-        page = self.analyze(reported) if self.cfg.train.analyze else None
-        return {"result": res, "label": label, "summary": summary, "analysis": page}
-
-    def analyze(self, checkpoint: Path) -> Path:
-        """``mambapro analyze`` of the reported checkpoint into ``<output>/analysis``, linked from
-        ``report.txt`` and the run log; the path of its ``report.html``."""
-        out = self.out / "analysis"
-        try:
-            run_analyze(checkpoint, out=out, quiet=self.quiet, announce=False)
-        except UserError as e:
-            done = self.out / "report.txt"
-            raise UserError(f"the run is complete ({done}), but train.analyze failed: {e}") from e
-        page = out / "report.html"
-        link = page.relative_to(self.out).as_posix()
-        with open(self.out / "report.txt", "a") as f:
-            f.write(f"analysis report ({checkpoint.name}): {link}\n")
-        self.logger.log({"epoch": self.cfg.train.epochs, "analysis_report": link})
-        return page
+        result = {"result": res, "label": label, "summary": summary, "analysis": None, "checkpoint": reported}
+        for hook in self.hooks:
+            hook.after_train(self, result)
+        return result
 
 
 @contextlib.contextmanager
