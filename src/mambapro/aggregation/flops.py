@@ -2,7 +2,7 @@
 
 Convention. The paper's "FLOPs" are MAC counts (its Transformer row, 1.36 G, is exactly the MACs
 of one block over 384 tokens; FlopCounterMode would report 2.72 G FLOPs for it), and it counts a
-selective scan as 9·L·D·N (mamba-ssm issue #110 / VMamba's fvcore rule, in MACs). So
+selective scan as 9·L·D·N (the rule of VMamba's fvcore-based counter, in MACs). So
 :func:`count_macs` reports FlopCounterMode's FLOPs / 2, and ``mambapro.ops`` registers the scan
 as 2·9·L·D·N FLOPs (= 9·L·D·N MACs). Element-wise work (norms, activations, softplus, the gate)
 is not counted, as in the paper's fvcore-based numbers.

@@ -36,7 +36,6 @@ __all__ = [
     "MODEL_KEYS",
     "EmbeddingMismatchError",
     "check_same_model",
-    "describe_identity",
     "model_identity",
     "stored_identity",
     "weights_fingerprint",
@@ -89,17 +88,6 @@ def _value(identity: Mapping[str, Any], key: str) -> str:
     if key == "img_size" and isinstance(v, (list, tuple)) and len(v) == 2:
         return f"{v[0]}x{v[1]}"
     return str(v)
-
-
-def describe_identity(identity: Mapping[str, Any] | None) -> str:
-    """``weights 1a2b..., fuse before the BNNeck, 256x128, RGB+NI+TI`` (one line)."""
-    if identity is None:
-        return "an unknown model (written before mambapro recorded it)"
-    return (
-        f"weights {identity.get('weights')} ({identity.get('checkpoint', '?')}), "
-        f"test.feature={identity.get('feature')}, test.neck_feat={identity.get('neck_feat')}, "
-        f"{_value(identity, 'img_size')}, {identity.get('modalities')}"
-    )
 
 
 def check_same_model(
