@@ -971,12 +971,29 @@ def _drop_root_powers() -> list[str]:
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):  # no 50 MB copy of a checkpoint
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root`` with its kind, mode and (files) content hash."""
+    """Every path under ``root`` with its type and mode and (files, and links to files) its content
+    hash. A file reached by several paths (hard and symbolic links) is read once."""
     out = {}
+    hashes: dict[tuple[int, int], str] = {}
     for p in sorted(root.rglob("*")):
-        mode = stat.S_IMODE(p.lstat().st_mode)
-        what = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        mode = p.lstat().st_mode
+        if p.is_file():
+            st = p.stat()
+            key = (st.st_dev, st.st_ino)
+            if key not in hashes:
+                hashes[key] = _sha256(p)
+            what = hashes[key]
+        else:
+            what = "dir"
         out[str(p.relative_to(root))] = f"{what} {mode:o}"
     return out
 
@@ -1003,6 +1020,13 @@ class Reference:
 
     content: dict[str, str]
     stats: dict[str, tuple[int, ...]]
+
+
+def _shared_before(shared: Path, ref: Reference) -> dict[str, str]:
+    """The content snapshot of the shared inputs as a row starts: the reference, unless their
+    metadata already differs from it (then their content now, so that a row is blamed only for
+    what changed while it ran)."""
+    return ref.content if _stat_snapshot(shared) == ref.stats else _snapshot(shared)
 
 
 @pytest.fixture(scope="module")
@@ -1084,9 +1108,7 @@ def _run_row(shared: Path, ref: Reference, base: Path, row: tuple, prefix: list[
             text = text.replace(key, re.escape(value) if escape else value)
         return text
 
-    # The shared inputs before: the reference, unless something already changed them (then their
-    # content now, so that a row is blamed only for what changed while it ran).
-    shared_before = ref.content if _stat_snapshot(shared) == ref.stats else _snapshot(shared)
+    shared_before = _shared_before(shared, ref)
     work_before = _snapshot(work)
     proc = subprocess.run(
         [*prefix, sys.executable, "-m", "mambapro.cli", *(fill(a) for a in argv)],
@@ -1144,6 +1166,79 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
 ) -> None:
     failure = row_outcomes[row[0]].result()
     assert failure is None, failure
+
+
+def test_the_snapshots_see_every_change(tmp_path: Path) -> None:
+    """What the rows rely on: after any change to the shared inputs, the content snapshot differs
+    from the reference, even a rewrite of the same size whose times are set back."""
+
+    def make() -> tuple[Path, Reference]:
+        root = tmp_path / "s"
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "d").mkdir(parents=True)
+        (root / "d/a.bin").write_bytes(b"0123456789")
+        os.link(root / "d/a.bin", root / "hard.bin")
+        (root / "link.bin").symlink_to(root / "d/a.bin")
+        (root / "b.txt").write_text("b\n")
+        (root / "b.txt").chmod(0o644)
+        return root, Reference(_snapshot(root), _stat_snapshot(root))
+
+    root, ref = make()
+    assert _shared_before(root, ref) == ref.content
+    assert {ref.content[k].split()[0] for k in ("d/a.bin", "hard.bin", "link.bin")} == {
+        hashlib.sha256(b"0123456789").hexdigest()
+    }
+
+    def rewrite_in_place() -> None:  # same size, times set back: only the bytes tell
+        st = (root / "d/a.bin").stat()
+        (root / "d/a.bin").write_bytes(b"0123456780")
+        os.utime(root / "d/a.bin", ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def retarget_link() -> None:
+        (root / "link.bin").unlink()
+        (root / "link.bin").symlink_to(root / "b.txt")
+
+    changes = {
+        "rewrite": rewrite_in_place,
+        "chmod": lambda: (root / "b.txt").chmod(0o600),
+        "new file": lambda: (root / "d/new").write_text(""),
+        "new folder": lambda: (root / "e").mkdir(),
+        "removed": lambda: (root / "b.txt").unlink(),
+        "link retargeted": retarget_link,
+    }
+    for what, change in changes.items():
+        root, ref = make()
+        change()
+        assert _snapshot(root) != ref.content, what
+        if what != "rewrite":  # (its ctime may fall in the reference's clock tick)
+            # A row that starts after a change compares with the changed content.
+            assert _shared_before(root, ref) == _snapshot(root), what
+
+
+def test_a_row_fails_when_the_message_or_the_files_are_wrong(tmp_path: Path) -> None:
+    """_run_row itself: a cheap refused command, run after a prefix that changes a file."""
+    s = tmp_path / "s"
+    (s / "tree/RGBNT201/test/RGB").mkdir(parents=True)
+    (s / "tree/RGBNT201/test/RGB/q.jpg").write_bytes(b"")
+    (s / "f").write_text("x")
+    for base in ("ok", "shared", "own", "msg", "exit"):
+        (tmp_path / base).mkdir()
+    ref = Reference(_snapshot(s), _stat_snapshot(s))
+    row = ("config-negative-epochs", ["config", "train.epochs=-3"], r"'train.epochs' = -3 must be >= 1", None)
+    assert _run_row(s, ref, tmp_path / "ok", row, []) is None
+
+    def touching(path: str) -> list[str]:  # writes "y" there first (s/f: only its content changes)
+        return ["sh", "-c", f"printf y > {path}; exec " + '"$@"', "sh"]
+
+    failure = _run_row(s, ref, tmp_path / "shared", row, touching(str(s / "f")))
+    assert failure and "shared inputs changed" in failure, failure
+    ref = Reference(_snapshot(s), _stat_snapshot(s))
+    failure = _run_row(s, ref, tmp_path / "own", (*row[:3], "sub"), touching("sub/g"))
+    assert failure and "its folder changed" in failure and "shared" not in failure, failure
+    failure = _run_row(s, ref, tmp_path / "msg", (row[0], row[1], "must be >= 2", None), [])
+    assert failure and "the message does not match" in failure, failure
+    failure = _run_row(s, ref, tmp_path / "exit", (row[0], ["config", "-q"], "", None), [])
+    assert failure and "exit status 0" in failure, failure
 
 
 def test_the_rows_cover_every_command_and_class() -> None:
