@@ -97,7 +97,7 @@ MAMBAPRO=(mambapro)
 command -v mambapro >/dev/null || MAMBAPRO=("$PY" -c 'import sys; from mambapro.cli import main; sys.exit(main())')
 
 run_stage device 15 bash -c 'command -v nvidia-smi >/dev/null && nvidia-smi; "$0" "$1"' "$PY" "$WORK/device.py"
-run_stage tests 110 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_scan_triton.py
+run_stage tests 110 "$PY" -m pytest -q -n 0 -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_scan_triton.py
 run_stage scan 85 "$PY" benchmarks/bench_scan_cuda.py --repeats 5 --out "$WORK/scan.txt"
 run_stage aggregation 60 "$PY" benchmarks/bench_aggregation_scaling.py --device cuda --batch 64 \
     --tokens 128,512,2048 --amp bf16 --repeats 5 --out "$WORK/aggregation.txt" \

@@ -1,5 +1,6 @@
 """Shared test helpers: the small-training config overrides, the opt-in ``one_thread`` fixture and
-the session's one trained tiny model (``tiny_run``).
+the session's one trained tiny model (``tiny_run``) and the ``cli`` fixture (command lines in
+processes of their own, without a torch import each).
 
 Test modules import the constants with ``from conftest import FAST`` (``tests`` is on the path:
 ``pythonpath`` in pyproject.toml) and opt in to the fixture with
@@ -22,6 +23,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from cli_zygote import Zygote  # noqa: E402
 
 # Small, fast training: the demo preset's tiny model on 32x32 inputs, one step per epoch.
 FAST = [
@@ -106,3 +109,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
         run_extract(made.checkpoint, made.tree, "gallery", made.gallery, quiet=True)
         run_index("build", made.gallery, made.index)
     return made
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """Runs ``mambapro`` command lines as processes of their own without a Python start and torch
+    import each: ``cli(argv, cwd=None)`` -> ``subprocess.CompletedProcess`` (see ``cli_zygote``)."""
+    zygote = Zygote(env={"COLUMNS": "200"})
+    yield zygote
+    zygote.close()

@@ -32,7 +32,8 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_zygote import Zygote
 from conftest import FAST, TinyRun
 from mambapro.data import build_dataset
 from mambapro.data.synth import generate
@@ -1091,8 +1093,28 @@ def prefix(shared: Path) -> list[str]:
     return prefix
 
 
-def _run_row(shared: Path, ref: Reference, base: Path, row: tuple, prefix: list[str]) -> str | None:
-    """Run one row; the description of what went wrong, or None."""
+#: Runs ``mambapro ARGV`` in a folder.
+Runner = Callable[[list[str], Path], subprocess.CompletedProcess]
+
+
+def _subprocess_runner(prefix: list[str]) -> Runner:
+    """``python -m mambapro.cli`` in a process of its own, after ``prefix``."""
+
+    def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*prefix, sys.executable, "-m", "mambapro.cli", *argv],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    return run
+
+
+def _run_row(shared: Path, ref: Reference, base: Path, row: tuple, run: Runner) -> str | None:
+    """Run one row with ``run``; the description of what went wrong, or None."""
     name, argv, pattern, setup = row
     work = base / name
     work.mkdir()
@@ -1110,21 +1132,15 @@ def _run_row(shared: Path, ref: Reference, base: Path, row: tuple, prefix: list[
 
     shared_before = _shared_before(shared, ref)
     work_before = _snapshot(work)
-    proc = subprocess.run(
-        [*prefix, sys.executable, "-m", "mambapro.cli", *(fill(a) for a in argv)],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    done = run([fill(a) for a in argv], work)
+    returncode, stderr = done.returncode, done.stderr
     after = (_snapshot(shared), _snapshot(work))  # content hashes: same-size rewrites show too
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if not line.startswith("mambapro: warning:")]
     problems = []
-    if proc.returncode != 2:
-        problems.append(f"exit status {proc.returncode}")
-    if "Traceback" in proc.stderr:
+    if returncode != 2:
+        problems.append(f"exit status {returncode}")
+    if "Traceback" in stderr:
         problems.append("a traceback")
     if len(errors) != 1:
         problems.append(f"{len(errors)} error lines")
@@ -1135,7 +1151,7 @@ def _run_row(shared: Path, ref: Reference, base: Path, row: tuple, prefix: list[
             changed = sorted(set(a.items()) ^ set(b.items()))[:3]
             problems.append(f"{label} changed: {changed}")
     if problems:
-        return f"{name}: {'; '.join(problems)}\n  stderr: {proc.stderr.strip()[-600:]}"
+        return f"{name}: {'; '.join(problems)}\n  stderr: {stderr.strip()[-600:]}"
     return None
 
 
@@ -1143,9 +1159,10 @@ def _run_row(shared: Path, ref: Reference, base: Path, row: tuple, prefix: list[
 def row_outcomes(
     request: pytest.FixtureRequest, shared: Path, prefix: list[str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Future]]:
-    """Every selected row of this session, run two at a time (they are independent; most of a row
-    is the start of a Python process and the import of torch), in the order the tests run: the
-    row's test waits for its own result only."""
+    """Every selected row of this session, run two at a time (they are independent), in the
+    order the tests run: the row's test waits for its own result only. Each thread runs its rows
+    through a :class:`~cli_zygote.Zygote` (started after the prefix): a forked process per row,
+    without a Python start and torch import of its own."""
     selected = [
         item.callspec.params["row"]
         for item in request.session.items
@@ -1153,11 +1170,22 @@ def row_outcomes(
     ]
     ref = Reference(_snapshot(shared), _stat_snapshot(shared))
     base = tmp_path_factory.mktemp("rows")
+    local = threading.local()
+    zygotes: list[Zygote] = []
+
+    def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        if not hasattr(local, "zygote"):
+            local.zygote = Zygote(prefix, env={"COLUMNS": "200"})
+            zygotes.append(local.zygote)
+        return local.zygote(argv, cwd)
+
     pool = ThreadPoolExecutor(max_workers=2)
     try:
-        yield {row[0]: pool.submit(_run_row, shared, ref, base, row, prefix) for row in selected}
+        yield {row[0]: pool.submit(_run_row, shared, ref, base, row, run) for row in selected}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # rows not reached (-x, an interrupt) never start
+        for zygote in zygotes:
+            zygote.close()
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row[0] for row in ROWS])
@@ -1216,29 +1244,35 @@ def test_the_snapshots_see_every_change(tmp_path: Path) -> None:
 
 
 def test_a_row_fails_when_the_message_or_the_files_are_wrong(tmp_path: Path) -> None:
-    """_run_row itself: a cheap refused command, run after a prefix that changes a file."""
+    """_run_row itself: a cheap refused command, run after a prefix that changes a file, in a
+    process of its own and through the zygote the table uses."""
     s = tmp_path / "s"
     (s / "tree/RGBNT201/test/RGB").mkdir(parents=True)
     (s / "tree/RGBNT201/test/RGB/q.jpg").write_bytes(b"")
     (s / "f").write_text("x")
-    for base in ("ok", "shared", "own", "msg", "exit"):
+    for base in ("ok", "ok-zygote", "shared", "own", "msg", "exit"):
         (tmp_path / base).mkdir()
     ref = Reference(_snapshot(s), _stat_snapshot(s))
     row = ("config-negative-epochs", ["config", "train.epochs=-3"], r"'train.epochs' = -3 must be >= 1", None)
-    assert _run_row(s, ref, tmp_path / "ok", row, []) is None
+    assert _run_row(s, ref, tmp_path / "ok", row, _subprocess_runner([])) is None
 
-    def touching(path: str) -> list[str]:  # writes "y" there first (s/f: only its content changes)
-        return ["sh", "-c", f"printf y > {path}; exec " + '"$@"', "sh"]
+    def touching(path: str) -> Runner:  # writes "y" there first (s/f: only its content changes)
+        return _subprocess_runner(["sh", "-c", f"printf y > {path}; exec " + '"$@"', "sh"])
 
     failure = _run_row(s, ref, tmp_path / "shared", row, touching(str(s / "f")))
     assert failure and "shared inputs changed" in failure, failure
     ref = Reference(_snapshot(s), _stat_snapshot(s))
     failure = _run_row(s, ref, tmp_path / "own", (*row[:3], "sub"), touching("sub/g"))
     assert failure and "its folder changed" in failure and "shared" not in failure, failure
-    failure = _run_row(s, ref, tmp_path / "msg", (row[0], row[1], "must be >= 2", None), [])
-    assert failure and "the message does not match" in failure, failure
-    failure = _run_row(s, ref, tmp_path / "exit", (row[0], ["config", "-q"], "", None), [])
-    assert failure and "exit status 0" in failure, failure
+    zygote = Zygote()
+    try:
+        assert _run_row(s, ref, tmp_path / "ok-zygote", row, zygote) is None
+        failure = _run_row(s, ref, tmp_path / "msg", (row[0], row[1], "must be >= 2", None), zygote)
+        assert failure and "the message does not match" in failure, failure
+        failure = _run_row(s, ref, tmp_path / "exit", (row[0], ["config", "-q"], "", None), zygote)
+        assert failure and "exit status 0" in failure, failure
+    finally:
+        zygote.close()
 
 
 def test_the_rows_cover_every_command_and_class() -> None:
@@ -1263,7 +1297,7 @@ def test_the_rows_cover_every_command_and_class() -> None:
     assert len(ROWS) >= 90
 
 
-def test_what_used_to_pass_silently_is_said(shared: Path, tmp_path: Path) -> None:
+def test_what_used_to_pass_silently_is_said(shared: Path, tmp_path: Path, cli: Zygote) -> None:
     # extract --out without .npz: the file gets the suffix, and the printed path is the file's.
     out = tmp_path / "adir"
     argv = [
@@ -1278,13 +1312,13 @@ def test_what_used_to_pass_silently_is_said(shared: Path, tmp_path: Path) -> Non
         "--out",
         str(out),
     ]
-    proc = subprocess.run([sys.executable, "-m", "mambapro.cli", *argv], capture_output=True, text=True)
+    proc = cli(argv)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(f"written to {out}.npz") and Path(f"{out}.npz").is_file()
     assert not out.exists()
     # A one-epoch run prints no scheduler warning from timm.
     argv = [*TRAIN, "--data-root", str(shared / "tree"), "--output", str(tmp_path / "one")]
-    proc = subprocess.run([sys.executable, "-m", "mambapro.cli", *argv], capture_output=True, text=True)
+    proc = cli(argv)
     assert proc.returncode == 0, proc.stderr
     assert "annealing" not in proc.stderr and "warning" not in proc.stderr.lower()
 
@@ -1306,7 +1340,7 @@ def test_queries_without_a_gallery_match_are_counted_aloud(shared: Path) -> None
 
 
 def test_deployment_files_resolve_from_anywhere_and_tiny_queries_are_said(
-    shared: Path, tmp_path: Path
+    shared: Path, tmp_path: Path, cli: Zygote
 ) -> None:
     # An index made in one folder, searched from another: the rank list finds every image
     # (paths are stored absolute), with no placeholder warning.
@@ -1315,9 +1349,7 @@ def test_deployment_files_resolve_from_anywhere_and_tiny_queries_are_said(
     query = sorted((shared / "tree/RGBNT201/test/RGB").iterdir())[0]
     argv = ["search", "-q", "--checkpoint", str(shared / "run/last.ckpt"), "--query", str(query)]
     argv += ["--index", str(shared / "g.index"), "--out", "r.png", "-k", "3"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "mambapro.cli", *argv], cwd=elsewhere, capture_output=True, text=True
-    )
+    proc = cli(argv, cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     assert "warning" not in proc.stderr, proc.stderr
     assert (
@@ -1325,9 +1357,7 @@ def test_deployment_files_resolve_from_anywhere_and_tiny_queries_are_said(
         and artefact_kind(elsewhere / "r.json") == "rankings"
     )
     # The same search again replaces its own rank list and rankings.
-    again = subprocess.run(
-        [sys.executable, "-m", "mambapro.cli", *argv], cwd=elsewhere, capture_output=True, text=True
-    )
+    again = cli(argv, cwd=elsewhere)
     assert again.returncode == 0, again.stderr
     # A query of 1x1 images is ranked, with one warning naming it.
     tiny = tmp_path / "tiny/RGBNT201/test"
@@ -1343,7 +1373,7 @@ def test_deployment_files_resolve_from_anywhere_and_tiny_queries_are_said(
         str(tiny / "RGB" / query.name),
     ]
     argv += ["--gallery", str(shared / "g.npz"), "--out", str(tmp_path / "t.png")]
-    proc = subprocess.run([sys.executable, "-m", "mambapro.cli", *argv], capture_output=True, text=True)
+    proc = cli(argv)
     assert proc.returncode == 0, proc.stderr
     warned = [line for line in proc.stderr.splitlines() if line.startswith("mambapro: warning:")]
     assert len(warned) == 1, proc.stderr

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mambapro.config import SynthConfig
-from mambapro.data import DatasetError, build_dataset, read_triplet, synth
+from mambapro.data import DatasetError, build_dataset, read_triplet, synth, synth_write
 
 SMALL = dict(ids=4, test_ids=2, cameras=2, shots=2, scenes=2)
 
@@ -119,8 +119,9 @@ def test_an_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: p
             raise KeyboardInterrupt
         real_save(arr, path)
 
-    real_save = synth._save
-    monkeypatch.setattr(synth, "_save", failing_save)
+    # The writer saves every image through its module's _save.
+    real_save = synth_write._save
+    monkeypatch.setattr(synth_write, "_save", failing_save)
     with pytest.raises(KeyboardInterrupt):
         synth.generate("rgbnt201", tmp_path, seed=0, ids=4, test_ids=2, cameras=2, shots=1)
     assert len(calls) == 5 and list(tmp_path.iterdir()) == []  # no partial tree, no temporary folder
@@ -190,12 +191,33 @@ def _pixel_features(images: list, size: tuple[int, int]) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def default_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's synthetic tree (its generator parameters), its test split rendered for real.
+
+    The fairness test reads the test split only (the gallery) and merely counts the training
+    files, so those are saved as blank images of the same size and names, which skips three
+    quarters of the rendering. A capture depends on (seed, pid, camera, shot) only (see
+    test_capture_independent_of_dataset_size), so the test captures are the demo's very files.
+    """
     import dataclasses
 
     from mambapro.config import load_config
 
+    params = dataclasses.asdict(load_config("demo").data.synth)  # the demo's
+    real_render = synth_write.render_capture
+    h, w = synth.layout_spec("rgbnt201").img_size
+    blank = np.zeros((h, w, 3), np.uint8)
+
+    def render(ident: synth.Identity, layout: str, cam: int, shot: int, **kw):
+        if ident.split == "test":
+            return real_render(ident, layout, cam, shot, **kw)
+        scene = shot % kw["scenes"]  # the file name's scene, as the real capture has it
+        flags = dict(view="front", night=False, glare=False, low_thermal=False, occluded=False)
+        return blank, blank, blank, synth.Capture(ident.pid, cam, shot, scene, **flags)
+
     root = tmp_path_factory.mktemp("synth_default")
-    synth.generate("rgbnt201", root, **dataclasses.asdict(load_config("demo").data.synth))  # the demo's
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(synth_write, "render_capture", render)
+        synth.generate("rgbnt201", root, **params)
     return root
 
 

@@ -21,15 +21,19 @@ from mambapro.train import trainer as trainer_mod
 from mambapro.train.checkpoint import load_checkpoint
 from mambapro.train.trainer import TrainingError, run_training
 
+ITERS = 2  # steps per epoch: a step interrupted or poisoned in epoch 2 follows a good one there
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = [
     "data.synthetic=false",  # the module's own small tree, not the demo's synthetic settings
-    "data.img_size=[64,32]",
+    "data.img_size=[32,32]",
     "data.batch_size=8",
     "data.num_instances=2",
     "data.num_workers=0",
     "train.epochs=2",
     "train.warmup_epochs=1",
-    "train.iters_per_epoch=3",
+    f"train.iters_per_epoch={ITERS}",
     "test.batch_size=16",
 ]
 
@@ -98,9 +102,9 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(
     calls = {"n": 0}
     original = trainer_mod.ReIDLoss.forward
 
-    def interrupting(self, outputs, labels):  # Ctrl-C in the middle of epoch 2
+    def interrupting(self, outputs, labels):  # Ctrl-C in the middle of epoch 2 (its second step)
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == ITERS + 2:
             raise KeyboardInterrupt
         return original(self, outputs, labels)
 
@@ -146,7 +150,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     def poisoned(self, outputs, labels):
         calls["n"] += 1
         terms = original(self, outputs, labels)
-        if calls["n"] == 5:  # second epoch
+        if calls["n"] == ITERS + 2:  # second epoch, after one good step of it
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
@@ -492,6 +496,10 @@ def test_two_process_distributed_run(data_root: Path, tmp_path: Path) -> None:
         str(out),
         "--quiet",
         *SMALL,
+        # One epoch: the ranks' weights are compared after its steps (DDP's all-reduce of each
+        # step's gradients keeps them equal; the ranks' batches differ).
+        "train.epochs=1",
+        "train.warmup_epochs=0",
         f"data.root={data_root}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

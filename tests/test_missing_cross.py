@@ -28,6 +28,8 @@ from mambapro.retrieval.testing import cross_missing_matrix, evaluate_model
 from mambapro.train.checkpoint import load_model, save_checkpoint
 from reference.eval import reference_evaluate
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 OVERRIDES = ["data.synthetic=false", "data.img_size=[32,32]", "test.batch_size=8", "data.num_workers=0"]
 
 

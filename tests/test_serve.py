@@ -51,6 +51,8 @@ from mambapro.deploy.serve import (  # noqa: E402
     run_serve,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 K = 5
 
 
@@ -535,6 +537,7 @@ def test_the_real_server_answers_concurrent_http_requests(world: dict) -> None:
         "--index", str(world["index"]), "--port", str(port), "-k", "4",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    again = None
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -547,6 +550,9 @@ def test_the_real_server_answers_concurrent_http_requests(world: dict) -> None:
                 pass
             assert time.monotonic() < deadline, "the server did not come up in 120 s"
             time.sleep(0.3)
+        # A second server on the same port, started now that the first one listens: it starts up
+        # while the queries below run, and is read at the end.
+        again = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sample = world["queries"][2]
         files = {m: (name, data, kind) for m, (name, data, kind) in _files(sample).items()}
 
@@ -570,12 +576,15 @@ def test_the_real_server_answers_concurrent_http_requests(world: dict) -> None:
         if not external.startswith("127."):
             with pytest.raises(httpx.TransportError):
                 httpx.get(f"http://{external}:{port}/health", timeout=2)
-        # A second server on the same port is refused with one line, exit 2.
-        again = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        assert again.returncode == 2 and f"--port {port}: cannot listen on 127.0.0.1" in again.stderr
+        # The second server on the same port is refused with one line, exit 2.
+        _, again_err = again.communicate(timeout=120)
+        assert again.returncode == 2 and f"--port {port}: cannot listen on 127.0.0.1" in again_err
+        assert proc.poll() is None  # and the first one still serves
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for p in (proc, again):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)
 
 
 def test_an_index_of_another_model_is_refused_at_start_up(world: dict) -> None:

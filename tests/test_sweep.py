@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import mambapro.train.sweep as sweep_mod
+import mambapro.train.sweep_plan as sweep_plan
 import mambapro.train.trainer as trainer_mod
 from conftest import FAST
 from mambapro.cli import main
@@ -319,13 +319,13 @@ def test_each_distinct_dataset_is_parsed_once_and_finished_points_not_at_all(
     grid: tuple[Path, str], data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple] = []
-    original = sweep_mod.build_dataset
+    original = sweep_plan.build_dataset
 
     def counted(*args, **kwargs):
         calls.append((*args, *sorted(kwargs.items())))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(sweep_mod, "build_dataset", counted)
+    monkeypatch.setattr(sweep_plan, "build_dataset", counted)
     overrides = [*FAST, f"data.root={data}"]
     plan = plan_sweep("demo", GRID[1::2], tmp_path / "s", overrides)
     assert len(plan.points) == 4

@@ -6,17 +6,17 @@ A YAML file overrides only what differs from the defaults and may name a base fi
 last. Values on the command line are parsed as YAML scalars (``null``, ``true``, ``[1, 2]``).
 
 Every key is checked: an unknown key, a badly typed value or a value outside a fixed set of
-choices raises :class:`ConfigError` naming the dotted key and where it came from.
+choices raises :class:`ConfigError` naming the dotted key and where it came from; the fields'
+types, ranges and choices are checked by :mod:`mambapro.typed_fields`, this module holds the
+schema, the files and the cross-field checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
@@ -26,6 +26,7 @@ from mambapro.data.synth import SynthParams as SynthConfig
 from mambapro.data.synth import check_params as check_synth_params
 from mambapro.errors import ConfigError
 from mambapro.modalities import MISSING_SETTINGS
+from mambapro.typed_fields import apply_updates, choice_field, field_choices, range_field
 
 __all__ = [
     "Config",
@@ -43,44 +44,6 @@ __all__ = [
     "choices",
     "resolve_config_path",
 ]
-
-
-def _choices(*values: Any, default: Any) -> Any:
-    """A field whose value must be one of ``values`` (or of ``values[0]()``, a registry's names,
-    read each time a value is checked, so that a part registered later is a valid value);
-    strings match case-insensitively, numbers by value."""
-    choices = values[0] if len(values) == 1 and callable(values[0]) else values
-    return field(default=default, metadata={"choices": choices})
-
-
-def _range(
-    default: Any,
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-) -> Any:
-    """A numeric field (or list of numbers) whose value(s) must lie in the given bounds; ``None``
-    values (where the type allows them) are not checked."""
-    return field(default=default, metadata={"range": (ge, gt, le, lt)})
-
-
-def _range_rule(bounds: tuple[float | None, ...]) -> str:
-    ge, gt, le, lt = (None if b is None else int(b) if float(b).is_integer() else b for b in bounds)
-    low = f">= {ge}" if ge is not None else f"> {gt}" if gt is not None else ""
-    high = f"<= {le}" if le is not None else f"< {lt}" if lt is not None else ""
-    return " and ".join(r for r in (low, high) if r)
-
-
-def _in_range(value: float, bounds: tuple[float | None, ...]) -> bool:
-    ge, gt, le, lt = bounds
-    return (
-        (ge is None or value >= ge)
-        and (gt is None or value > gt)
-        and (le is None or value <= le)
-        and (lt is None or value < lt)
-    )
 
 
 def _device_problem(name: str) -> str | None:
@@ -101,38 +64,38 @@ def _device_problem(name: str) -> str | None:
 @dataclass
 class DataConfig:
     # A registered dataset spec (mambapro.data.specs): RGBNT201, RGBNT100, MSVR310.
-    dataset: str = _choices(dataset_names, default="RGBNT201")
+    dataset: str = choice_field(dataset_names, default="RGBNT201")
     root: str = "data"
     # Generate the embedded synthetic dataset under ``root`` when it is absent.
     synthetic: bool = False
     synth: SynthConfig = field(default_factory=SynthConfig)
     # (H, W) per modality; null takes the dataset's geometry.
     img_size: list[int] | None = None
-    batch_size: int = _range(64, ge=1)  # P x K with K = num_instances
-    num_instances: int = _range(4, ge=1)
+    batch_size: int = range_field(64, ge=1)  # P x K with K = num_instances
+    num_instances: int = range_field(4, ge=1)
     # Loader worker processes: ``auto`` picks from the CPUs this process may use (0 with one CPU;
     # see mambapro.data.loader.resolve_num_workers), or an explicit count >= 0.
     num_workers: int | str = "auto"
     # Decoded-image cache: none (decode every item), memory (decode + resize each image once
     # into RAM), disk (the same, a memory-mapped uint8 file under cache_dir, rebuilt when the
     # dataset's files change). The cached pixels equal what the uncached pipeline produces.
-    cache: str = _choices("none", "memory", "disk", default="none")
+    cache: str = choice_field("none", "memory", "disk", default="none")
     # Folder of data.cache=disk files; null: $XDG_CACHE_HOME/mambapro (~/.cache/mambapro).
     cache_dir: str | None = None
     # Where the train augmentation (flip, pad + crop, normalise, erasing) runs: per item on
     # the CPU in the loader, or batched on the training device in the train step (the same
     # distributions, other random draws; mambapro.data.device_aug).
-    augment_on: str = _choices("cpu", "device", default="cpu")
+    augment_on: str = choice_field("cpu", "device", default="cpu")
     # Draw flip/crop/erase separately per modality (the authors' release); false: one draw
     # shared by the three pixel-aligned modalities.
     independent_aug: bool = True
-    flip_prob: float = _range(0.5, ge=0, le=1)
-    padding: int = _range(10, ge=0)
-    erase_prob: float = _range(0.5, ge=0, le=1)
+    flip_prob: float = range_field(0.5, ge=0, le=1)
+    padding: int = range_field(10, ge=0)
+    erase_prob: float = range_field(0.5, ge=0, le=1)
     # Test-time resize filter (the release: PIL bilinear); training always resizes bicubic.
-    test_interpolation: str = _choices("bilinear", "bicubic", default="bilinear")
+    test_interpolation: str = choice_field("bilinear", "bicubic", default="bilinear")
     mean: float = 0.5
-    std: float = _range(0.5, gt=0)
+    std: float = range_field(0.5, gt=0)
     # Decode every image once before training (progress bar); a broken file is an error naming
     # all of them, or with skip_broken a counted warning (`mambapro check-data` does the same).
     verify: bool = False
@@ -140,104 +103,104 @@ class DataConfig:
     # unreadable image, with a counted warning, instead of failing.
     skip_broken: bool = False
     # Training identities held out as a validation query/gallery when train.select_best=val.
-    val_ids: int = _range(0, ge=0)
+    val_ids: int = range_field(0, ge=0)
 
 
 @dataclass
 class ModelConfig:
     # A registered backbone (mambapro.parts.BACKBONES: its names are the choices).
-    backbone: str = _choices(parts.BACKBONES.names, default="clip_vit_b16")
+    backbone: str = choice_field(parts.BACKBONES.names, default="clip_vit_b16")
     weights: str | None = None
-    freeze: str = _choices(*parts.FREEZE_MODES, default="frozen")
+    freeze: str = choice_field(*parts.FREEZE_MODES, default="frozen")
     # A registered adapter (mambapro.parts.ADAPTERS).
-    adapter: str = _choices(parts.ADAPTERS.names, default="pfa")
+    adapter: str = choice_field(parts.ADAPTERS.names, default="pfa")
     # Where an adapter sits in a block (Table 8): beside (parallel to) or behind (after) a sub-layer.
-    adapter_position: str = _choices(*parts.ADAPTER_POSITIONS, default="side_ffn")
-    adapter_act: str = _choices(parts.ACTIVATIONS.names, default="quick_gelu")
-    lora_rank: int = _range(64, ge=1)
+    adapter_position: str = choice_field(*parts.ADAPTER_POSITIONS, default="side_ffn")
+    adapter_act: str = choice_field(parts.ACTIVATIONS.names, default="quick_gelu")
+    lora_rank: int = range_field(64, ge=1)
     # LoRA's update is scaled by lora_alpha / lora_rank (the release's LoRA_Linear, alpha = 1).
-    lora_alpha: float = _range(1.0, gt=0)
+    lora_alpha: float = range_field(1.0, gt=0)
     # Layer indices (0-based) that get an adapter / prompts; null means every layer.
-    adapter_layers: list[int] | None = _range(None, ge=0)
+    adapter_layers: list[int] | None = range_field(None, ge=0)
     # A registered prompt variant (mambapro.parts.PROMPTS).
-    prompt: str = _choices(parts.PROMPTS.names, default="srp_fusion")
-    prompt_tokens: int = _range(4, ge=1)
-    prompt_layers: list[int] | None = _range(None, ge=0)
-    prompt_act: str = _choices(parts.ACTIVATIONS.names, default="quick_gelu")
+    prompt: str = choice_field(parts.PROMPTS.names, default="srp_fusion")
+    prompt_tokens: int = range_field(4, ge=1)
+    prompt_layers: list[int] | None = range_field(None, ge=0)
+    prompt_act: str = choice_field(parts.ACTIVATIONS.names, default="quick_gelu")
     camera_embedding: bool = True
-    camera_coef: float = _range(1.0, ge=0)
+    camera_coef: float = range_field(1.0, ge=0)
     # Tokens the camera embedding is added to: the cls token (the release's CLIP) or every
     # token (the release's ImageNet ViT, Table 9).
-    camera_tokens: str = _choices(*parts.CAMERA_TOKENS, default="cls")
+    camera_tokens: str = choice_field(*parts.CAMERA_TOKENS, default="cls")
     # Stochastic depth of the encoder's blocks (linearly rising to this rate; the release's
     # ImageNet ViT uses 0.1, its CLIP none).
-    drop_path: float = _range(0.0, ge=0, lt=1)
+    drop_path: float = range_field(0.0, ge=0, lt=1)
     # Supervision of the backbone's cls features: one BNNeck head on their concatenation
     # (the release's MODEL.DIRECT = 1) or one head shared by the three modalities, each
     # modality's feature supervised separately (DIRECT = 0, the vehicle datasets).
-    ori_head: str = _choices(*parts.ORI_HEADS, default="concat")
+    ori_head: str = choice_field(*parts.ORI_HEADS, default="concat")
     # A registered aggregator (mambapro.parts.AGGREGATORS). The ma_* keys and scan_backend below
     # reach it together, as one mambapro.parts.MASettings.
-    aggregator: str = _choices(parts.AGGREGATORS.names, default="ma")
-    ma_depth: int = _range(2, ge=1)
-    ma_d_state: int = _range(16, ge=1)
-    ma_dt_rank: int = _range(32, ge=1)
-    ma_expand: int = _range(2, ge=1)
+    aggregator: str = choice_field(parts.AGGREGATORS.names, default="ma")
+    ma_depth: int = range_field(2, ge=1)
+    ma_d_state: int = range_field(16, ge=1)
+    ma_dt_rank: int = range_field(32, ge=1)
+    ma_expand: int = range_field(2, ge=1)
     ma_bidirectional: bool = False
     # MA initialisation: ``release`` re-initialises every Linear of the aggregator trunc-normal
     # (std 0.02, zero bias; dt_proj included, so the initial step is softplus(0)) as the
     # authors' AAM does; ``mamba`` keeps Mamba's dt_proj init (steps in 1e-3..1e-1).
-    ma_init: str = _choices(*parts.MA_INITS, default="release")
+    ma_init: str = choice_field(*parts.MA_INITS, default="release")
     # Selective-scan implementation: pure PyTorch, Triton kernels (CUDA), mamba-ssm's CUDA kernel, or
     # auto (on CUDA: triton when it imports, else mamba_ssm when importable, else torch), or the
     # plain-operator forms exported models use (unrolled, hop, parallel; ops/scan_export.py).
     # A runtime choice, not part of the weights: a checkpoint may be evaluated with another one.
-    scan_backend: str = _choices(*parts.SCAN_BACKENDS, default="auto")
+    scan_backend: str = choice_field(*parts.SCAN_BACKENDS, default="auto")
 
 
 @dataclass
 class TrainConfig:
-    seed: int = _range(1111, ge=0, le=2**32 - 1)  # the release's SOLVER.SEED
-    epochs: int = _range(60, ge=1)
-    warmup_epochs: int = _range(10, ge=0)
-    lr: float = _range(3.5e-4, gt=0)
-    backbone_lr: float = _range(5e-6, ge=0)
-    weight_decay: float = _range(1e-4, ge=0)
-    bias_lr_factor: float = _range(2.0, ge=0)  # for biases outside the fine-tuned encoder
+    seed: int = range_field(1111, ge=0, le=2**32 - 1)  # the release's SOLVER.SEED
+    epochs: int = range_field(60, ge=1)
+    warmup_epochs: int = range_field(10, ge=0)
+    lr: float = range_field(3.5e-4, gt=0)
+    backbone_lr: float = range_field(5e-6, ge=0)
+    weight_decay: float = range_field(1e-4, ge=0)
+    bias_lr_factor: float = range_field(2.0, ge=0)  # for biases outside the fine-tuned encoder
     # The encoder's biases get backbone_lr x this when fine-tuning (the release: 1, no doubling).
-    backbone_bias_lr_factor: float = _range(1.0, ge=0)
-    warmup_lr_factor: float = _range(0.01, ge=0)
-    min_lr_factor: float = _range(0.001, ge=0)
+    backbone_bias_lr_factor: float = range_field(1.0, ge=0)
+    warmup_lr_factor: float = range_field(0.01, ge=0)
+    min_lr_factor: float = range_field(0.001, ge=0)
     # Scheduler index of the first epoch: the release calls scheduler.step(epoch) with epochs
     # counted from 1, so its first epoch already runs one warm-up step in; 0 starts at the
     # warm-up's initial rate.
-    schedule_start: int = _choices(0, 1, default=1)
-    ce_weight: float = _range(0.25, ge=0)
-    label_smoothing: float = _range(0.1, ge=0, lt=1)
-    triplet_weight: float = _range(1.0, ge=0)
+    schedule_start: int = choice_field(0, 1, default=1)
+    ce_weight: float = range_field(0.25, ge=0)
+    label_smoothing: float = range_field(0.1, ge=0, lt=1)
+    triplet_weight: float = range_field(1.0, ge=0)
     # null: soft-margin (softplus) triplet, the default; a number: hinge with that margin.
-    triplet_margin: float | None = _range(None, gt=0)
-    amp: str = _choices("auto", "off", "bf16", "fp16", default="auto")
-    grad_clip: float | None = _range(None, gt=0)
+    triplet_margin: float | None = range_field(None, gt=0)
+    amp: str = choice_field("auto", "off", "bf16", "fp16", default="auto")
+    grad_clip: float | None = range_field(None, gt=0)
     # auto, cpu, cuda, cuda:N or mps; a GPU that is absent is refused when the run starts.
     device: str = "auto"
     # Beyond the paper: probability that a training sample loses one or two modalities (one of
     # the six missing settings, uniformly), zeroed as at test time; 0 in the paper presets.
-    modality_dropout: float = _range(0.0, ge=0, lt=1)
+    modality_dropout: float = range_field(0.0, ge=0, lt=1)
     # What a dropped (and at test time a missing) modality becomes before MA: ``input``, the
     # backbone's tokens of the zeroed image; ``feature``, learned tokens (models/missing.py;
     # adds parameters, so it is part of the model a checkpoint stores).
-    modality_dropout_mode: str = _choices("input", "feature", default="input")
+    modality_dropout_mode: str = choice_field("input", "feature", default="input")
     # Iterations per epoch; null: one pass over the training identities' samples.
-    iters_per_epoch: int | None = _range(None, ge=1)
-    eval_period: int = _range(0, ge=0)  # evaluate every N epochs (0: only at the end)
-    checkpoint_period: int = _range(1, ge=1)
+    iters_per_epoch: int | None = range_field(None, ge=1)
+    eval_period: int = range_field(0, ge=0)  # evaluate every N epochs (0: only at the end)
+    checkpoint_period: int = range_field(1, ge=1)
     # final: report the last epoch; val: keep the best by a held-out validation split;
     # test_set_optimistic: select on the test set, as published recipes do (labelled as such).
-    select_best: str = _choices("final", "val", "test_set_optimistic", default="final")
+    select_best: str = choice_field("final", "val", "test_set_optimistic", default="final")
     output: str = "runs/default"
     # TensorBoard scalars (iter/*: loss terms, accuracy, lr) every N training steps; 0: off.
-    log_period: int = _range(10, ge=0)
+    log_period: int = range_field(10, ge=0)
     # After the final evaluation, run ``mambapro analyze`` (default options) on the reported
     # checkpoint into <output>/analysis/ and link its report.html from report.txt.
     analyze: bool = False
@@ -245,20 +208,20 @@ class TrainConfig:
 
 @dataclass
 class TestConfig:
-    batch_size: int = _range(128, ge=1)
-    missing: str = _choices(*MISSING_SETTINGS, default="full")
-    distance: str = _choices("euclidean", "cosine", default="euclidean")
+    batch_size: int = range_field(128, ge=1)
+    missing: str = choice_field(*MISSING_SETTINGS, default="full")
+    distance: str = choice_field(*parts.DISTANCES, default="euclidean")
     rerank: bool = False
-    rerank_k1: int = _range(20, ge=1)
-    rerank_k2: int = _range(6, ge=1)
-    rerank_lambda: float = _range(0.3, ge=0, le=1)
-    max_rank: int = _range(50, ge=1)
+    rerank_k1: int = range_field(20, ge=1)
+    rerank_k2: int = range_field(6, ge=1)
+    rerank_lambda: float = range_field(0.3, ge=0, le=1)
+    max_rank: int = range_field(50, ge=1)
     # Autocast at test time (train.amp's dtype); off: fp32 features, as the release evaluates.
     amp: bool = False
     # The test feature before its BNNeck's BatchNorm (the release) or after it.
-    neck_feat: str = _choices(*parts.NECK_FEATS, default="before")
+    neck_feat: str = choice_field(*parts.NECK_FEATS, default="before")
     # Which feature is evaluated: the MA feature when an aggregator exists, else the ori concat.
-    feature: str = _choices(*parts.TEST_FEATURES, default="auto")
+    feature: str = choice_field(*parts.TEST_FEATURES, default="auto")
 
 
 @dataclass
@@ -275,121 +238,10 @@ class Config:
         return dataset_spec(self.data.dataset).img_size
 
 
-# --------------------------------------------------------------------------- typing helpers
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        candidates = [a for a in args if a is not type(None)]
-        if len(candidates) == 1:
-            return _coerce(value, candidates[0], key, source)
-        for arg in candidates:
-            try:
-                return _coerce(value, arg, key, source)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{source}: '{key}' = {value!r} is not a valid {_type_name(tp)}")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: '{key}' = {value!r} must be a list, got {type(value).__name__}")
-        (item_tp, *_) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: '{key}' = {value!r} must be true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: '{key}' = {value!r} must be an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # PyYAML reads '1e-4' (no dot) as a string.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{source}: '{key}' = {value!r} must be a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{source}: '{key}' = {value!r} must be a string")
-    raise ConfigError(f"{source}: '{key}' has an unsupported type {tp}")
-
-
-def _apply(obj: Any, updates: dict[str, Any], prefix: str, source: str) -> None:
-    """Write ``updates`` into the dataclass ``obj`` in place, validating every key."""
-    if not isinstance(updates, dict):
-        raise ConfigError(f"{source}: '{prefix or '<root>'}' must be a mapping, got {updates!r}")
-    hints = typing.get_type_hints(type(obj))
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    for name, value in updates.items():
-        key = f"{prefix}{name}"
-        if name not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{source}: unknown key '{key}' (known keys here: {known})")
-        tp = hints[name]
-        current = getattr(obj, name)
-        if dataclasses.is_dataclass(current):
-            _apply(current, value, f"{key}.", source)
-            continue
-        value = _coerce(value, tp, key, source)
-        meta = fields[name].metadata
-        choices = meta.get("choices")
-        if callable(choices):  # a registry's names, read when the value is checked
-            choices = tuple(choices())
-        if choices is not None:
-            # Names are matched case-insensitively so 'rgbnt201' and 'RGBNT201' both work.
-            match = [c for c in choices if _same_choice(c, value)]
-            if not match:
-                allowed = ", ".join(str(c) for c in choices)
-                raise ConfigError(f"{source}: '{key}' = {value!r} is not one of: {allowed}")
-            value = match[0]
-        bounds = meta.get("range")
-        if bounds is not None and value is not None:
-            items = value if isinstance(value, list) else [value]
-            bad = [v for v in items if not _in_range(v, bounds)]
-            if bad:
-                shown = f"{value!r}" if bad == [value] else f"{value!r} (item {bad[0]!r})"
-                raise ConfigError(f"{source}: '{key}' = {shown} must be {_range_rule(bounds)}")
-        setattr(obj, name, value)
-
-
-def _same_choice(choice: Any, value: Any) -> bool:
-    if isinstance(choice, str):
-        return isinstance(value, str) and choice.lower() == value.lower()
-    return not isinstance(value, (bool, str)) and choice == value
-
-
 def choices(key: str) -> tuple[Any, ...] | None:
     """The values the dotted ``key`` accepts (``model.aggregator``: the registered aggregators'
     names, as they are now), or None for a key without a fixed set; ``KeyError`` for an unknown key."""
-    obj: Any = Config()
-    *sections, name = key.split(".")
-    for section in sections:
-        obj = getattr(obj, section, None)
-        if not dataclasses.is_dataclass(obj):
-            raise KeyError(f"unknown config key '{key}'")
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    if name not in fields or dataclasses.is_dataclass(getattr(obj, name)):
-        raise KeyError(f"unknown config key '{key}'")
-    values = fields[name].metadata.get("choices")
-    return tuple(values()) if callable(values) else values
+    return field_choices(Config(), key)
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -482,15 +334,15 @@ def load_config(
     (a nested dict, e.g. from command-line flags), then ``overrides``."""
     cfg = Config()
     if base is not None:
-        _apply(cfg, base[0], "", base[1])
+        apply_updates(cfg, base[0], base[1])
     if path is not None:
         path = resolve_config_path(path)
-        _apply(cfg, _read_yaml(path), "", str(path))
+        apply_updates(cfg, _read_yaml(path), str(path))
     if extra:
-        _apply(cfg, extra, "", "command line")
+        apply_updates(cfg, extra, "command line")
     for text in overrides or []:
         key, value = parse_override(text)
-        _apply(cfg, _nest(key, value), "", "command line")
+        apply_updates(cfg, _nest(key, value), "command line")
     _check(cfg)
     return cfg
 

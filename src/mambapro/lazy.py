@@ -10,7 +10,7 @@ from collections.abc import Callable
 from importlib import import_module
 from typing import Any
 
-__all__ = ["lazy_getattr"]
+__all__ = ["lazy_exports", "lazy_getattr"]
 
 
 def lazy_getattr(package: str, table: dict[str, str]) -> Callable[[str], Any]:
@@ -22,3 +22,12 @@ def lazy_getattr(package: str, table: dict[str, str]) -> Callable[[str], Any]:
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def lazy_exports(package: str, by_module: dict[str, str]) -> tuple[Callable[[str], Any], list[str]]:
+    """``(__getattr__, __all__)`` of ``package`` from ``{submodule: "name name ..."}``.
+
+    One line per submodule keeps each package's table short and its names in one place.
+    """
+    table = {name: module for module, names in by_module.items() for name in names.split()}
+    return lazy_getattr(package, table), sorted(table)

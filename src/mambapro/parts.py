@@ -111,6 +111,8 @@ ORI_HEADS = ("concat", "per_modality")
 NECK_FEATS = ("before", "after")
 #: ``test.feature``: the MA feature when an aggregator exists (auto), the ori concat, or MA's.
 TEST_FEATURES = ("auto", "ori", "fuse")
+#: ``test.distance``: between L2-normalised features (``evaluation/distance.py``).
+DISTANCES = ("euclidean", "cosine")
 
 # --------------------------------------------------------------------------- aggregation
 

@@ -62,11 +62,14 @@ def resolve_num_workers(value: int | str, cpus: int | None = None) -> int:
     return 0 if cpus <= 1 else min(cpus, MAX_AUTO_WORKERS)
 
 
-def _loader_options(workers: int) -> dict[str, Any]:
-    """Worker-dependent DataLoader options: pinned memory on CUDA, persistent workers, prefetch."""
+def _loader_options(workers: int, persistent: bool = True) -> dict[str, Any]:
+    """Worker-dependent DataLoader options of both loaders: pinned memory on CUDA, prefetch, and
+    with ``persistent`` workers kept across epochs (the train loader; a test loader runs once)."""
     opts: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
     if workers > 0:
-        opts.update(persistent_workers=True, prefetch_factor=4)
+        opts["prefetch_factor"] = 4
+        if persistent:
+            opts["persistent_workers"] = True
     return opts
 
 
@@ -233,15 +236,12 @@ def build_test_loader(
     """Loader over ``samples`` in order (resize + normalise), with ``missing`` modalities zeroed."""
     missing_modalities(missing)  # fail here, naming the value, not inside a worker
     ds = TripletDataset(samples, dataset_name, build_test_transform(data_cfg, img_size))
-    workers = resolve_num_workers(data_cfg.num_workers)
     return DataLoader(
         ds,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=workers,
         collate_fn=functools.partial(collate_triplets, missing=missing),
-        pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if workers > 0 else None,
+        **_loader_options(resolve_num_workers(data_cfg.num_workers), persistent=False),
         generator=torch.Generator().manual_seed(0),
     )
 

@@ -5,17 +5,13 @@ limits in ``serve_options``).
 Names load their modules on first use (the web stack and ONNX are the ``deploy`` extra).
 """
 
-from mambapro.lazy import lazy_getattr
+from mambapro.lazy import lazy_exports
 
-_LAZY = {
-    "run_export": "export",
-    "SearchService": "serve",
-    "create_app": "serve",
-    "run_serve": "serve",
-    "MAX_K": "serve_options",
-    "ServeOptions": "serve_options",
-}
-
-__getattr__ = lazy_getattr(__name__, _LAZY)
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "export": "run_export",
+        "serve": "SearchService create_app run_serve",
+        "serve_options": "MAX_K ServeOptions",
+    },
+)

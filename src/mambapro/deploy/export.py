@@ -33,9 +33,11 @@ from torch import Tensor, nn
 
 from mambapro import __version__
 from mambapro.errors import UserError
-from mambapro.files import atomic_write, check_output
+from mambapro.extras import import_extra
+from mambapro.files import atomic_write
 from mambapro.modalities import MODALITIES
 from mambapro.ops.scan_export import EXPORT_FORMS
+from mambapro.options import check_export_options
 from mambapro.train.checkpoint import load_model
 
 __all__ = [
@@ -67,15 +69,14 @@ class ExportMissingError(UserError, ImportError):
 
 
 def _onnx_modules() -> tuple[Any, Any]:
-    try:
-        import onnx
-        import onnxruntime
-        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
-    except ImportError as err:
-        raise ExportMissingError(
-            f"ONNX export needs onnx, onnxscript and onnxruntime ({err.name} is missing): "
-            "pip install 'mambapro[deploy]'"
-        ) from None
+    # onnxscript: the dynamo exporter's dependency, imported by torch.onnx itself.
+    onnx, onnxruntime, _ = import_extra(
+        "onnx",
+        "onnxruntime",
+        "onnxscript",
+        error=ExportMissingError,
+        why="ONNX export needs onnx, onnxscript and onnxruntime",
+    )
     return onnx, onnxruntime
 
 
@@ -325,7 +326,7 @@ def run_export(
     quiet: bool = False,
 ) -> Path:
     """Export, check and write ``out`` atomically (the ``mambapro export`` command)."""
-    check_output(out, "--out", fmt, inputs=[("--checkpoint", checkpoint)])
+    check_export_options(checkpoint, out, fmt, tolerance)
     data, metadata, worst = export_model(checkpoint, fmt, scan, camids, tolerance, overrides)
     out = Path(out)
     with atomic_write(out) as fh:

@@ -55,7 +55,9 @@ from mambapro.deploy.page import upload_page
 from mambapro.deploy.serve_options import MAX_K, ServeOptions
 from mambapro.deploy.validation import RequestError, parse_camid, parse_k, validation_detail
 from mambapro.errors import UserError
+from mambapro.extras import import_extra
 from mambapro.modalities import MODALITIES, missing_label, parse_missing, present_label
+from mambapro.options import check_serve_options
 from mambapro.retrieval.identity import check_same_model, model_identity
 from mambapro.retrieval.index import GalleryIndex
 from mambapro.runtime import eval_amp
@@ -81,13 +83,7 @@ class ServeMissingError(UserError, ImportError):
 
 
 def _web() -> tuple[Any, Any]:
-    try:
-        import fastapi
-        import uvicorn
-    except ImportError as err:
-        raise ServeMissingError(
-            f"{err.name or 'fastapi'} is not installed: pip install 'mambapro[deploy]'"
-        ) from None
+    fastapi, uvicorn = import_extra("fastapi", "uvicorn", error=ServeMissingError)
     return fastapi, uvicorn
 
 
@@ -484,6 +480,7 @@ def run_serve(
     """The ``serve`` command: load the checkpoint and the index, then serve until interrupted."""
     options = options or ServeOptions()
     _, uvicorn = _web()
+    check_serve_options(checkpoint, index, gallery_root)
     gallery_index = GalleryIndex.load(index)  # a bad index is refused before the model loads
     _check_port_free(options.host, options.port)
     model, cfg, _ = load_model(checkpoint, None, overrides)

@@ -19,9 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mambapro.parts import DISTANCES
+
 __all__ = ["compute_distmat", "prepare_features", "pairwise_distance", "paired_distance", "METRICS"]
 
-METRICS = ("euclidean", "cosine")
+#: The distances offered (``test.distance``).
+METRICS = DISTANCES
 
 #: Entries of the distance matrix computed per block when ``block_size`` is not given.
 _BLOCK_ELEMENTS = 1 << 24

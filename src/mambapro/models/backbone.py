@@ -75,16 +75,22 @@ def _build(
     return encoder
 
 
-def clip_vit_b16(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
-    """CLIP ViT-B/16 image encoder (D = 768, 12 layers, 12 heads, C = 512), OpenAI weights."""
-    info = BACKBONES.info("clip_vit_b16")
+def _clip_vit(
+    name: str, img_size: tuple[int, int], weights: str | Path | None, width: int, heads: int, output_dim: int
+) -> VisionTransformer:
+    info = BACKBONES.info(name)
     return _build(
         lambda: VisionTransformer(
-            img_size, patch_size=info.patch_size, width=768, layers=info.layers, heads=12, output_dim=512
+            img_size, info.patch_size, width=width, layers=info.layers, heads=heads, output_dim=output_dim
         ),
         weights,
         load_clip_state_dict,
     )
+
+
+def clip_vit_b16(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
+    """CLIP ViT-B/16 image encoder (D = 768, 12 layers, 12 heads, C = 512), OpenAI weights."""
+    return _clip_vit("clip_vit_b16", img_size, weights, width=768, heads=12, output_dim=512)
 
 
 def vit_b16_imagenet(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
@@ -99,14 +105,7 @@ def vit_b16_imagenet(img_size: tuple[int, int], weights: str | Path | None = Non
 
 def tiny(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
     """CLIP-style tiny encoder for CPU demos and tests: D = 192, 4 layers, 3 heads, C = 128."""
-    info = BACKBONES.info("tiny")
-    return _build(
-        lambda: VisionTransformer(
-            img_size, patch_size=info.patch_size, width=192, layers=info.layers, heads=3, output_dim=128
-        ),
-        weights,
-        load_clip_state_dict,
-    )
+    return _clip_vit("tiny", img_size, weights, width=192, heads=3, output_dim=128)
 
 
 def _announce_random_init(name: str) -> None:

@@ -156,19 +156,18 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(B, L, D)`` -> ``(B, L, D)``."""
+        x = self._residual(x, self.attn, self.ln_1, "mhsa")
+        return self._residual(x, self.mlp, self.ln_2, "ffn")
+
+    def _residual(self, x: Tensor, sublayer: nn.Module, norm: nn.Module, name: str) -> Tensor:
+        """``x + branch(x)``, the adapter behind the sub-layer (inside the dropped branch) or
+        beside it (reading the branch's input ``x``) when it is placed at this sub-layer."""
         a, pos = self.adapter, self.adapter_position
-        h = self.attn(self.ln_1(x))
-        if a is not None and pos == "behind_mhsa":
+        h = sublayer(norm(x))
+        if a is not None and pos == f"behind_{name}":
             h = h + a(h)
         h = self.drop_path(h)
-        if a is not None and pos == "side_mhsa":
-            h = h + a(x)
-        x = x + h
-        h = self.mlp(self.ln_2(x))
-        if a is not None and pos == "behind_ffn":
-            h = h + a(h)
-        h = self.drop_path(h)
-        if a is not None and pos == "side_ffn":
+        if a is not None and pos == f"side_{name}":
             h = h + a(x)
         return x + h
 

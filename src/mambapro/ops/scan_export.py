@@ -24,10 +24,10 @@ autograd, like mamba-ssm's reference loop.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch._higher_order_ops.scan import scan as _scan_hop
 
+from mambapro.ops.scan_contract import as_groups, skip_and_gate, step_sizes
 from mambapro.parts import EXPORT_FORMS
 
 __all__ = ["EXPORT_FORMS", "selective_scan_export"]
@@ -68,17 +68,12 @@ def selective_scan_export(
         raise ValueError(f"selective_scan_export: form = {form!r} is not one of: {', '.join(EXPORT_FORMS)}")
     b, d, L = u.shape
     n = A.shape[1]
-    Bg = B.unsqueeze(1) if B.dim() == 3 else B  # (b, g, N, L)
-    Cg = C.unsqueeze(1) if C.dim() == 3 else C
+    Bg, Cg = as_groups(B), as_groups(C)  # (b, g, N, L)
     if Bg.shape[1] != Cg.shape[1]:
         raise ValueError("selective_scan_export: B and C must have the same number of groups")
     g = Bg.shape[1]
     u32 = u.float()
-    dt = delta.float()
-    if delta_bias is not None:
-        dt = dt + delta_bias.float()[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
+    _, dt = step_sizes(delta, delta_bias, delta_softplus)
     # Time-major, channels split by group: (L, b, g, d/g) and (L, b, g, N).
     dt_t = dt.reshape(b, g, d // g, L).permute(3, 0, 1, 2)
     dtu_t = (dt * u32).reshape(b, g, d // g, L).permute(3, 0, 1, 2)
@@ -114,9 +109,5 @@ def selective_scan_export(
             return h, y.clone()
 
         _, y_t = _scan_hop(combine, h0, (dt_t, dtu_t, B_t, C_t), dim=0)
-    y = y_t.permute(1, 2, 3, 0).reshape(b, d, L)
-    if D is not None:
-        y = y + u32 * D.float()[:, None]
-    if z is not None:
-        y = y * F.silu(z.float())
+    y = skip_and_gate(y_t.permute(1, 2, 3, 0).reshape(b, d, L), u32, D, z)
     return y.to(u.dtype)

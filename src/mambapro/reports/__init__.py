@@ -4,16 +4,13 @@ Grad-CAM, rank lists, CMC) and its self-contained HTML page, and the parameter a
 Names load their modules on first use (scikit-learn, grad-cam and matplotlib are heavy).
 """
 
-from mambapro.lazy import lazy_getattr
+from mambapro.lazy import lazy_exports
 
-_LAZY = {
-    "run_analyze": "analysis",
-    "write_report_page": "page",
-    "flops_report": "params",
-    "format_parameter_report": "params",
-    "parameter_report": "params",
-}
-
-__getattr__ = lazy_getattr(__name__, _LAZY)
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "analysis": "run_analyze",
+        "page": "write_report_page",
+        "params": "flops_report format_parameter_report parameter_report",
+    },
+)

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from mambapro.config import Config
 from mambapro.data import build_test_loader, check_cameras, dataset_from_config
 from mambapro.errors import UserError, short_reason
-from mambapro.files import atomic_write, check_output, npz_path
+from mambapro.files import atomic_write
+from mambapro.options import check_extract_options
 from mambapro.retrieval.gallery import LABELS, GalleryLabels
 from mambapro.retrieval.identity import model_identity, stored_identity
 from mambapro.runtime import eval_amp
@@ -194,8 +195,7 @@ def run_extract(
 ) -> FeatureSet:
     """The ``mambapro extract`` command: features of one split to an .npz file (``out`` gets the
     ``.npz`` suffix when it lacks it, as NumPy would add it)."""
-    out = npz_path(out)
-    check_output(out, "--out", "features", inputs=[("--checkpoint", checkpoint)])
+    out = check_extract_options(checkpoint, out)
     model, cfg, _ = load_model(checkpoint, config, overrides, extra={"data": {"root": str(data_root)}})
     device = next(model.parameters()).device
     ds = dataset_from_config(cfg.data, generate=False)

@@ -28,6 +28,7 @@ from mambapro.data.io import is_side_by_side, tiny_image_note
 from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat
 from mambapro.files import RANK_LIST_TAG, atomic_write, check_output
+from mambapro.options import check_search_options
 from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, extract_features
 from mambapro.retrieval.gallery import Match
 from mambapro.retrieval.identity import check_same_model, model_identity
@@ -158,14 +159,8 @@ def run_search(
 ) -> dict[str, list[Match]]:
     """The ``search`` command: queries against a ``gallery`` (a split folder or features
     ``.npz``) or a FAISS ``index`` (``mambapro index build``); returns ``{query path: matches}``."""
-    if k < 1:
-        raise UserError(f"-k {k}: must be at least 1")
-    if (gallery is None) == (index is None):
-        raise UserError("give exactly one of --gallery (a split folder or features .npz) and --index")
+    inputs = check_search_options(checkpoint, query, gallery, index, k, out)
     out = Path(out)
-    inputs = [("--checkpoint", checkpoint), ("--query", query), ("--gallery", gallery), ("--index", index)]
-    check_output(out, "--out", "rank list", inputs)
-    check_output(out.with_suffix(".json"), "--out (its rankings)", "rankings", inputs)
     gallery_index = gallery_feats = None
     if index is not None:
         gallery_index = GalleryIndex.load(index)  # a bad index is refused before the model loads

@@ -18,7 +18,6 @@ from torch import nn
 
 from mambapro.config import Config
 from mambapro.data import dataset_from_config, dataset_spec
-from mambapro.errors import check_output_dir
 from mambapro.evaluation import (
     EvalResult,
     evaluate_features,
@@ -35,6 +34,7 @@ from mambapro.modalities import (
     parse_missing_request,
     present_label,
 )
+from mambapro.options import check_test_options
 from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, extract_features
 from mambapro.runtime import eval_amp
 from mambapro.train.checkpoint import load_model
@@ -162,9 +162,8 @@ def run_test(
     """The ``mambapro test`` command: the result table, and with ``missing`` (see
     :func:`~mambapro.modalities.parse_missing_request`) the missing-modality table (``all``), the
     any-to-any matrix (``cross``), one query/gallery pair (``Q:G``) or one setting."""
+    out = check_test_options(checkpoint, output, missing)
     request = parse_missing_request(missing) if missing is not None else None
-    out = Path(output) if output is not None else Path(checkpoint).parent / "test"
-    check_output_dir(out, "--output")
     model, cfg, _ = load_model(checkpoint, config, overrides, extra)
     if rerank:
         cfg.test.rerank = True

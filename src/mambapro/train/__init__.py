@@ -6,19 +6,13 @@ The torch-based modules load on first use of one of their names, so the CLI can 
 settings and folder (``runlog``, ``sweep.plan_sweep``) before paying for torch.
 """
 
-from mambapro.lazy import lazy_getattr
+from mambapro.lazy import lazy_exports
 
-_LAZY = {
-    "CheckpointError": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "load_model": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "run_demo": "demo",
-    "Trainer": "trainer",
-    "TrainingError": "trainer",
-    "run_training": "trainer",
-}
-
-__getattr__ = lazy_getattr(__name__, _LAZY)
-
-__all__ = sorted(_LAZY)
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "checkpoint": "CheckpointError load_checkpoint load_model save_checkpoint",
+        "demo": "run_demo",
+        "trainer": "Trainer TrainingError run_training",
+    },
+)

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from mambapro.data import dataset_from_config, dataset_spec
-from mambapro.errors import UserError, check_output_dir
+from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat, evaluate_features, format_table
+from mambapro.options import check_analyze_options
 from mambapro.reports.analysis.alignment import alignment_section
 from mambapro.reports.analysis.cmc import cmc_section
 from mambapro.reports.analysis.context import Checkpoint, Context
@@ -77,19 +78,8 @@ def run_analyze(
 
     ``announce=False`` prints neither the metrics nor where the page is (``train.analyze``: the
     run prints both in its own summary)."""
+    out = check_analyze_options(checkpoint, compare, ids, queries, missing, out)
     paths = [Path(checkpoint), *(Path(c) for c in compare)]
-    for i, p in enumerate(paths):
-        if not p.is_file():
-            what = "is a folder" if p.is_dir() else "no such file"
-            raise UserError(f"{'--checkpoint' if i == 0 else '--compare'} {p}: {what}")
-    if missing not in (None, "all"):
-        raise UserError(f"--missing {missing}: analyze supports only 'all' (the missing-modality table)")
-    if queries < 0:
-        raise UserError(f"--queries {queries}: must be >= 0")
-    if ids is not None and ids < 2:
-        raise UserError(f"--ids {ids}: t-SNE needs at least 2 identities")
-    out = Path(out) if out is not None else paths[0].parent / "analysis"
-    check_output_dir(out, "--output")
 
     # Every refusal (datasets, identities, cameras) comes before anything is written.
     runs = _load_runs(paths, overrides, {"data": {"root": str(data_root)}} if data_root is not None else None)

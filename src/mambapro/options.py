@@ -1,0 +1,157 @@
+"""The checks of the commands' options, shared by the CLI and the functions that run them.
+
+Torch-free, so the CLI refuses bad input before it pays for loading torch, and a caller of the
+Python functions (``run_search``, ``run_analyze``, ``run_export``) gets the same one-line
+:class:`UserError` as a user of the command line: one function per option, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mambapro.errors import UserError, check_output_dir
+from mambapro.files import check_output, npz_path
+from mambapro.modalities import parse_missing_request
+
+__all__ = [
+    "EXPORT_SUFFIXES",
+    "check_analyze_options",
+    "check_export_options",
+    "check_extract_options",
+    "check_index_options",
+    "check_search_options",
+    "check_serve_options",
+    "check_test_options",
+    "check_tolerance",
+    "export_format",
+    "require_file",
+]
+
+#: File suffix -> export format, the default of ``export --format``.
+EXPORT_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
+
+
+def require_file(path: str | Path, option: str) -> Path:
+    """``path`` as a :class:`Path` if it is a file; else ``OPTION PATH: no such file`` (or ``is a
+    folder``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{option} {p}: {'is a folder' if p.is_dir() else 'no such file'}")
+    return p
+
+
+def check_analyze_options(
+    checkpoint: str | Path,
+    compare: Sequence[str | Path],
+    ids: int | None,
+    queries: int,
+    missing: str | None,
+    out: str | Path | None,
+) -> Path:
+    """Check ``mambapro analyze``'s options; returns the output folder (default: ``analysis/``
+    beside the checkpoint)."""
+    require_file(checkpoint, "--checkpoint")
+    for c in compare:
+        require_file(c, "--compare")
+    if missing not in (None, "all"):
+        raise UserError(f"--missing {missing}: analyze supports only 'all' (the missing-modality table)")
+    if queries < 0:
+        raise UserError(f"--queries {queries}: must be >= 0")
+    if ids is not None and ids < 2:
+        raise UserError(f"--ids {ids}: t-SNE needs at least 2 identities")
+    folder = Path(out) if out is not None else Path(checkpoint).parent / "analysis"
+    return check_output_dir(folder, "--output")
+
+
+def check_search_options(
+    checkpoint: str | Path,
+    query: str | Path,
+    gallery: str | Path | None,
+    index: str | Path | None,
+    k: int,
+    out: str | Path,
+) -> list[tuple[str, str | Path | None]]:
+    """Check ``mambapro search``'s options: the checkpoint, ``-k``, exactly one gallery source,
+    and the rank-list image ``out`` and its ``.json`` rankings as outputs; returns the inputs
+    (option, path) that no output may replace."""
+    require_file(checkpoint, "--checkpoint")
+    if k < 1:
+        raise UserError(f"-k {k}: must be at least 1")
+    if (gallery is None) == (index is None):
+        raise UserError("give exactly one of --gallery (a split folder or features .npz) and --index")
+    if index is not None:
+        require_file(index, "--index")
+    inputs = [("--checkpoint", checkpoint), ("--query", query), ("--gallery", gallery), ("--index", index)]
+    check_output(out, "--out", "rank list", inputs)
+    check_output(Path(out).with_suffix(".json"), "--out (its rankings)", "rankings", inputs)
+    return inputs
+
+
+def check_extract_options(checkpoint: str | Path, out: str | Path) -> Path:
+    """Check ``mambapro extract``'s options; returns the features file (``.npz`` appended when
+    missing, as NumPy would)."""
+    require_file(checkpoint, "--checkpoint")
+    return check_output(npz_path(out), "--out", "features", inputs=[("--checkpoint", checkpoint)])
+
+
+def check_index_options(
+    action: str, features: Sequence[str | Path], out: str | Path, index: str | Path | None
+) -> Path:
+    """Check ``mambapro index``'s options: the features files, the index to extend (``add``) and
+    the index file to write; returns ``out``."""
+    if action not in ("build", "add"):
+        raise UserError(f"index action {action!r}: must be build or add")
+    for f in features:
+        require_file(f, "--features")
+    if action == "add":
+        require_file(index or out, "--index" if index else "--out")
+    return check_output(out, "--out", "index", inputs=[("--features", f) for f in features])
+
+
+def export_format(out: str | Path, fmt: str | None) -> str:
+    """The export format: ``fmt`` if given, else from ``out``'s suffix (``.onnx``, ``.pt2``)."""
+    if fmt is not None:
+        if fmt not in EXPORT_SUFFIXES.values():
+            raise UserError(f"--format {fmt}: must be one of {', '.join(EXPORT_SUFFIXES.values())}")
+        return fmt
+    found = EXPORT_SUFFIXES.get(Path(out).suffix)
+    if found is None:
+        raise UserError(f"--out {out}: give --format onnx or pt2 (or name the file .onnx or .pt2)")
+    return found
+
+
+def check_tolerance(tolerance: float) -> float:
+    """``export --tolerance``: the largest relative feature difference accepted, > 0."""
+    if not tolerance > 0:
+        raise UserError(f"--tolerance {tolerance}: must be > 0")
+    return tolerance
+
+
+def check_export_options(checkpoint: str | Path, out: str | Path, fmt: str | None, tolerance: float) -> str:
+    """Check ``mambapro export``'s options; returns the format."""
+    require_file(checkpoint, "--checkpoint")
+    fmt = export_format(out, fmt)
+    check_tolerance(tolerance)
+    check_output(out, "--out", fmt, inputs=[("--checkpoint", checkpoint)])
+    return fmt
+
+
+def check_serve_options(checkpoint: str | Path, index: str | Path, gallery_root: str | Path | None) -> None:
+    """Check ``mambapro serve``'s files: the checkpoint, the index and the gallery root folder
+    (the service's limits are :class:`~mambapro.deploy.serve_options.ServeOptions`' checks)."""
+    require_file(checkpoint, "--checkpoint")
+    require_file(index, "--index")
+    if gallery_root is not None and not Path(gallery_root).is_dir():
+        what = "is a file" if Path(gallery_root).exists() else "no such folder"
+        raise UserError(f"--gallery-root {gallery_root}: {what}")
+
+
+def check_test_options(checkpoint: str | Path, output: str | Path | None, missing: str | None) -> Path:
+    """Check ``mambapro test``'s options; returns the output folder (default: ``test/`` beside
+    the checkpoint)."""
+    require_file(checkpoint, "--checkpoint")
+    if missing is not None:
+        parse_missing_request(missing)
+    folder = Path(output) if output is not None else Path(checkpoint).parent / "test"
+    return check_output_dir(folder, "--output")
