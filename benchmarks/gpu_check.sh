@@ -5,9 +5,12 @@
 #
 # Installs nothing and needs no weights or data (the demo stage generates the embedded synthetic
 # set in a temporary folder). Stages, each under its own time limit (seconds; they sum, with the
-# grace period of each, to under 8.5 minutes), each logged to benchmarks/results/gpu_<stage>.txt;
+# grace period of each, to under 9.5 minutes), each logged to benchmarks/results/gpu_<stage>.txt;
 # a stage that fails or times out does not stop the next one:
 #
+#   doctor       `mambapro doctor`: machine, versions, extras, and what scan_backend=auto picks on
+#                each GPU with the self-check of the fused scan backends (fp32, bf16) against the
+#                torch backend; fails when a self-check fails (docs/gpu.md)
 #   device       the GPU(s), driver, torch / CUDA / Triton / mamba-ssm versions
 #   tests        the `gpu` tests (tests/test_gpu.py, and the compiled Triton scan test)
 #   scan         benchmarks/bench_scan_cuda.py: loop, torch, triton (and mamba_ssm) backends,
@@ -45,7 +48,7 @@ RES=benchmarks/results
 mkdir -p "$RES"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mambapro-gpu-check.XXXXXX") || exit 1
 trap 'rm -rf "$WORK"' EXIT
-STAGES=${MAMBAPRO_GPU_CHECK_STAGES:-device tests scan aggregation train demo input}
+STAGES=${MAMBAPRO_GPU_CHECK_STAGES:-doctor device tests scan aggregation train demo input}
 GRACE=5  # seconds between SIGTERM at the limit and SIGKILL
 SUMMARY=()
 FAILED=0
@@ -96,6 +99,7 @@ EOF
 MAMBAPRO=(mambapro)
 command -v mambapro >/dev/null || MAMBAPRO=("$PY" -c 'import sys; from mambapro.cli import main; sys.exit(main())')
 
+run_stage doctor 40 "${MAMBAPRO[@]}" doctor
 run_stage device 15 bash -c 'command -v nvidia-smi >/dev/null && nvidia-smi; "$0" "$1"' "$PY" "$WORK/device.py"
 run_stage tests 110 "$PY" -m pytest -q -n 0 -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_scan_triton.py
 run_stage scan 85 "$PY" benchmarks/bench_scan_cuda.py --repeats 5 --out "$WORK/scan.txt"

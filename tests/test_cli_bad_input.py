@@ -947,6 +947,18 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         "empty",
     ),
     (
+        "sweep-zero-seeds",
+        [*SWEEP, "--output", "{w}/sw", "--seeds", "0"],
+        r"--seeds 0: must be at least 1",
+        None,
+    ),
+    (
+        "compare-not-a-run",
+        ["compare", "{s}/tree", "{s}/run"],
+        r"RUN_A {s}/tree: not a run folder \(no config.yaml or meta.json\)",
+        None,
+    ),
+    (
         "sweep-root-swept-and-flag",
         [*SWEEP, "--output", "{w}/sw", "--set", "data.root={s}/tree,{w}/empty"],
         r"data.root is both swept \(--set\) and given by --data-root {s}/tree; drop one",

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -139,7 +140,21 @@ def test_a_grid_trains_every_point_and_tabulates_their_own_metrics(
     for row in rows:
         assert re.search(rf"^{re.escape(row['point'])}\s+{float(row['mAP']):.2f}\s.*trained$", stdout, re.M)
     with Image.open(out / "sweep.png") as img:
-        assert img.format == "PNG" and img.width > 2 * img.height  # two subplots side by side
+        # train.seed is the repetition axis: one subplot (mean ± std over seeds per ma_d_state).
+        assert img.format == "PNG" and img.height < img.width < 2 * img.height
+    # The summary over seeds: one row per value of the other key, numpy's mean and sample std.
+    summary = _csv(out / "sweep_summary.csv")
+    assert [r["model.ma_d_state"] for r in summary] == ["4", "8"]
+    for entry in summary:
+        runs = [r for r in rows if r["model.ma_d_state"] == entry["model.ma_d_state"]]
+        assert entry["runs"] == "2" and entry["seeds"] == "1 2"
+        for m in ("mAP", "R1", "mINP"):
+            xs = np.array([float(r[m]) for r in runs])
+            assert float(entry[f"{m}_mean"]) == pytest.approx(xs.mean(), abs=1e-4)
+            assert float(entry[f"{m}_std"]) == pytest.approx(xs.std(ddof=1), abs=1e-4)
+            assert (float(entry[f"{m}_min"]), float(entry[f"{m}_max"])) == (xs.min(), xs.max())
+    assert "over seeds (train.seed): mean ± sample std (ddof=1) [min, max]" in stdout
+    assert re.search(r"^model.ma_d_state=4\s+2\s+\d+\.\d\d ± \d+\.\d\d \[", stdout, re.M)
 
 
 def test_a_repeated_sweep_skips_finished_points(grid: tuple[Path, str], data: Path, no_training) -> None:
@@ -218,6 +233,27 @@ def test_an_interrupted_point_continues_from_its_checkpoint(
     assert records[-1]["test_mAP"] == pytest.approx(_records(reference)[-1]["test_mAP"], abs=1e-9)
 
 
+def test_seeds_repeat_the_config_from_its_seed_and_summarise_over_them(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seeds"
+    rc, stdout, stderr = _run(_argv(data, out, "--seeds", "2", "train.seed=7"))
+    assert rc == 0, stderr
+    rows = _csv(out / "sweep.csv")
+    assert [r["point"] for r in rows] == ["train.seed=7", "train.seed=8"]  # the config's seed, then +1
+    assert [load_config(out / r["point"] / "config.yaml").train.seed for r in rows] == [7, 8]
+    (entry,) = _csv(out / "sweep_summary.csv")
+    assert entry["runs"] == "2" and entry["seeds"] == "7 8"
+    for m in ("mAP", "R1", "mINP"):
+        xs = np.array([float(r[m]) for r in rows])
+        assert float(entry[f"{m}_mean"]) == pytest.approx(xs.mean(), abs=1e-4)
+        assert float(entry[f"{m}_std"]) == pytest.approx(xs.std(ddof=1), abs=1e-4)
+    assert re.search(r"^\(the config\)\s+2\s+", stdout, re.M)
+    # Without the override: the config's own seed and the next ones.
+    base = load_config("demo").train.seed
+    plan = plan_sweep("demo", ["model.ma_d_state=4,8"], tmp_path / "p", [*FAST, f"data.root={data}"], seeds=3)
+    assert plan.keys == ["model.ma_d_state", "train.seed"]
+    assert [p.cfg.train.seed for p in plan.points] == [base, base + 1, base + 2] * 2
+
+
 BAD = [
     ("unknown-key", ["--set", "model.ma_dstate=4,8"], r"unknown key 'model.ma_dstate'"),
     ("empty-list", ["--set", "model.ma_d_state="], r"--set model.ma_d_state=: no values"),
@@ -247,6 +283,14 @@ BAD = [
     ),
     ("sweep-output", ["--set", "train.output=a,b"], r"--set train.output: the sweep sets each point's"),
     ("no-equals", ["--set", "model.ma_d_state"], r"--set model.ma_d_state: must look like KEY=V1,V2"),
+    ("zero-seeds", ["--seeds", "0"], r"--seeds 0: must be at least 1"),
+    ("negative-seeds", ["--set", "model.ma_d_state=4,8", "--seeds", "-2"], r"--seeds -2: must be at least 1"),
+    (
+        "seeds-twice",
+        ["--seeds", "2", "--set", "train.seed=1,2"],
+        r"--seeds 2 and --set train.seed=\.\.\.: give",
+    ),
+    ("nothing-to-sweep", [], r"nothing to sweep: give --set KEY=V1,V2,\.\.\. \(repeatable\) or --seeds N"),
 ]
 
 

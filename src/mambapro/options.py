@@ -21,7 +21,9 @@ __all__ = [
     "check_extract_options",
     "check_index_options",
     "check_search_options",
+    "check_compare_options",
     "check_serve_options",
+    "check_sweep_seeds",
     "check_test_options",
     "check_tolerance",
     "export_format",
@@ -155,3 +157,33 @@ def check_test_options(checkpoint: str | Path, output: str | Path | None, missin
         parse_missing_request(missing)
     folder = Path(output) if output is not None else Path(checkpoint).parent / "test"
     return check_output_dir(folder, "--output")
+
+
+def check_sweep_seeds(seeds: int | None) -> int | None:
+    """``sweep --seeds N``: N >= 1 runs of every grid point (None: not given)."""
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds {seeds}: must be at least 1 (the number of seeds per grid point)")
+    return seeds
+
+
+#: The files every run folder holds from its start (:mod:`mambapro.train.runlog`).
+RUN_FILES = ("config.yaml", "meta.json")
+
+
+def check_compare_options(run_a: str | Path, run_b: str | Path) -> tuple[Path, Path]:
+    """``mambapro compare RUN_A RUN_B``: two run folders (each with config.yaml and meta.json)."""
+    out = []
+    for name, run in (("RUN_A", run_a), ("RUN_B", run_b)):
+        p = Path(run)
+        if not p.is_dir():
+            raise UserError(
+                f"{name} {p}: {'is a file, not a run folder' if p.exists() else 'no such folder'}"
+            )
+        lacking = [f for f in RUN_FILES if not (p / f).is_file()]
+        if lacking:
+            raise UserError(
+                f"{name} {p}: not a run folder (no {' or '.join(lacking)}); give the --output folder of "
+                "a train run or a sweep point"
+            )
+        out.append(p)
+    return out[0], out[1]

@@ -23,11 +23,13 @@ from mambapro.deploy.serve_options import ServeOptions
 from mambapro.errors import UserError, check_output_dir
 from mambapro.options import (
     check_analyze_options,
+    check_compare_options,
     check_export_options,
     check_extract_options,
     check_index_options,
     check_search_options,
     check_serve_options,
+    check_sweep_seeds,
     check_test_options,
 )
 from mambapro.train.runlog import check_run_folder
@@ -110,9 +112,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     # The whole grid is refused before torch loads: every point's config, the point folders.
     check_output_dir(args.output, "--output")
+    check_sweep_seeds(args.seeds)
     sweep = import_module("mambapro.train.sweep")
-    plan = sweep.plan_sweep(args.config, args.set, args.output, args.overrides, extra=path_flags(args))
+    plan = sweep.plan_sweep(
+        args.config, args.set, args.output, args.overrides, extra=path_flags(args), seeds=args.seeds
+    )
     sweep.run_sweep(plan, quiet=args.quiet)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    check_compare_options(args.run_a, args.run_b)
+    _forward("mambapro.reports.compare:run_compare", args)
     return 0
 
 
@@ -194,12 +205,19 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.dataset is not None and args.data_root is None:
+        raise UserError("doctor --dataset needs --data-root (the folder holding the dataset folder)")
+    return _forward("mambapro.doctor:run_doctor", args)
+
+
 #: Sub-command name -> handler; the parser (:mod:`mambapro.cli.parser`) gives each its options.
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "sweep": cmd_sweep,
     "check-data": cmd_check_data,
+    "compare": cmd_compare,
     "test": cmd_test,
     "analyze": cmd_analyze,
     "extract": cmd_extract,
@@ -210,4 +228,5 @@ COMMANDS = {
     "params": cmd_params,
     "synth": cmd_synth,
     "config": cmd_config,
+    "doctor": cmd_doctor,
 }

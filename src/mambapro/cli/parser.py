@@ -79,9 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set",
         action="append",
-        required=True,
+        default=[],
         metavar="KEY=V1,V2,...",
         help="a config key and its values (typed like overrides; repeat for a grid of all combinations)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run every grid point with N seeds (train.seed, train.seed+1, ...); the summary gives "
+        "mean ± sample std, min and max over them (sweep_summary.csv)",
     )
     p.add_argument(
         "--output",
@@ -93,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_root_arg(p)
     p.add_argument("--clip-weights", type=Path, default=None, help="local OpenAI CLIP ViT-B-16.pt")
     _add_config_args(p)
+
+    p = add("compare", "what differs between two run folders: config, versions, data, seed, machine, metrics")
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="a run folder (train --output, a sweep point)")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="the run folder to compare it with")
 
     p = add("check-data", "decode every image of a dataset once and list the broken ones")
     _data_root_arg(p)
@@ -267,6 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", type=int, default=synth_defaults.cameras, help="cameras per identity")
     p.add_argument("--shots", type=int, default=synth_defaults.shots, help="captures per identity and camera")
     p.add_argument("--scenes", type=int, default=synth_defaults.scenes, help="scenes (msvr310 layout)")
+
+    p = add(
+        "doctor",
+        "report the machine, versions, the scan backend auto picks (with its self-check), extras and "
+        "datasets, for a bug report",
+    )
+    p.add_argument(
+        "--data-root", type=Path, default=None, help="also check the dataset folders under this folder"
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="with --data-root: check only this dataset (default: every registered one found there)",
+    )
+    p.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
 
     p = add("config", "print the resolved configuration")
     _add_config_args(p)

@@ -1,4 +1,9 @@
-"""Test-time features: the loader, extraction, the features file, and the ``extract`` command."""
+"""Test-time features: the loader, extraction, the features file, and the ``extract`` command.
+
+``extract`` runs in one process or, under torchrun, in several (any number of nodes): each rank
+extracts whole batches of the one-process run (:func:`shard_rows`), rank 0 gathers the rows
+(:func:`merge_shards`) and alone writes the file, the same bytes as one process writes.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,14 @@ from mambapro.retrieval.gallery import LABELS, GalleryLabels
 from mambapro.retrieval.identity import model_identity, stored_identity
 from mambapro.runtime import eval_amp
 from mambapro.train.checkpoint import load_model
+from mambapro.train.distributed import (
+    DistInfo,
+    cleanup,
+    gather_to_main,
+    init_distributed,
+    rank_device,
+    same_on_all_ranks,
+)
 
 __all__ = [
     "EvalStep",
@@ -31,7 +44,9 @@ __all__ = [
     "eval_loader",
     "eval_pass",
     "extract_features",
+    "merge_shards",
     "run_extract",
+    "shard_rows",
 ]
 
 
@@ -184,6 +199,38 @@ def check_model_cameras(model: nn.Module, samples: list, what: str) -> None:
         check_cameras(samples, backbone.num_cameras, what)
 
 
+def shard_rows(n: int, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """The rows (sample positions) of a split of ``n`` samples that ``rank`` of ``world_size``
+    extracts: whole batches of the one-process run, batch ``b`` to rank ``b % world_size``.
+
+    Each rank's rows are full batches in order (only the split's last batch may be short, and it
+    comes last), so the rank's loader over them makes exactly the one-process run's batches: a
+    sample's feature is computed in the same batch, hence the same numbers, as in one process.
+    A rank gets no rows when there are fewer batches than ranks.
+    """
+    batches = range(rank, -(-n // batch_size), world_size)
+    return [i for b in batches for i in range(b * batch_size, min(n, (b + 1) * batch_size))]
+
+
+#: One rank's share of an extraction, as :func:`gather_to_main` sends it: its rows and, when it
+#: has any, their features, pids, camids, sceneids and paths.
+Shard = tuple[list[int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]] | None]
+
+
+def merge_shards(shards: list[Shard], n: int) -> FeatureSet:
+    """The :class:`FeatureSet` of all ``n`` rows, in split order, from the ranks' shards."""
+    parts = [(rows, arrays) for rows, arrays in shards if rows]
+    if len(parts) == 1 and parts[0][0] == list(range(n)):  # one process: no copy
+        return FeatureSet(*parts[0][1])
+    rows = np.concatenate([np.asarray(r, dtype=np.int64) for r, _ in parts])
+    order = np.argsort(rows, kind="stable")
+    if not np.array_equal(rows[order], np.arange(n)):
+        raise RuntimeError(f"merge_shards: the ranks' rows do not cover the {n} samples once each")
+    feats, pids, camids, sceneids = (np.concatenate([a[k] for _, a in parts])[order] for k in range(4))
+    paths = [p for _, a in parts for p in a[4]]
+    return FeatureSet(feats, pids, camids, sceneids, [paths[i] for i in order])
+
+
 def run_extract(
     checkpoint: str | Path,
     data_root: str | Path,
@@ -192,17 +239,54 @@ def run_extract(
     config: str | Path | None = None,
     overrides: list[str] | None = None,
     quiet: bool = False,
-) -> FeatureSet:
+) -> FeatureSet | None:
     """The ``mambapro extract`` command: features of one split to an .npz file (``out`` gets the
-    ``.npz`` suffix when it lacks it, as NumPy would add it)."""
+    ``.npz`` suffix when it lacks it, as NumPy would add it).
+
+    Under torchrun the ranks share the split (:func:`shard_rows`) and rank 0 writes the file
+    that one process would write, byte for byte where the device computes deterministically
+    (CPU with the same threads per process); it returns the features there and None on the other
+    ranks, which write nothing. Every rank must name the same ``out`` (resolved): otherwise every
+    rank refuses before any work.
+    """
     out = check_extract_options(checkpoint, out)
-    model, cfg, _ = load_model(checkpoint, config, overrides, extra={"data": {"root": str(data_root)}})
+    info = init_distributed()
+    try:
+        same_on_all_ranks(
+            str(out.resolve()), info, "--out", "give every rank the same file (rank 0 alone writes it)"
+        )
+        return _extract(checkpoint, data_root, split, out, config, overrides, quiet or not info.is_main, info)
+    finally:
+        cleanup(info)
+
+
+def _extract(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    split: str,
+    out: Path,
+    config: str | Path | None,
+    overrides: list[str] | None,
+    quiet: bool,
+    info: DistInfo,
+) -> FeatureSet | None:
+    model, cfg, _ = load_model(
+        checkpoint, config, overrides, extra={"data": {"root": str(data_root)}}, device=rank_device(info)
+    )
     device = next(model.parameters()).device
     ds = dataset_from_config(cfg.data, generate=False)
     samples = {"query": ds.query, "gallery": ds.gallery, "train": ds.train}[split]
     check_model_cameras(model, samples, f"{ds.name} {split}")
-    loader = eval_loader(cfg, samples, ds.name)
-    feats = extract_features(model, loader, device, eval_amp(cfg, device), quiet, split)
+    rows = shard_rows(len(samples), cfg.test.batch_size, info.rank, info.world_size)
+    shard: Shard = (rows, None)
+    if rows:
+        loader = eval_loader(cfg, [samples[i] for i in rows], ds.name)
+        mine = extract_features(model, loader, device, eval_amp(cfg, device), quiet, split)
+        shard = (rows, (mine.feats, mine.pids, mine.camids, mine.sceneids, mine.paths))
+    shards = gather_to_main(shard, info)
+    if shards is None:  # not rank 0
+        return None
+    feats = merge_shards(shards, len(samples))
     feats.identity = model_identity(model, cfg.img_size(), checkpoint)
     feats.save(out)
     print(f"{len(feats.paths)} {split} features of dimension {feats.feats.shape[1]} written to {out}")

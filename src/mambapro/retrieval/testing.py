@@ -18,6 +18,7 @@ from torch import nn
 
 from mambapro.config import Config
 from mambapro.data import dataset_from_config, dataset_spec
+from mambapro.data.fingerprint import dataset_fingerprint, same_eval_split
 from mambapro.evaluation import (
     EvalResult,
     evaluate_features,
@@ -138,12 +139,21 @@ def format_cross_matrix(matrix: dict[tuple[str, str], EvalResult], metric: str =
     return "\n".join(lines)
 
 
-def write_report(out_dir: str | Path, rows: dict[str, Any], title: str) -> str:
-    """Save results.json, cmc.png and report.txt in ``out_dir``; return the text table."""
+def write_report(
+    out_dir: str | Path,
+    rows: dict[str, Any],
+    title: str,
+    extra: dict[str, Any] | None = None,
+    notes: str | None = None,
+) -> str:
+    """Save results.json (with ``extra``'s keys beside the results), cmc.png and report.txt (the
+    table, then ``notes``) in ``out_dir``; return the text of report.txt."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(rows, title=title)
-    save_results_json(out / "results.json", rows)
+    if notes:
+        table = f"{table}\n{notes}"
+    save_results_json(out / "results.json", rows, extra=extra)
     plot_cmc(out / "cmc.png", {name: r.cmc for name, r in rows.items()})
     (out / "report.txt").write_text(table + "\n")
     return table
@@ -164,7 +174,7 @@ def run_test(
     any-to-any matrix (``cross``), one query/gallery pair (``Q:G``) or one setting."""
     out = check_test_options(checkpoint, output, missing)
     request = parse_missing_request(missing) if missing is not None else None
-    model, cfg, _ = load_model(checkpoint, config, overrides, extra)
+    model, cfg, ckpt = load_model(checkpoint, config, overrides, extra)
     if rerank:
         cfg.test.rerank = True
     if request is None:  # the config's test.missing
@@ -173,6 +183,10 @@ def run_test(
     amp = eval_amp(cfg, device)
     ds = dataset_from_config(cfg.data, generate=False)
     reranked = " (re-ranked)" if cfg.test.rerank else ""
+    # Is the evaluated query+gallery the one the checkpoint was trained against?
+    fingerprint = dataset_fingerprint(ds)
+    status, check = same_eval_split(ckpt.get("dataset_fingerprint"), fingerprint)
+    dataset = {"dataset_check": status, "dataset_fingerprint": fingerprint}
 
     def evaluate_setting(setting: str, gallery_setting: str | None = None) -> EvalResult:
         return evaluate_model(
@@ -180,7 +194,7 @@ def run_test(
         )
 
     if request == "cross":
-        return _run_cross(model, cfg, ds, device, amp, quiet, out, reranked)
+        return {**_run_cross(model, cfg, ds, device, amp, quiet, out, reranked, dataset, check), **dataset}
     if isinstance(request, tuple):
         q, g = request
         label = f"{present_label(q)}:{present_label(g)}"
@@ -189,9 +203,9 @@ def run_test(
         setting = cfg.test.missing if request == "all" else request
         label = missing_label(setting)
         res = evaluate_setting(setting)
-    table = write_report(out, {label: res}, title=f"{ds.name} test set{reranked}")
+    table = write_report(out, {label: res}, title=f"{ds.name} test set{reranked}", extra=dataset, notes=check)
     print(table)
-    result: dict[str, Any] = {"result": res, "table": table}
+    result: dict[str, Any] = {"result": res, "table": table, **dataset}
     if request == "all":
         # The row already evaluated above is reused rather than extracted again.
         rows, mm_table = missing_modality_table(
@@ -206,11 +220,22 @@ def run_test(
     return result
 
 
-def _run_cross(model, cfg, ds, device, amp, quiet: bool, out: Path, reranked: str) -> dict[str, Any]:
+def _run_cross(
+    model,
+    cfg,
+    ds,
+    device,
+    amp,
+    quiet: bool,
+    out: Path,
+    reranked: str,
+    dataset: dict[str, Any],
+    check: str,
+) -> dict[str, Any]:
     """``test --missing cross``: the 7 x 7 matrix printed, in results.json, and as a heat map."""
     matrix = cross_missing_matrix(model, cfg, ds.name, ds.query, ds.gallery, device, amp, quiet)
     full = matrix[("full", "full")]
-    table = write_report(out, {"full": full}, title=f"{ds.name} test set{reranked}")
+    table = write_report(out, {"full": full}, title=f"{ds.name} test set{reranked}", notes=check)
     settings = list(MISSING_SETTINGS)
     labels = [present_label(s) for s in settings]
     text = "\n\n".join(
@@ -228,7 +253,7 @@ def _run_cross(model, cfg, ds, device, amp, quiet: bool, out: Path, reranked: st
         "mAP": [[matrix[(q, g)].mAP for g in settings] for q in settings],
         "Rank-1": [[matrix[(q, g)].rank(1) for g in settings] for q in settings],
     }
-    save_results_json(out / "results.json", {"full": full}, extra={"missing_cross": cells})
+    save_results_json(out / "results.json", {"full": full}, extra={"missing_cross": cells, **dataset})
     plot_heatmap(
         out / "missing_cross.png",
         cells["mAP"],

@@ -1,8 +1,10 @@
 """What every run records in its output folder: resolved config, seed, versions, metrics.
 
 ``config.yaml`` is the full resolved configuration (reloadable with ``--config``),
-``meta.json`` the seed, package versions, device and command line, ``metrics.jsonl`` one JSON
-object per epoch/evaluation, and ``tb/`` TensorBoard scalars.
+``meta.json`` the seed, package versions, the machine (CPU model and the instruction-set flags
+that change floating-point results, PyTorch's CPU kernel level and threads, the GPU), device,
+command line and the dataset fingerprint (:mod:`mambapro.data.fingerprint`), ``metrics.jsonl``
+one JSON object per epoch/evaluation, and ``tb/`` TensorBoard scalars.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from mambapro.config import Config, config_diff, config_to_dict, dump_config
 from mambapro.errors import TrainingError, check_output_dir
+from mambapro.machine import machine_info
 
 __all__ = ["RunLogger", "check_run_folder", "package_versions"]
 
@@ -107,6 +110,7 @@ class RunLogger:
             "seed": cfg.train.seed,
             "versions": package_versions(),
             "platform": platform.platform(),
+            "machine": machine_info(),
             "argv": sys.argv,
             **(extra or {}),
         }

@@ -1,6 +1,7 @@
 """``mambapro sweep``: one training per point of a hyper-parameter grid, one table, one plot.
 
-A grid is the Cartesian product of ``--set KEY=V1,V2,...`` lists (:mod:`~mambapro.train.sweep_grid`).
+A grid is the Cartesian product of ``--set KEY=V1,V2,...`` lists (:mod:`~mambapro.train.sweep_grid`);
+``--seeds N`` adds ``train.seed`` with N values, the repetition axis the summary averages over.
 Every point trains sequentially in ``OUTPUT/<point name>/``. Re-running the same command skips the
 finished points (their ``metrics.jsonl`` holds the final test record, the last thing a run writes)
 and resumes the interrupted ones from their ``last.ckpt``, so an interrupted sweep is continued by
@@ -20,7 +21,17 @@ from mambapro import train
 from mambapro.errors import UserError
 from mambapro.train.sweep_grid import parse_sets, point_name
 from mambapro.train.sweep_plan import SweepPlan, SweepPoint, plan_sweep, run_state
-from mambapro.train.sweep_tables import CSV_NAME, PLOT_NAME, format_summary, plot_sweep, sweep_row, write_csv
+from mambapro.train.sweep_tables import (
+    CSV_NAME,
+    PLOT_NAME,
+    SUMMARY_NAME,
+    format_seed_summary,
+    format_summary,
+    plot_sweep,
+    sweep_row,
+    write_csv,
+    write_seed_summary,
+)
 
 __all__ = ["SweepPlan", "SweepPoint", "parse_sets", "plan_sweep", "point_name", "run_sweep", "run_state"]
 
@@ -64,10 +75,11 @@ def run_sweep(plan: SweepPlan, quiet: bool = False) -> SweepPlan:
         plan.rows.append(sweep_row(plan, point, status))
         write_csv(plan, plan.output / CSV_NAME)
     plot_sweep(plan, plan.output / PLOT_NAME, title=f"{plan.points[0].cfg.data.dataset} sweep")
+    summary = write_seed_summary(plan, plan.output / SUMMARY_NAME)
     took = time.perf_counter() - start
     print(format_summary(plan))
-    print(
-        f"{total} point(s) in {took:.1f} s: {plan.output / CSV_NAME}, {plan.output / PLOT_NAME}",
-        flush=True,
-    )
+    if summary is not None:
+        print(format_seed_summary(plan))
+    written = [plan.output / CSV_NAME, *([summary] if summary else []), plan.output / PLOT_NAME]
+    print(f"{total} point(s) in {took:.1f} s: {', '.join(map(str, written))}", flush=True)
     return plan

@@ -46,7 +46,7 @@ def parse_sets(sets: list[str]) -> dict[str, list[str]]:
     """``["KEY=V1,V2", ...]`` -> ``{KEY: ["V1", "V2"]}`` (value texts, not yet typed)."""
     grid: dict[str, list[str]] = {}
     if not sets:
-        raise UserError("--set: give at least one KEY=V1,V2,... to sweep")
+        raise UserError("nothing to sweep: give --set KEY=V1,V2,... (repeatable) or --seeds N")
     for text in sets:
         if "=" not in text:
             raise UserError(f"--set {text}: must look like KEY=V1,V2,...")

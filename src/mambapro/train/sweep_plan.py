@@ -25,10 +25,14 @@ from mambapro import data
 from mambapro.config import Config, load_config, parse_override
 from mambapro.data import build_dataset, synth
 from mambapro.errors import ConfigError, DatasetError, UserError, check_output_dir
+from mambapro.options import check_sweep_seeds
 from mambapro.train.runlog import changed_settings
 from mambapro.train.sweep_grid import parse_sets, point_name, value_text
 
-__all__ = ["SweepPlan", "SweepPoint", "final_record", "plan_sweep", "read_records", "run_state"]
+__all__ = ["SEED_KEY", "SweepPlan", "SweepPoint", "final_record", "plan_sweep", "read_records", "run_state"]
+
+#: The repetition axis: points that differ only in it are one configuration run with other seeds.
+SEED_KEY = "train.seed"
 
 #: The sweep command's flags that set a config key (its ``extra``), for naming them in errors.
 _FLAGS = {"data.root": "--data-root", "model.weights": "--clip-weights"}
@@ -204,20 +208,35 @@ def _check_data(points: list[SweepPoint]) -> None:
 
 def plan_sweep(
     config: str | Path | None,
-    sets: list[str],
+    sets: list[str] | None,
     output: str | Path,
     overrides: list[str] | None = None,
     extra: dict[str, Any] | None = None,
+    seeds: int | None = None,
 ) -> SweepPlan:
     """Validate the whole grid and the output folder; nothing is written.
 
     Every point's config is loaded (``overrides``, then the point's values) so that a bad key
     or value at any point is refused now, naming the point; so is a point whose dataset its
-    training would refuse (:func:`_check_data`).
+    training would refuse (:func:`_check_data`). ``seeds=N`` repeats every point with the
+    seeds ``train.seed``, ``train.seed + 1``, ..., ``train.seed + N - 1`` (the seed of the config
+    and overrides): ``train.seed`` becomes the last swept key, the repetition axis of the
+    summary (:data:`SEED_KEY`).
     """
     overrides = list(overrides or [])
+    sets = list(sets or [])
     out = check_output_dir(output, "--output")
-    grid = parse_sets(sets)
+    check_sweep_seeds(seeds)
+    if seeds is not None:
+        if any(text.split("=", 1)[0].strip() == SEED_KEY for text in sets):
+            raise UserError(f"--seeds {seeds} and --set {SEED_KEY}=...: give the seeds one way; drop one")
+    grid = parse_sets(sets) if sets or seeds is None else {}
+    if seeds is not None:
+        base = load_config(config, overrides, extra=extra).train.seed
+        grid[SEED_KEY] = [str(base + i) for i in range(seeds)]
+        given = _overridden_keys(overrides)
+        if SEED_KEY in given:  # the seeds start from it; it must not also be an override
+            overrides = [o for o in overrides if o != given[SEED_KEY]]
     if "train.output" in grid:
         raise UserError("--set train.output: the sweep sets each point's run folder (under --output)")
     given = _overridden_keys(overrides)

@@ -6,6 +6,12 @@ printed at the end.
 atomically after every point, from what each point's run folder records; ``sweep.png`` plots mAP
 against each swept key, one subplot per key and one line per combination of the other keys'
 values (the paper's Figs. 8-9).
+
+``train.seed`` is the repetition axis (``sweep --seeds N``, or ``--set train.seed=1,2,3``): when
+it is swept, the runs that differ only in it are one grid point, and ``sweep_summary.csv`` and
+the printed summary give per point the mean, the sample standard deviation (ddof=1; empty for a
+single run) and the min and max over its seeds of mAP, Rank-1 and mINP; the plot then shows the
+mean with the standard deviation as an error bar against each other key.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +30,27 @@ from mambapro import reports
 from mambapro.errors import UserError
 from mambapro.files import atomic_write
 from mambapro.train.sweep_grid import value_text
-from mambapro.train.sweep_plan import SweepPlan, SweepPoint, final_record, read_records
+from mambapro.train.sweep_plan import SEED_KEY, SweepPlan, SweepPoint, final_record, read_records
 
-__all__ = ["CSV_NAME", "PLOT_NAME", "format_summary", "plot_sweep", "sweep_row", "write_csv"]
+__all__ = [
+    "CSV_NAME",
+    "PLOT_NAME",
+    "SUMMARY_NAME",
+    "format_seed_summary",
+    "format_summary",
+    "plot_sweep",
+    "seed_summary",
+    "sweep_row",
+    "write_csv",
+    "write_seed_summary",
+]
 
 CSV_NAME = "sweep.csv"
 PLOT_NAME = "sweep.png"
+SUMMARY_NAME = "sweep_summary.csv"
+
+#: The metrics summarised over seeds (sweep.csv's columns, in percent).
+METRICS = ("mAP", "R1", "mINP")
 
 
 def sweep_row(plan: SweepPlan, point: SweepPoint, status: str) -> dict[str, Any]:
@@ -69,27 +91,109 @@ def write_csv(plan: SweepPlan, path: Path) -> Path:
     return path
 
 
+def grid_keys(plan: SweepPlan) -> list[str]:
+    """The swept keys but the repetition axis ``train.seed`` (all keys if it is the only one)."""
+    others = [k for k in plan.keys if k != SEED_KEY]
+    return others if others and SEED_KEY in plan.keys else list(plan.keys)
+
+
+def seed_summary(plan: SweepPlan) -> list[dict[str, Any]]:
+    """Per grid point (the values of the swept keys other than ``train.seed``), over its seeds:
+    ``runs``, ``seeds`` and ``<metric>_mean``, ``_std`` (sample, ddof=1; None for one run), ``_min``
+    and ``_max`` of each of :data:`METRICS`, from the sweep.csv rows; [] without a seed axis."""
+    if SEED_KEY not in plan.keys:
+        return []
+    others = [k for k in plan.keys if k != SEED_KEY]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in plan.rows:
+        groups.setdefault(tuple(row[k] for k in others), []).append(row)
+    out = []
+    for values, rows in groups.items():
+        entry: dict[str, Any] = dict(zip(others, values))
+        entry["runs"] = len(rows)
+        entry["seeds"] = " ".join(str(r[SEED_KEY]) for r in rows)
+        for m in METRICS:
+            xs = [float(r[m]) for r in rows]
+            entry[f"{m}_mean"] = statistics.fmean(xs)
+            entry[f"{m}_std"] = statistics.stdev(xs) if len(xs) > 1 else None
+            entry[f"{m}_min"] = min(xs)
+            entry[f"{m}_max"] = max(xs)
+        out.append(entry)
+    return out
+
+
+def write_seed_summary(plan: SweepPlan, path: Path) -> Path | None:
+    """``sweep_summary.csv`` (:func:`seed_summary`, 4 decimals); None when no seed axis."""
+    rows = seed_summary(plan)
+    if not rows:
+        return None
+    others = [k for k in plan.keys if k != SEED_KEY]
+    stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "min", "max")]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*others, "runs", "seeds", *stats], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else round(v, 4) if k in stats else v) for k, v in row.items()})
+    with atomic_write(path) as fh:
+        fh.write(buf.getvalue().encode())
+    return path
+
+
+def format_seed_summary(plan: SweepPlan) -> str:
+    """The printed summary over seeds: per grid point mean ± sample std (ddof=1) [min, max]."""
+    rows = seed_summary(plan)
+    if not rows:
+        return ""
+    others = [k for k in plan.keys if k != SEED_KEY]
+
+    def cell(row: dict[str, Any], m: str) -> str:
+        std = "-" if row[f"{m}_std"] is None else f"{row[f'{m}_std']:.2f}"
+        return f"{row[f'{m}_mean']:.2f} ± {std} [{row[f'{m}_min']:.2f}, {row[f'{m}_max']:.2f}]"
+
+    labels = [" ".join(f"{k}={row[k]}" for k in others) or "(the config)" for row in rows]
+    cells = [[cell(row, m) for m in METRICS] for row in rows]
+    width = max(len("grid point"), *map(len, labels))
+    cw = max(len(c) for line in cells for c in line)
+    lines = [
+        f"over seeds ({SEED_KEY}): mean ± sample std (ddof=1) [min, max], in %",
+        (f"{'grid point':<{width}}  {'runs':>4}  " + "  ".join(f"{m:<{cw}}" for m in METRICS)).rstrip(),
+    ]
+    for label, row, line in zip(labels, rows, cells):
+        lines.append(f"{label:<{width}}  {row['runs']:>4}  " + "  ".join(f"{c:<{cw}}" for c in line).rstrip())
+    return "\n".join(lines)
+
+
 def plot_sweep(plan: SweepPlan, path: Path, title: str = "") -> Path:
-    """mAP against each swept key, one subplot per key, one line per value of the other keys."""
+    """mAP against each swept key, one subplot per key, one line per value of the other keys;
+    with a seed axis the mean over seeds, its sample standard deviation as error bars, against
+    each other key."""
     by_name = {row["point"]: row for row in plan.rows}
-    n = len(plan.keys)
+    keys = grid_keys(plan)
+    repeated = SEED_KEY in plan.keys and SEED_KEY not in keys
+    n = len(keys)
     fig = Figure(figsize=(4.2 * n, 3.6), dpi=100)
     FigureCanvasAgg(fig)
-    for i, key in enumerate(plan.keys):
+    for i, key in enumerate(keys):
         ax = fig.add_subplot(1, n, i + 1)
-        others = [k for k in plan.keys if k != key]
+        others = [k for k in keys if k != key]
         ticks = [value_text(v) for v in plan.values[key]]
-        lines: dict[tuple[str, ...], list[tuple[int, float]]] = {}
+        lines: dict[tuple[str, ...], dict[int, list[float]]] = {}
         for point in plan.points:
             row = by_name.get(point.name)
             if row is None:
                 continue
             group = tuple(f"{k}={value_text(point.values[k])}" for k in others)
-            lines.setdefault(group, []).append((ticks.index(value_text(point.values[key])), row["mAP"]))
-        for group, xy in lines.items():
-            xy.sort()
+            x = ticks.index(value_text(point.values[key]))
+            lines.setdefault(group, {}).setdefault(x, []).append(row["mAP"])
+        for group, points in lines.items():
+            xy = sorted((x, statistics.fmean(ys)) for x, ys in points.items())
             xs, ys = [x for x, _ in xy], [y for _, y in xy]
-            ax.plot(xs, ys, marker="o", label=", ".join(group) or None)
+            label = ", ".join(group) or None
+            if repeated:
+                err = [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+            else:
+                ax.plot(xs, ys, marker="o", label=label)
             for x, y in xy:
                 ax.annotate(
                     f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7
@@ -98,7 +202,7 @@ def plot_sweep(plan: SweepPlan, path: Path, title: str = "") -> Path:
         ax.set_xlim(-0.5, len(ticks) - 0.5)
         ax.margins(y=0.15)  # room for the value labels above the points
         ax.set_xlabel(key)
-        ax.set_ylabel("mAP (%)")
+        ax.set_ylabel("mAP (%), mean ± std over seeds" if repeated else "mAP (%)")
         ax.grid(True, alpha=0.3)
         if others and lines:
             ax.legend(fontsize=7)

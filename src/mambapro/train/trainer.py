@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from mambapro.config import Config, config_to_dict
 from mambapro.data import build_train_loader
 from mambapro.data.device_aug import DeviceAugment, OnDevice
+from mambapro.data.fingerprint import dataset_fingerprint
+from mambapro.data.fingerprint import describe as describe_fingerprint
 from mambapro.errors import TrainingError, UserError
 from mambapro.models import MambaPro, build_model
 from mambapro.retrieval.features import check_model_cameras
@@ -84,6 +86,11 @@ class Trainer:
 
         seed_everything(cfg.train.seed)
         self.data = prepare_data(cfg, dist_info, quiet=self.quiet)
+        # The dataset as on disk (held-out validation identities counted back into train):
+        # recorded in meta.json, the report and every checkpoint (`mambapro test` compares it).
+        self.fingerprint = dataset_fingerprint(
+            self.data.dataset, held_out=(self.data.val_query, self.data.val_gallery)
+        )
         # Before the model: a decoded cache (data.cache) names unreadable images, or refuses a
         # size that does not fit, before anything heavy is built. Draws nothing from the RNG.
         self.train_loader = build_train_loader(
@@ -148,6 +155,7 @@ class Trainer:
             "num_classes": self.data.num_classes,
             "num_cameras": self.data.num_cameras,
             "dataset": self.data.name,
+            "dataset_fingerprint": self.fingerprint,
         }
 
     def save(self, name: str = "last.ckpt") -> Path | None:
@@ -340,7 +348,13 @@ class Trainer:
                 else f"best epoch {self.state.best_epoch} SELECTED ON THE TEST SET (optimistic)"
             )
         res = self.evaluate("test")
-        summary = write_report(self.out, {f"MambaPro ({label})": res}, title=f"{self.data.name} test set")
+        summary = write_report(
+            self.out,
+            {f"MambaPro ({label})": res},
+            title=f"{self.data.name} test set",
+            extra={"dataset_fingerprint": self.fingerprint},
+            notes=describe_fingerprint(self.fingerprint),
+        )
         self.logger.log(
             {
                 "epoch": self.cfg.train.epochs,
@@ -416,6 +430,7 @@ def run_training(
                 "num_classes": trainer.data.num_classes,
                 "num_cameras": trainer.data.num_cameras,
                 "resumed_from_epoch": trainer.state.epoch if resume else None,
+                "dataset_fingerprint": trainer.fingerprint,
             }
         )
         if dist_info.is_main and show_data and not trainer.quiet:
