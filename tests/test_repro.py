@@ -20,7 +20,7 @@ from mambapro.cli import main
 from mambapro.data import build_dataset
 from mambapro.data.fingerprint import dataset_fingerprint, same_eval_split
 from mambapro.data.synth import generate
-from mambapro.reports.compare import compare_runs, format_comparison
+from mambapro.reports.compare import compare_runs, final_metrics, format_comparison
 from mambapro.retrieval.testing import run_test
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -192,3 +192,15 @@ def test_compare_shows_what_differs_and_summarises_what_is_the_same(
     (other / "meta.json").write_text(json.dumps(meta))
     text = format_comparison(compare_runs(tiny_run.run, other))
     assert "cpu isa flags" in text and "note: only the machine differs" in text
+
+
+def test_compare_reads_the_last_whole_record_of_a_killed_run_and_says_so(tmp_path: Path) -> None:
+    # A run killed while writing metrics.jsonl: its last line is cut. The final metrics are the
+    # last whole test record, and the cut line is named in a warning, not passed over silently.
+    run = tmp_path / "killed"
+    run.mkdir()
+    whole = {"epoch": 1, "test_mAP": 0.25, "test_Rank-1": 0.5}
+    (run / "metrics.jsonl").write_text(json.dumps(whole) + "\n" + '{"epoch": 2, "test_mA')
+    with pytest.warns(UserWarning, match=r"metrics.jsonl:2: not a JSON record, left out"):
+        metrics, source = final_metrics(run)
+    assert metrics == {"mAP": 0.25, "Rank-1": 0.5} and source == "metrics.jsonl"

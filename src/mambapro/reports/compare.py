@@ -12,6 +12,7 @@ what is the same is summarised in one line. Torch-free.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,13 @@ def final_metrics(run: Path) -> tuple[dict[str, float] | None, str]:
             name, row = next(iter(rows.items()))
             return {m: float(row[m]) for m in METRICS if m in row}, f"results.json ({name})"
     records = []
-    if (run / "metrics.jsonl").is_file():
-        for line in (run / "metrics.jsonl").read_text().splitlines():
+    log = run / "metrics.jsonl"
+    if log.is_file():
+        for number, line in enumerate(log.read_text().splitlines(), 1):
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+            except json.JSONDecodeError:  # e.g. the last line of a killed run: said, not hidden
+                warnings.warn(f"{log}:{number}: not a JSON record, left out", stacklevel=2)
     finals = [r for r in records if "test_mAP" in r]
     if finals:
         return {

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -423,6 +424,15 @@ def run_training(
                 )
         if ckpt is not None:
             trainer.restore(ckpt)
+            before = ckpt.get("dataset_fingerprint")
+            if isinstance(before, dict) and before.get("sha256") != trainer.fingerprint["sha256"]:
+                # Resumed on other files: the run's numbers no longer describe one dataset.
+                warnings.warn(
+                    f"--resume: the dataset at {cfg.data.root} is not the one {cfg.train.output} was "
+                    f"trained on so far (files {before.get('files')} -> {trainer.fingerprint['files']}, "
+                    "names or sizes differ)",
+                    stacklevel=2,
+                )
         trainer.start_logging(
             {
                 "world_size": dist_info.world_size,
