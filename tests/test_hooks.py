@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -11,20 +14,19 @@ from mambapro.data.synth import generate
 from mambapro.train.distributed import DistInfo
 from mambapro.train.hooks import AnalysisHook, CheckpointHook, EvaluateHook, Hook, LogHook, default_hooks
 from mambapro.train.trainer import Trainer
-from test_registry_names import fresh_interpreter_imports, start_fresh_interpreter_probe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _import_probe_runs_meanwhile(request: pytest.FixtureRequest) -> None:
-    """The fresh interpreter that test_the_trainer_imports_no_reporting_library (last in this
-    file) reads starts with the module's first test and imports while the trainings run."""
-    if any(
-        getattr(item, "function", None) is test_the_trainer_imports_no_reporting_library
-        for item in request.session.items
-    ):
-        start_fresh_interpreter_probe()
+def test_the_trainer_imports_no_reporting_library() -> None:
+    code = (
+        "import sys, mambapro.train.trainer; "
+        "heavy = ('sklearn', 'pytorch_grad_cam', 'mambapro.reports.analysis'); "
+        "heavy = [m for m in heavy if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_default_hooks_follow_the_config() -> None:
@@ -85,11 +87,3 @@ def test_run_step_is_one_update_of_the_trainable_weights(tmp_path) -> None:
 
 
 FAST_ONE = fast("data.augment_on=device", "data.cache=memory")
-
-
-def test_the_trainer_imports_no_reporting_library() -> None:
-    # A fresh interpreter imports mambapro.train.trainer (the process is shared with
-    # test_registry_names.py's import check, after it; see _PROBE there).
-    probe = fresh_interpreter_imports()["trainer"]
-    assert "error" not in probe, probe.get("error")
-    assert probe["heavy"] == []

@@ -5,7 +5,6 @@ MA settings travel as one ``MASettings`` built from the config."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import subprocess
 import sys
@@ -115,69 +114,25 @@ def test_backbone_info_is_what_the_constructor_builds(name: str) -> None:
     assert (encoder.num_layers, encoder.patch_size) == (info.layers, info.patch_size)
 
 
-#: What a fresh interpreter imports, in one process for two checks (one interpreter start and
-#: one torch import instead of two): first this module's (names and config without torch, then
-#: the first get), then test_hooks.py's (what importing the trainer brings). Each part prints its
-#: own JSON line, an error included, and each test reads only its own, so a failure names its
-#: check. The trainer part runs second: modules only accumulate in sys.modules, so anything its
-#: import would load in a fresh interpreter is loaded here too, and its check is no weaker.
-_PROBE = """
-import json, sys, traceback
-try:
-    from mambapro import config, parts
-    regs = (parts.BACKBONES, parts.ADAPTERS, parts.PROMPTS, parts.AGGREGATORS, parts.ACTIVATIONS)
-    names = [n for r in regs for n in r.names()]
-    infos = [parts.BACKBONES.info(n) for n in parts.BACKBONES.names()]
-    lazy_ma = 'ma' in parts.AGGREGATORS and not parts.AGGREGATORS.is_loaded('ma')
-    config.load_config('demo', ['model.aggregator=inter_ma', 'model.adapter=lora'])
-    keys = [k for k in config.choices('model.scan_backend')]
-    heavy = ('torch', 'timm', 'mambapro.models', 'mambapro.aggregation', 'mambapro.ops')
-    before = sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy))
-    parts.AGGREGATORS.get('sum')
-    after = [parts.AGGREGATORS.is_loaded('sum'), parts.AGGREGATORS.is_loaded('ma'),
-             'torch' in sys.modules, 'mambapro.aggregation' in sys.modules]
-    print(json.dumps({'names': {'lazy_ma': lazy_ma, 'before': before, 'after': after}}))
-except Exception:
-    print(json.dumps({'names': {'error': traceback.format_exc()}}))
-try:
-    import mambapro.train.trainer
-    heavy = ('sklearn', 'pytorch_grad_cam', 'mambapro.reports.analysis')
-    print(json.dumps({'trainer': {'heavy': [m for m in heavy if m in sys.modules]}}))
-except Exception:
-    print(json.dumps({'trainer': {'error': traceback.format_exc()}}))
-"""
-
-
-_probe: list[subprocess.Popen] = []
-
-
-def start_fresh_interpreter_probe() -> None:
-    """Start ``_PROBE``'s process (once per session) without waiting for it, so that a test
-    module can let it run while its other tests do."""
-    if not _probe:
-        _probe.append(
-            subprocess.Popen(
-                [sys.executable, "-c", _PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
-
-
-@functools.cache
-def fresh_interpreter_imports() -> dict:
-    """The parts of ``_PROBE``'s output by name (``names``, ``trainer``), read once per session
-    by whichever of the two tests comes first."""
-    start_fresh_interpreter_probe()
-    out, err = _probe[0].communicate(timeout=120)
-    assert _probe[0].returncode == 0, err
-    return {k: v for line in out.splitlines() for k, v in json.loads(line).items()}
-
-
 def test_names_import_nothing_and_get_imports_on_first_use() -> None:
-    probe = fresh_interpreter_imports()["names"]
-    assert "error" not in probe, probe.get("error")
-    assert probe["lazy_ma"] is True
-    assert probe["before"] == []
-    assert probe["after"] == [True, False, True, True]
+    out = _run(
+        "import sys\n"
+        "from mambapro import config, parts\n"
+        "regs = (parts.BACKBONES, parts.ADAPTERS, parts.PROMPTS, parts.AGGREGATORS, parts.ACTIVATIONS)\n"
+        "names = [n for r in regs for n in r.names()]\n"
+        "infos = [parts.BACKBONES.info(n) for n in parts.BACKBONES.names()]\n"
+        "assert 'ma' in parts.AGGREGATORS and not parts.AGGREGATORS.is_loaded('ma')\n"
+        "config.load_config('demo', ['model.aggregator=inter_ma', 'model.adapter=lora'])\n"
+        "keys = [k for k in config.choices('model.scan_backend')]\n"
+        "heavy = ('torch', 'timm', 'mambapro.models', 'mambapro.aggregation', 'mambapro.ops')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n"
+        "parts.AGGREGATORS.get('sum')\n"
+        "print(parts.AGGREGATORS.is_loaded('sum'), parts.AGGREGATORS.is_loaded('ma'),\n"
+        "      'torch' in sys.modules, 'mambapro.aggregation' in sys.modules)\n"
+    )
+    before, after = out.splitlines()
+    assert before == "[]"
+    assert after == "True False True True"
 
 
 def test_get_imports_once_and_names_a_broken_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

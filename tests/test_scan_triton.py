@@ -5,10 +5,9 @@ when ``TRITON_INTERPRET=1`` is in the environment when ``@triton.jit`` decorates
 ``mambapro.ops.scan_triton`` is first imported, and Triton reads it through process-wide state
 (``triton.knobs``). Setting it inside this pytest process would either come too late (another
 test may already have imported the module) or leak into every later test. So the numerical
-checks run in subprocesses started with ``TRITON_INTERPRET=1`` (this file run as a script,
-``python tests/test_scan_triton.py --worker [CASE ...]``): two of them at once, each running
-every other case below and printing a JSON table of max errors, which the module-scoped fixture
-``interpreted`` merges; each parametrised test then
+checks run in ONE subprocess started with ``TRITON_INTERPRET=1`` (this file run as a script,
+``python tests/test_scan_triton.py``): it runs every case below and prints a JSON table of max
+errors, which the module-scoped fixture ``interpreted`` reads; each parametrised test then
 asserts on its own case, so a failure names the case, the input and the measured error. The
 pytest process itself never sets the variable. The dispatch tests (``auto`` and explicit
 backends with monkeypatched availability) run in-process.
@@ -163,16 +162,15 @@ def compare(ours, ref, same_dtypes: bool = True) -> dict:
     return {"errors": errs, **meta}
 
 
-def worker(names: list[str]) -> dict:
-    """The cases ``names`` under the interpreter (this process has TRITON_INTERPRET=1)."""
+def worker() -> dict:
+    """Every case under the interpreter (this process has TRITON_INTERPRET=1)."""
     from mambapro.ops import scan_triton
 
     assert scan_triton.INTERPRETED, "the worker must run with TRITON_INTERPRET=1"
     results = {}
     tiles = {"fwd_tile": "_FWD_TILE", "bwd_tile": "_BWD_TILE"}
     defaults = {attr: getattr(scan_triton, attr) for attr in tiles.values()}
-    for name in names:
-        spec = CASES[name]
+    for name, spec in CASES.items():
         t0 = time.perf_counter()
         inputs = case_inputs(name)
         for key, attr in tiles.items():
@@ -193,43 +191,20 @@ def worker(names: list[str]) -> dict:
     return results
 
 
-#: The worker processes the cases are shared among (alternately, in CASES order), run at once:
-#: the interpreter is single-threaded, so two of them halve the wall time on two cores.
-WORKERS = 2
-
-
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    names = list(CASES)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", *names[i::WORKERS]],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for i in range(WORKERS)
-    ]
-    results: dict = {}
-    try:
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=600)
-            if proc.returncode != 0:
-                pytest.fail(f"an interpreted worker failed (exit {proc.returncode}):\n{stderr[-4000:]}")
-            part = json.loads(stdout.strip().splitlines()[-1])
-            plain = part.pop("_plain_return_is_tensor")
-            results["_plain_return_is_tensor"] = results.get("_plain_return_is_tensor", True) and plain
-            results.update(part)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert sorted(k for k in results if not k.startswith("_")) == sorted(names)  # every case ran once
-    return results
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"the interpreted worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -402,8 +377,8 @@ def test_config_accepts_triton_backend() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:
+    if sys.argv[1:] == ["--worker"]:
         torch.set_num_threads(1)
-        print(json.dumps(worker(sys.argv[2:] or list(CASES))))
+        print(json.dumps(worker()))
     else:
-        raise SystemExit("usage: TRITON_INTERPRET=1 python tests/test_scan_triton.py --worker [CASE ...]")
+        raise SystemExit("usage: TRITON_INTERPRET=1 python tests/test_scan_triton.py --worker")

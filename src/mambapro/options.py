@@ -15,6 +15,7 @@ from mambapro.files import check_output, npz_path
 from mambapro.modalities import parse_missing_request
 
 __all__ = [
+    "EXPORT_FORMATS",
     "EXPORT_SUFFIXES",
     "check_analyze_options",
     "check_export_options",
@@ -32,6 +33,8 @@ __all__ = [
 
 #: File suffix -> export format, the default of ``export --format``.
 EXPORT_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
+#: The export formats, ``export --format``.
+EXPORT_FORMATS = tuple(EXPORT_SUFFIXES.values())
 
 
 def require_file(path: str | Path, option: str) -> Path:
@@ -114,8 +117,8 @@ def check_index_options(
 def export_format(out: str | Path, fmt: str | None) -> str:
     """The export format: ``fmt`` if given, else from ``out``'s suffix (``.onnx``, ``.pt2``)."""
     if fmt is not None:
-        if fmt not in EXPORT_SUFFIXES.values():
-            raise UserError(f"--format {fmt}: must be one of {', '.join(EXPORT_SUFFIXES.values())}")
+        if fmt not in EXPORT_FORMATS:
+            raise UserError(f"--format {fmt}: must be one of {', '.join(EXPORT_FORMATS)}")
         return fmt
     found = EXPORT_SUFFIXES.get(Path(out).suffix)
     if found is None:

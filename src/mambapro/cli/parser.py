@@ -11,6 +11,8 @@ from mambapro.cli.commands import COMMANDS
 from mambapro.config import SynthConfig
 from mambapro.data.synth import LAYOUTS
 from mambapro.deploy.serve_options import MAX_K, ServeOptions
+from mambapro.options import EXPORT_FORMATS
+from mambapro.parts import EXPORT_FORMS
 
 __all__ = ["build_parser"]
 
@@ -201,10 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _checkpoint_arg(p, "the checkpoint to export")
     p.add_argument("--out", type=Path, required=True, help="the file to write (.onnx or .pt2)")
-    p.add_argument("--format", choices=["onnx", "pt2"], default=None, help="default: from --out's suffix")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default=None, help="default: from --out's suffix")
     p.add_argument(
         "--scan",
-        choices=["parallel", "unrolled", "hop"],
+        choices=EXPORT_FORMS,
         default="parallel",
         help="how the selective scan is written in the file (docs/deploy.md, Export)",
     )

@@ -37,7 +37,7 @@ from mambapro.extras import import_extra
 from mambapro.files import atomic_write
 from mambapro.modalities import MODALITIES
 from mambapro.ops.scan_export import EXPORT_FORMS
-from mambapro.options import check_export_options
+from mambapro.options import EXPORT_FORMATS, check_export_options
 from mambapro.train.checkpoint import load_model
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "run_export",
 ]
 
-EXPORT_FORMATS = ("onnx", "pt2")
 DEFAULT_SCAN = "parallel"
 TOLERANCE = 1e-4
 METADATA_KEY = "mambapro"

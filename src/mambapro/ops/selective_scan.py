@@ -171,6 +171,9 @@ def select_backend(
         return resolve_backend(backend, u.device)
     if backend != "auto" and not selfcheck.strict():
         return backend
+    candidates = auto_candidates(u.device) if backend == "auto" else []
+    if backend == "auto" and not candidates:
+        return "torch"  # no fused backend here (every CPU call): no key to build, nothing to check
     sig = selfcheck.signature(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
     if backend != "auto":
         verdict, _ = selfcheck.run_check(backend, sig, _run_backend)
@@ -181,7 +184,6 @@ def select_backend(
                 f"replaced: use backend 'auto' or 'torch' (model.scan_backend)"
             )
         return backend
-    candidates = auto_candidates(u.device)
     for i, name in enumerate(candidates):
         verdict, new = selfcheck.run_check(name, sig, _run_backend)
         if verdict.ok:
