@@ -8,8 +8,9 @@ Per model (random weights: latency does not depend on them; ``demo``: the tiny b
    preprocess + forward + index search, no HTTP);
 3. ``mambapro serve`` started as a subprocess on a free loopback port, then ``--requests``
    POST /search requests over HTTP (httpx), first one at a time, then ``--concurrency`` at a
-   time. The queries cycle through the test captures and through the seven modality subsets
-   (full, then each missing setting), so every code path of the preprocessing is exercised.
+   time. The queries cycle through the test captures and through the dataset's modality subsets
+   (full, then each missing setting: seven for RGB, NI, TI), so every code path of the
+   preprocessing is exercised.
 
 Reported per row: errors (a status other than 200 or a transport error), latency percentiles
 (p50, p90, p99, max, in milliseconds, from the client's side), requests per second, and the
@@ -38,10 +39,9 @@ import uvicorn
 from _checkpoint import random_checkpoint
 from _machine import describe
 from mambapro.cli import main as cli
-from mambapro.data import samples_at, triplet_paths
+from mambapro.data import dataset_spec, samples_at, triplet_paths
 from mambapro.data.synth import generate
 from mambapro.deploy.serve import SearchService
-from mambapro.modalities import MISSING_SETTINGS, MODALITIES, missing_modalities
 from mambapro.retrieval.index import GalleryIndex
 from mambapro.train.checkpoint import load_model
 
@@ -59,9 +59,10 @@ def _queries(data: Path) -> list[tuple[dict, str]]:
     """(multipart files, camid) per request pattern: each test capture under each subset."""
     out = []
     samples = samples_at(data / "RGBNT201" / "test", "RGBNT201")
+    modalities = dataset_spec("RGBNT201").modalities
     for i, sample in enumerate(samples):
-        files = dict(zip(MODALITIES, triplet_paths(sample.paths[0], "RGBNT201")))
-        gone = missing_modalities(MISSING_SETTINGS[i % len(MISSING_SETTINGS)])
+        files = dict(zip(modalities, triplet_paths(sample.paths[0], "RGBNT201")))
+        gone = modalities.missing(modalities.settings[i % len(modalities.settings)])
         upload = {
             m: (Path(f).name, Path(f).read_bytes(), "image/jpeg") for m, f in files.items() if m not in gone
         }

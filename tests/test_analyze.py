@@ -23,17 +23,21 @@ from mambapro.config import load_config
 from mambapro.data import build_dataset
 from mambapro.data.synth import generate
 from mambapro.evaluation import compute_distmat, evaluate
-from mambapro.modalities import MODALITIES
+from mambapro.modalities import MODALITIES, ModalitySet
 from mambapro.reports.analysis import (
     PAIRS,
+    AnalysisFeatures,
+    alignment_stats,
     extract_analysis_features,
     grad_cam_maps,
     histogram_intersection,
     joint_bins,
+    modality_pairs,
     pair_cosines,
     per_query_ap,
     select_identities,
 )
+from mambapro.reports.analysis.alignment import plot_alignment
 from mambapro.retrieval.features import eval_loader, extract_features
 from mambapro.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 from mambapro.train.trainer import run_training
@@ -452,3 +456,111 @@ def test_bad_input_is_one_line_exit_2(shared, capsys, tmp_path) -> None:
     )
     assert "unknown key 'test.nope'" in line
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ other modality sets
+
+
+def _features(modalities: ModalitySet, n: int = 12, c: int = 4, seed: int = 0) -> AnalysisFeatures:
+    """Random features of ``n`` captures for a model over ``modalities`` (C = ``c``)."""
+    rng = np.random.default_rng(seed)
+    m = len(modalities)
+    ori = rng.normal(size=(n, m * c)).astype(np.float32)
+    after = rng.normal(size=(m, n, c)).astype(np.float32)
+    before = np.stack([ori[:, k * c : (k + 1) * c] for k in range(m)])
+    ids = np.arange(n) % 3
+    return AnalysisFeatures(
+        ori,
+        ori,
+        None,
+        ori,
+        None,
+        before,
+        after,
+        None,
+        ids,
+        ids,
+        ids,
+        [f"{i}.jpg" for i in range(n)],
+        modalities,
+    )
+
+
+@pytest.mark.parametrize(
+    ("keys", "pairs"),
+    [
+        (("RGB", "NI"), ["RGB-NI"]),
+        (("RGB", "NI", "TI"), ["RGB-NI", "RGB-TI", "NI-TI"]),
+        (("RGB", "NI", "TI", "D"), ["RGB-NI", "RGB-TI", "RGB-D", "NI-TI", "NI-D", "TI-D"]),
+    ],
+)
+def test_alignment_has_every_pair_of_the_models_modalities(keys, pairs, tmp_path) -> None:
+    from matplotlib.image import imread
+
+    modalities = ModalitySet.of(keys)
+    feats = _features(modalities)
+    stats = alignment_stats(feats)
+    assert list(stats) == pairs and modality_pairs(len(keys)) == tuple(
+        (keys.index(p.split("-")[0]), keys.index(p.split("-")[1])) for p in pairs
+    )
+    for name, (i, j) in zip(pairs, modality_pairs(len(keys))):
+        assert stats[name]["before"]["mean"] == pytest.approx(
+            pair_cosines(feats.before[i], feats.before[j]).mean()
+        )
+        assert stats[name]["after"]["mean"] == pytest.approx(
+            pair_cosines(feats.after[i], feats.after[j]).mean()
+        )
+    # A subset keeps the modalities; the figure has one panel per pair.
+    assert feats.subset([0, 2]).modalities == modalities
+    path = plot_alignment(tmp_path / "a.png", {"x": feats, "y": feats.subset(range(6))})
+    assert imread(path).shape[0] > 0
+    if len(keys) == 3:
+        assert PAIRS == modality_pairs(3)
+
+
+def test_report_page_names_the_models_modalities() -> None:
+    from mambapro.reports.page import render_report_page
+
+    report = {
+        "config": {"dataset": "X"},
+        "checkpoints": [{"label": "a"}],
+        "metrics": {"a": {"mAP": 0.5}},
+        "missing": {"a": {"full": {"mAP": 0.5}, "-R": {"mAP": 0.25}, "-N": {"mAP": 0.125}}},
+    }
+    # An analysis.json without the record: RGB, NI and TI, as the page always said.
+    page = render_report_page(report)
+    assert "all three modalities present" in page and "-R: RGB missing (zeroed)" in page
+    report["modalities"] = ModalitySet.of(("NI", "TI")).to_dict()
+    page = render_report_page(report)
+    assert "both modalities present" in page and "-N: NI missing (zeroed)" in page
+    report["modalities"] = ModalitySet.of(("RGB", "NI", "TI", "D")).to_dict()
+    assert "all four modalities present" in render_report_page(report)
+    missing = page.split("<h2>Missing modalities</h2>")[1].split("</table>")[0]
+    assert missing.count("<tr>") == 1 + 3  # the header, the three settings of two modalities
+
+
+@pytest.mark.parametrize("keys", [("RGB", "NI"), ("RGB", "NI", "TI", "D")])
+def test_features_and_grad_cam_of_a_model_over_other_modalities(keys, tmp_path) -> None:
+    from mambapro.models import build_model
+    from mambapro.reports.analysis.gradcam import plot_grad_cam
+
+    modalities = ModalitySet.of(keys)
+    cfg = load_config("demo", ["data.img_size=[64,32]", "data.synthetic=false"])
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=3, num_cameras=2, modalities=modalities).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {m: torch.randn(3, 3, 64, 32, generator=g) for m in keys}
+    labels = torch.tensor([0, 1, 1])
+    batch.update(pids=labels, camids=labels, sceneids=labels, paths=["a", "b", "c"])
+    feats = extract_analysis_features(model, [batch], torch.device("cpu"))
+    c = model.backbone.out_dim
+    assert feats.modalities == modalities and feats.before.shape == (len(keys), 3, c)
+    assert feats.after.shape == (len(keys), 3, c) and feats.readout.shape == (len(keys), 3, c)
+    with torch.no_grad():
+        ori = model.features(batch)["ori"].numpy()
+    np.testing.assert_allclose(feats.before[-1], ori[:, -c:], atol=1e-6)  # the last modality's cls
+    maps = {m: grad_cam_maps(model, batch, m) for m in keys}
+    assert all(maps[m].shape == (3, 64, 32) for m in keys)
+    assert len({maps[m].tobytes() for m in keys}) == len(keys)  # each modality its own map
+    path = plot_grad_cam(tmp_path / "g.png", {m: batch[m] for m in keys}, maps, ["q1", "q2", "q3"], cfg)
+    assert path.stat().st_size > 0

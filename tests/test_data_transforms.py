@@ -167,8 +167,13 @@ def test_test_transform_resizes_and_normalises() -> None:
 
 
 def test_transform_rejects_wrong_arity() -> None:
-    with pytest.raises(ValueError, match="got 2 images"):
-        build_test_transform(_cfg(), (H, W))(_triplet()[:2])
+    # One image per modality: 2 to 4 of them (a dataset has 2 to 4 modalities).
+    tf = build_test_transform(_cfg(), (H, W))
+    with pytest.raises(ValueError, match=r"one image per modality \(2 to 4\), got 1 images"):
+        tf(_triplet()[:1])
+    with pytest.raises(ValueError, match="got 5 images"):
+        tf([*_triplet(), *_triplet()[:2]])
+    assert [t.shape for t in tf(_triplet()[:2])] == [(3, H, W)] * 2
 
 
 # --------------------------------------------------------------------------- missing modalities

@@ -310,31 +310,31 @@ def _adapters(kind: str, d: int, layers: int, rank: int = 0) -> int:
     return layers * per_layer
 
 
-def _prompts(kind: str, d: int, layers: int, n_pr: int = 4) -> int:
-    """Per layer: N_pr prompt tokens per modality, plus D -> D/2 -> D blocks: three transfer
+def _prompts(kind: str, d: int, layers: int, n_pr: int = 4, m: int = 3) -> int:
+    """Per layer: N_pr prompt tokens per modality (M of them), plus D -> D/2 -> D blocks: M transfer
     blocks (SP), + one residual block (SRP-Fusion) or + one per prompt group (SRP-Separation)."""
-    blocks = {"none": 0, "ip": 0, "sp": 3, "srp_fusion": 4, "srp_separation": 6}[kind]
-    tokens = 0 if kind == "none" else 3 * n_pr * d
+    blocks = {"none": 0, "ip": 0, "sp": m, "srp_fusion": m + 1, "srp_separation": 2 * m}[kind]
+    tokens = 0 if kind == "none" else m * n_pr * d
     return layers * (tokens + blocks * _mlp(d, d // 2))
 
 
-def _aggregator(kind: str, c: int, depth: int = 2, d_state: int = 16, dt_rank: int = 32) -> int:
+def _aggregator(kind: str, c: int, depth: int = 2, d_state: int = 16, dt_rank: int = 32, m: int = 3) -> int:
     d = 2 * c  # expand 2
-    readout = 3 * (2 * d + d * c + c)  # per modality: LayerNorm(2C), Linear(2C -> C)
+    readout = m * (2 * d + d * c + c)  # per modality: LayerNorm(2C), Linear(2C -> C)
     front = c * 2 * d + (9 * d + d) + 2 * d  # in_proj (no bias), depth-wise 3x3 conv, BatchNorm2d
     ssm = d * (dt_rank + 2 * d_state) + (dt_rank * d + d) + d * d_state + d + 2 * d  # x/dt_proj, A, D, LN
     out_proj = d * c  # one Linear(2C -> C), no bias, shared by the modalities
-    intra = 3 * (front + ssm) + out_proj  # an SSM per modality
-    inter = 3 * front + ssm + out_proj  # one SSM over the concatenation
+    intra = m * (front + ssm) + out_proj  # an SSM per modality
+    inter = m * front + ssm + out_proj  # one SSM over the concatenation
     return {
         "none": 0,
         "sum": readout,
-        "concat": readout + 3 * c * c + c,  # + Linear(3C -> C)
+        "concat": readout + m * c * c + c,  # + Linear(MC -> C)
         "transformer": readout + depth * _vit_block(c),
         "intra_ma": readout + depth * intra,
         "inter_ma": readout + depth * inter,
         "ma": readout + depth * (intra + inter),
-        "ma_transformer": readout + depth * 4 * _vit_block(c),  # 3 intra + 1 inter blocks
+        "ma_transformer": readout + depth * (m + 1) * _vit_block(c),  # M intra + 1 inter blocks
     }[kind]
 
 
@@ -379,6 +379,19 @@ EXPECTED_TRAINABLE = {
     "msvr310.yaml": _parts(
         **{**FULL, "heads": _head(C, 155) + _head(3 * C, 155)}, camera=8 * D, aggregator=MA
     ),
+    # Beyond the paper's benchmarks. RGBN300: RGB + NI only (two prompt groups, two MA branches),
+    # 150 ids, 8 cameras, RGBNT100's recipe (one shared head per modality).
+    "rgbn300.yaml": _parts(
+        adapters=PFA,
+        prompts=_prompts("srp_fusion", D, 12, m=2),
+        camera=8 * D,
+        aggregator=_aggregator("ma", C, m=2),
+        heads=_head(C, 150) + _head(2 * C, 150),
+    ),
+    # WMVEID863: MSVR310's recipe; no published training-identity count, so no classifier rows.
+    "wmveid863.yaml": _parts(**{**FULL, "heads": _head(C, 0) + _head(3 * C, 0)}, camera=8 * D, aggregator=MA),
+    # Market1501-MM: RGBNT201's recipe, 751 ids, 6 cameras.
+    "market1501mm.yaml": _parts(**{**FULL, "heads": 2 * _head(3 * C, 751)}, camera=6 * D, aggregator=MA),
     # tiny encoder (D = 192, 4 layers, C = 128) fine-tuned at 128x64 (8x4 grid + cls = 33 tokens)
     "demo.yaml": _parts(
         backbone=_clip_vit(192, 4, 33, 128),

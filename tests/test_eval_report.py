@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -18,9 +19,11 @@ from mambapro.evaluation import (
     format_table,
     missing_modality_table,
     plot_cmc,
+    plot_heatmap,
     re_ranking,
     save_results_json,
 )
+from mambapro.modalities import RGB_NI_TI, ModalitySet
 
 
 def result(mAP: float = 0.75, r1: float = 0.5, max_rank: int = 10) -> EvalResult:
@@ -205,3 +208,70 @@ def test_missing_modality_bad_arguments() -> None:
         missing_modality_table(lambda m: None, settings=("R", "-r"))
     with pytest.raises(TypeError, match="query features must be"):
         evaluate_features([], ([], [], [], None))
+
+
+# --------------------------------------------------------------- other modality sets
+
+RGB_NI = ModalitySet.of(("RGB", "NI"))
+FOUR = ModalitySet.of(("RGB", "NI", "TI", "D"))
+
+
+@pytest.mark.parametrize(
+    ("modalities", "labels"),
+    [
+        (RGB_NI, ["full", "-R", "-N"]),
+        (RGB_NI_TI, ["full", "-R", "-N", "-T", "-RN", "-RT", "-NT"]),
+        (
+            FOUR,
+            ["full", "-R", "-N", "-T", "-D", "-RN", "-RT", "-RD", "-NT", "-ND", "-TD"]
+            + ["-RNT", "-RND", "-RTD", "-NTD"],
+        ),
+    ],
+)
+def test_missing_modality_table_has_a_row_per_setting_of_the_set(modalities, labels) -> None:
+    calls: list[str] = []
+
+    def run(setting: str) -> EvalResult:
+        calls.append(setting)
+        return result(mAP=0.5 + 0.01 * len(calls))
+
+    rows, table = missing_modality_table(run, modalities=modalities, title="t")
+    assert calls == list(modalities.settings) and len(rows) == len(labels) == 2 ** len(modalities) - 1
+    assert list(rows) == labels
+    lines = table.splitlines()
+    assert [line.split()[0] for line in lines[4:-1]] == labels  # title, rule, header, rule, rows, rule
+    assert lines[-2].split()[1] == f"{100 * (0.5 + 0.01 * len(labels)):.1f}"
+
+
+def test_missing_modality_table_refuses_a_setting_of_another_set() -> None:
+    with pytest.raises(ValueError, match=r"setting 'T'; choose one of: full, R, N \("):
+        missing_modality_table(lambda m: result(), settings=("full", "T"), modalities=RGB_NI)
+    # Letters of the set's own alphabet: D is depth in the four-modality set.
+    rows, _ = missing_modality_table(lambda m: result(), settings=("full", "d", "RND"), modalities=FOUR)
+    assert list(rows) == ["full", "-D", "-RND"]
+
+
+@pytest.mark.parametrize("modalities", [RGB_NI, RGB_NI_TI, FOUR])
+def test_cross_matrix_text_and_heat_map_follow_the_set(modalities, tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    from mambapro.retrieval.testing import format_cross_matrix
+
+    settings = modalities.settings
+    pairs = itertools.product(settings, settings)
+    matrix = {(q, g): result(mAP=0.01 * (i + 1)) for i, (q, g) in enumerate(pairs)}
+    text = format_cross_matrix(matrix, "mAP", modalities)
+    lines = text.splitlines()
+    labels = [modalities.present_label(s) for s in settings]
+    assert len(lines) == 2 + len(settings)
+    assert lines[0].split()[4:] == labels  # after "mAP, query \\ gallery"
+    assert [line.split()[0] for line in lines[2:]] == labels
+    n = len(settings)
+    assert lines[2].split()[1:] == [f"{i:.1f}" for i in range(1, n + 1)]  # row full: the first n cells
+    if modalities == RGB_NI:
+        assert labels == ["RGB+NI", "NI", "RGB"]
+    path = plot_heatmap(
+        tmp_path / "h.png", [[matrix[(q, g)].mAP for g in settings] for q in settings], labels, labels
+    )
+    # The figure grows with the settings.
+    assert imread(path).shape[1] == pytest.approx(100 * (1.2 + 0.9 * n), abs=1)

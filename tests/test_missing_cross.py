@@ -1,4 +1,5 @@
-"""Any-to-any retrieval over modality subsets: names, the 7 x 7 matrix, and `test --missing`."""
+"""Any-to-any retrieval over modality subsets: names, the 7 x 7 matrix, and `test --missing`; a
+two-modality model's 3 settings and 3 x 3 matrix."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from mambapro.evaluation import compute_distmat
 from mambapro.modalities import (
     MISSING_SETTINGS,
     MODALITIES,
+    ModalitySet,
     parse_missing_request,
     parse_pair,
     parse_present,
@@ -165,3 +167,100 @@ def test_cli_refuses_a_repeated_modality_before_evaluating(setup, capsys: pytest
         "twice; name each modality present once, joined by '+' (e.g. RGB+NI)"
     ]
     assert not captured.out and not out.exists()
+
+
+# ------------------------------------------------------------------ a two-modality model
+
+RGB_NI = ModalitySet.of(("RGB", "NI"))
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory):
+    """An untrained RGB+NI model on a synthetic RGBN300 (RGB and NI side by side), as a checkpoint."""
+    root = tmp_path_factory.mktemp("two")
+    generate("rgbn300", root / "data", seed=3, ids=6, test_ids=3, cameras=2, shots=2)
+    cfg = load_config("demo", [*OVERRIDES, "data.dataset=RGBN300", f"data.root={root / 'data'}"])
+    ds = build_dataset("RGBN300", root / "data")
+    torch.manual_seed(0)
+    model = build_model(cfg, ds.num_train_pids, ds.num_train_cams)
+    assert model.modalities == RGB_NI
+    state = {
+        "model": model.state_dict(),
+        "config": config_to_dict(cfg),
+        "num_classes": ds.num_train_pids,
+        "num_cameras": ds.num_train_cams,
+        "dataset": ds.name,
+        "modalities": RGB_NI.to_dict(),
+    }
+    return root, save_checkpoint(state, root / "run" / "last.ckpt")
+
+
+def test_two_modalities_missing_all_has_three_rows(two, capsys: pytest.CaptureFixture[str]) -> None:
+    root, ckpt = two
+    out = root / "all"
+    assert main(["test", "-q", "--checkpoint", str(ckpt), "--missing", "all", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "RGBN300 test set, missing modalities" in printed
+    rows = json.loads((out / "missing_modality.json").read_text())
+    assert list(rows["results"]) == ["full", "-R", "-N"] and rows["modalities"]["keys"] == ["RGB", "NI"]
+    table = (out / "missing_modality.txt").read_text().splitlines()
+    assert [line.split()[0] for line in table[4:-1]] == ["full", "-R", "-N"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["modalities"] == RGB_NI.to_dict() and list(saved["results"]) == ["full"]
+    # Zeroing a modality changes the features: the rows differ.
+    assert len({r["mAP"] for r in rows["results"].values()}) > 1
+
+
+def test_two_modalities_cross_matrix_is_three_by_three(two, capsys: pytest.CaptureFixture[str]) -> None:
+    root, ckpt = two
+    out = root / "cross"
+    assert main(["test", "-q", "--checkpoint", str(ckpt), "--missing", "cross", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "RGBN300 test set, any-to-any retrieval" in printed
+    cells = json.loads((out / "results.json").read_text())["missing_cross"]
+    assert cells["subsets"] == ["RGB+NI", "NI", "RGB"]
+    assert np.asarray(cells["mAP"]).shape == (3, 3) and np.asarray(cells["Rank-1"]).shape == (3, 3)
+    assert (out / "missing_cross.png").stat().st_size > 0
+    text = (out / "missing_cross.txt").read_text()
+    assert text.splitlines()[2].split()[4:] == ["RGB+NI", "NI", "RGB"]
+    # One pair, by the modalities present: the matrix's cell (row NI, column RGB).
+    pair = root / "pair"
+    assert main(["test", "-q", "--checkpoint", str(ckpt), "--missing", "NI:RGB", "--output", str(pair)]) == 0
+    row = json.loads((pair / "results.json").read_text())["results"]["NI:RGB"]
+    assert row["mAP"] == pytest.approx(cells["mAP"][1][2], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        # TI is not one of the model's modalities: the message names the model's own.
+        ("TI", "unknown missing-modality setting 'TI'; choose one of: full, R, N (letters name the missing "
+         "modalities: R = RGB, N = NI; a leading '-' is allowed), all (the 3 settings), cross (the 3 x 3 "
+         "any-to-any matrix)"),
+        ("RN", "unknown missing-modality setting 'RN'; choose one of: full, R, N"),
+        ("RGB:TI", "modality pair 'RGB:TI', the gallery: modality subset 'TI': unknown modality 'TI'; choose "
+         "from RGB, NI"),
+    ],
+)  # fmt: skip
+def test_two_modalities_refuse_settings_of_three(two, missing, message, capsys) -> None:
+    root, ckpt = two
+    out = root / "never"
+    assert main(["test", "-q", "--checkpoint", str(ckpt), "--missing", missing, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mambapro test: error: {message}")
+    assert not out.exists()
+
+
+def test_two_modalities_analyze_page(two, capsys: pytest.CaptureFixture[str]) -> None:
+    root, ckpt = two
+    out = root / "analysis"
+    argv = ["analyze", "-q", "--checkpoint", str(ckpt), "--ids", "2", "--queries", "1", "--missing", "all"]
+    assert main([*argv, "--output", str(out)]) == 0
+    report = json.loads((out / "analysis.json").read_text())
+    assert report["modalities"]["keys"] == ["RGB", "NI"]
+    (label,) = report["missing"]
+    assert list(report["missing"][label]) == ["full", "-R", "-N"]
+    assert list(report["alignment"][label]) == ["RGB-NI"]
+    page = (out / "report.html").read_text()
+    assert "both modalities present" in page and "-R: RGB missing (zeroed)" in page
+    assert (out / f"gradcam-{label}.png").stat().st_size > 0

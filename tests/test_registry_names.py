@@ -71,7 +71,6 @@ SOURCES = {
     "model.scan_backend": parts.SCAN_BACKENDS,
     "test.neck_feat": parts.NECK_FEATS,
     "test.feature": parts.TEST_FEATURES,
-    "test.missing": MISSING_SETTINGS,
 }
 
 
@@ -167,6 +166,16 @@ def test_get_imports_once_and_names_a_broken_path(tmp_path: Path, monkeypatch: p
 def test_config_choices_are_the_sources_names(key: str) -> None:
     source = SOURCES[key]
     assert config.choices(key) == (tuple(source.names()) if isinstance(source, Registry) else source)
+
+
+def test_missing_settings_follow_the_datasets_modalities() -> None:
+    # No fixed list: the settings are those of the dataset's modalities (7 for RGB, NI, TI).
+    assert config.choices("test.missing") is None
+    assert config.load_config(None, ["test.missing=-tn"]).test.missing == "NT"
+    assert MISSING_SETTINGS == ("full", "R", "N", "T", "RN", "RT", "NT")
+    assert config.load_config(None, ["data.dataset=rgbn300", "test.missing=n"]).test.missing == "N"
+    with pytest.raises(config.ConfigError, match=r"'test.missing'.*'T'; choose one of: full, R, N \("):
+        config.load_config(None, ["data.dataset=RGBN300", "test.missing=T"])
 
 
 def test_no_name_list_is_left_in_the_config() -> None:

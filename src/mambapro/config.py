@@ -21,11 +21,12 @@ from typing import Any
 import yaml
 
 from mambapro import parts
+from mambapro.data.spec_file import is_spec_file
 from mambapro.data.specs import dataset_names, dataset_spec
 from mambapro.data.synth import SynthParams as SynthConfig
 from mambapro.data.synth import check_params as check_synth_params
 from mambapro.errors import ConfigError
-from mambapro.modalities import MISSING_SETTINGS
+from mambapro.modalities import ModalitySet
 from mambapro.typed_fields import apply_updates, choice_field, field_choices, range_field
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "TestConfig",
     "TrainConfig",
+    "check_dataset",
     "SynthConfig",
     "load_config",
     "config_diff",
@@ -63,8 +65,9 @@ def _device_problem(name: str) -> str | None:
 
 @dataclass
 class DataConfig:
-    # A registered dataset spec (mambapro.data.specs): RGBNT201, RGBNT100, MSVR310.
-    dataset: str = choice_field(dataset_names, default="RGBNT201")
+    # A registered dataset (mambapro.data.specs: RGBNT201, RGBNT100, MSVR310, ...; any case) or
+    # a dataset spec file (a path ending in .yaml or .yml; mambapro.data.spec_file).
+    dataset: str = "RGBNT201"
     root: str = "data"
     # Generate the embedded synthetic dataset under ``root`` when it is absent.
     synthetic: bool = False
@@ -209,7 +212,9 @@ class TrainConfig:
 @dataclass
 class TestConfig:
     batch_size: int = range_field(128, ge=1)
-    missing: str = choice_field(*MISSING_SETTINGS, default="full")
+    # A missing-modality setting of the dataset's modalities (full, R, N, T, RN, RT, NT for RGB,
+    # NI and TI); mambapro.modalities.
+    missing: str = "full"
     distance: str = choice_field(*parts.DISTANCES, default="euclidean")
     rerank: bool = False
     rerank_k1: int = range_field(20, ge=1)
@@ -236,6 +241,10 @@ class Config:
         if self.data.img_size is not None:
             return (int(self.data.img_size[0]), int(self.data.img_size[1]))
         return dataset_spec(self.data.dataset).img_size
+
+    def modalities(self) -> ModalitySet:
+        """The dataset's modalities, in batch order."""
+        return dataset_spec(self.data.dataset).modalities
 
 
 def choices(key: str) -> tuple[Any, ...] | None:
@@ -347,9 +356,28 @@ def load_config(
     return cfg
 
 
+def check_dataset(name: str, field: str = "data.dataset") -> str:
+    """A registered dataset's canonical name, or a spec file's absolute path once the file reads
+    as a spec (absolute: a run's stored config then finds it from any working folder)."""
+    if is_spec_file(name):
+        dataset_spec(name)  # a bad spec file: a ConfigError naming the file and the field
+        return str(Path(name).expanduser().resolve())
+    if str(name).lower() not in [n.lower() for n in dataset_names()]:
+        raise ConfigError(
+            f"'{field}' = {name!r} is not one of: {', '.join(dataset_names())} "
+            "(or a dataset spec file ending in .yaml or .yml)"
+        )
+    return dataset_spec(name).name
+
+
 def _check(cfg: Config) -> None:
     """Cross-field checks that a single type or range cannot express."""
     d, m, t = cfg.data, cfg.model, cfg.train
+    d.dataset = check_dataset(d.dataset)
+    try:
+        cfg.test.missing = cfg.modalities().parse_missing(cfg.test.missing)
+    except ConfigError as err:
+        raise ConfigError(f"'test.missing': {err}") from None
     backbone = parts.BACKBONES.info(m.backbone)  # its BackboneInfo (None: registered without one)
     patch = backbone.patch_size if backbone is not None else 1
     size = d.img_size

@@ -180,9 +180,11 @@ def _datasets(data_root: Path, dataset: str | None) -> list[dict[str, Any]]:
     from mambapro.data.specs import dataset_names, dataset_spec
 
     rows = []
-    names = [dataset_spec(dataset).name] if dataset else dataset_names()
-    for name in names:
-        spec = dataset_spec(name)
+    # A spec file is looked up by its path, a registered dataset by its name.
+    refs = [dataset] if dataset else dataset_names()
+    for ref in refs:
+        spec = dataset_spec(ref)
+        name = spec.name
         row: dict[str, Any] = {"dataset": name, "folder": str(data_root / spec.folder)}
         if not dataset and not (data_root / spec.folder).exists():
             row["status"] = "not present"
@@ -192,7 +194,7 @@ def _datasets(data_root: Path, dataset: str | None) -> list[dict[str, Any]]:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                ds = build_dataset(name, data_root)
+                ds = build_dataset(ref, data_root)
         except (UserError, OSError, ValueError) as err:
             row["status"] = "error"
             row["error"] = " ".join(str(err).split())
@@ -316,7 +318,8 @@ def run_doctor(data_root: Path | None = None, dataset: str | None = None, as_jso
             dataset_spec(dataset)
         except KeyError:
             raise DatasetError(
-                f"--dataset {dataset!r} is not a registered dataset: {', '.join(dataset_names())}"
+                f"--dataset {dataset!r} is not a registered dataset: {', '.join(dataset_names())} "
+                "(or a dataset spec file ending in .yaml or .yml)"
             ) from None
     if data_root is not None and not Path(data_root).is_dir():
         raise DatasetError(f"--data-root {data_root}: no such folder")

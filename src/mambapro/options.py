@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from mambapro.config import check_dataset
+from mambapro.data.spec_file import is_spec_file
+from mambapro.data.spec_type import DatasetSpec
+from mambapro.data.specs import dataset_spec
 from mambapro.errors import UserError, check_output_dir
 from mambapro.files import check_output, npz_path
-from mambapro.modalities import parse_missing_request
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -23,6 +26,7 @@ __all__ = [
     "check_index_options",
     "check_search_options",
     "check_compare_options",
+    "check_dataset_option",
     "check_serve_options",
     "check_sweep_seeds",
     "check_test_options",
@@ -152,12 +156,31 @@ def check_serve_options(checkpoint: str | Path, index: str | Path, gallery_root:
         raise UserError(f"--gallery-root {gallery_root}: {what}")
 
 
-def check_test_options(checkpoint: str | Path, output: str | Path | None, missing: str | None) -> Path:
+def check_dataset_option(dataset: str | Path) -> DatasetSpec:
+    """``test --dataset``: a registered dataset (any case) or a dataset spec file; its spec."""
+    if is_spec_file(dataset):
+        require_file(dataset, "--dataset")
+    return dataset_spec(check_dataset(str(dataset), "--dataset"))
+
+
+def check_test_options(
+    checkpoint: str | Path,
+    output: str | Path | None,
+    missing: str | None,
+    dataset: str | Path | None = None,
+) -> Path:
     """Check ``mambapro test``'s options; returns the output folder (default: ``test/`` beside
-    the checkpoint)."""
+    the checkpoint).
+
+    ``--missing`` names modalities, and which exist is the model's to say: with ``--dataset`` it
+    is checked here against that dataset's modalities (a cross-dataset test keeps the model's);
+    without, :func:`~mambapro.retrieval.testing.run_test` checks it against the checkpoint's once
+    loaded, before anything is written."""
     require_file(checkpoint, "--checkpoint")
-    if missing is not None:
-        parse_missing_request(missing)
+    if dataset is not None:
+        spec = check_dataset_option(dataset)
+        if missing is not None:
+            spec.modalities.parse_request(missing)
     folder = Path(output) if output is not None else Path(checkpoint).parent / "test"
     return check_output_dir(folder, "--output")
 

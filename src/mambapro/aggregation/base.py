@@ -1,8 +1,9 @@
 """What every aggregator shares: the registry (``mambapro.parts``), the token-shape check and the
 readout head.
 
-An aggregator maps the three modalities' projected tokens ``(B, 1 + H·W, C)`` (cls first, then the
-H×W patch grid in row-major order) to one feature ``(B, 3·C)``. All of them except ``none`` are
+An aggregator maps the M modalities' projected tokens ``(B, 1 + H·W, C)`` (cls first, then the
+H×W patch grid in row-major order; M = 3 in the paper, 2 to 4 in general) to one feature
+``(B, M·C)``. All of them except ``none`` are
 "mix the patch tokens, then read out": a mixer (sum, concat, Transformer, MA, ...) transforms the
 patch tokens, and the readout of eq. 18 turns each modality's
 ``[cls_m, mean(patches_m)]`` into ``Linear(LayerNorm(·))`` of width C. The readout is the same for
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from mambapro.modalities import MODALITIES
+from mambapro.modalities import MAX_MODALITIES, MIN_MODALITIES, MODALITIES
 from mambapro.ops.init import init_linear_
 from mambapro.parts import AGGREGATORS
 
@@ -27,11 +28,21 @@ __all__ = [
     "PatchAggregator",
     "TriModalReadout",
     "check_grid",
+    "check_num_modalities",
     "split_tokens",
 ]
 
 # AGGREGATORS (from mambapro.parts): the constructors by ``model.aggregator`` name, each taking
-# ``(*, dim, grid, ma)`` (see mambapro.aggregation.build_aggregator).
+# ``(*, dim, grid, ma, num_modalities)`` (see mambapro.aggregation.build_aggregator).
+
+
+def check_num_modalities(num: int) -> int:
+    """Validate a modality count (2 to 4) and return it."""
+    if not isinstance(num, int) or not MIN_MODALITIES <= num <= MAX_MODALITIES:
+        raise ValueError(
+            f"aggregators take {MIN_MODALITIES} to {MAX_MODALITIES} modalities, got num_modalities = {num!r}"
+        )
+    return num
 
 
 def check_grid(grid: tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -42,13 +53,18 @@ def check_grid(grid: tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 def split_tokens(
-    tokens: tuple[Tensor, Tensor, Tensor], dim: int, grid: tuple[int, int]
+    tokens: tuple[Tensor, ...], dim: int, grid: tuple[int, int], num_modalities: int = 3
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """Check three (B, 1 + H·W, C) token tensors; return their cls tokens (B, C) and patches (B, H·W, C)."""
+    """Check M (B, 1 + H·W, C) token tensors; return their cls tokens (B, C) and patches (B, H·W, C)."""
+    if len(tokens) != num_modalities:
+        raise ValueError(
+            f"the aggregator takes {num_modalities} token tensors (one per modality), got {len(tokens)}"
+        )
     h, w = grid
     expected = 1 + h * w
     batch = tokens[0].shape[0] if tokens[0].dim() > 0 else None
-    for name, x in zip(MODALITIES, tokens):
+    names = MODALITIES if num_modalities == len(MODALITIES) else [f"#{i}" for i in range(num_modalities)]
+    for name, x in zip(names, tokens):
         if x.dim() != 3 or x.shape[1] != expected or x.shape[2] != dim or x.shape[0] != batch:
             raise ValueError(
                 f"aggregator input '{name}' has shape {tuple(x.shape)}; expected (B, 1 + H*W, C) = "
@@ -70,21 +86,21 @@ class ModalityReadout(nn.Module):
 
 
 class TriModalReadout(nn.Module):
-    """One :class:`ModalityReadout` per modality, concatenated to (B, 3·C) (paper eq. 19)."""
+    """One :class:`ModalityReadout` per modality, concatenated to (B, M·C) (paper eq. 19, M = 3)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, num_modalities: int = 3) -> None:
         super().__init__()
-        self.heads = nn.ModuleList(ModalityReadout(dim) for _ in MODALITIES)
+        self.heads = nn.ModuleList(ModalityReadout(dim) for _ in range(num_modalities))
 
     def forward(self, cls: list[Tensor], patches: list[Tensor]) -> Tensor:
         return torch.cat([head(c, p) for head, c, p in zip(self.heads, cls, patches)], dim=-1)
 
 
 class PatchAggregator(nn.Module):
-    """Base of the mixing aggregators: check the tokens, mix the patches, read out (B, 3·C).
+    """Base of the mixing aggregators: check the tokens, mix the patches, read out (B, M·C).
 
-    Subclasses implement :meth:`mix`, which maps the three (B, H·W, C) patch tensors (and the
-    (H, W) grid they lie on) to three (B, H·W, C) tensors for the readout.
+    Subclasses implement :meth:`mix`, which maps the M (B, H·W, C) patch tensors (and the
+    (H, W) grid they lie on) to M (B, H·W, C) tensors for the readout.
 
     ``mixed_taps`` holds one ``nn.Identity`` per modality (RGB, NI, TI) that the mixed patch
     tokens pass through on their way to the readout: the paper's f_ir^M after MA, (B, H·W, C).
@@ -93,26 +109,29 @@ class PatchAggregator(nn.Module):
     expose their intermediate features.
     """
 
-    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+    def __init__(self, dim: int, grid: tuple[int, int], num_modalities: int = 3) -> None:
         super().__init__()
         if dim <= 0:
             raise ValueError(f"aggregator dim must be positive, got {dim}")
         self.dim = dim
         self.grid = check_grid(grid)
-        self.out_dim = 3 * dim
-        self.readout = TriModalReadout(dim)
+        self.num_modalities = check_num_modalities(num_modalities)
+        self.out_dim = num_modalities * dim
+        self.readout = TriModalReadout(dim, num_modalities)
         init_linear_(self.readout)
-        self.mixed_taps = nn.ModuleList(nn.Identity() for _ in MODALITIES)
+        self.mixed_taps = nn.ModuleList(nn.Identity() for _ in range(num_modalities))
 
     def mix(self, patches: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:
         raise NotImplementedError
 
-    def forward(self, r: Tensor, n: Tensor, t: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        """(B, 1 + H·W, C) × 3 -> (B, 3·C); ``grid`` overrides the built (H, W) token grid."""
+    def forward(self, *tokens: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """(B, 1 + H·W, C) × M, in modality order -> (B, M·C); ``grid`` overrides the built (H, W)
+        token grid."""
         grid = self.grid if grid is None else check_grid(grid)
-        cls, patches = split_tokens((r, n, t), self.dim, grid)
+        cls, patches = split_tokens(tokens, self.dim, grid, self.num_modalities)
         mixed = [tap(p) for tap, p in zip(self.mixed_taps, self.mix(patches, grid))]
         return self.readout(cls, mixed)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, grid={self.grid}"
+        extra = f", num_modalities={self.num_modalities}" if self.num_modalities != 3 else ""
+        return f"dim={self.dim}, grid={self.grid}{extra}"

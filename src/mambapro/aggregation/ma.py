@@ -166,7 +166,7 @@ class ModalityConv(nn.Module):
 class _MAMixer(nn.Module):
     """The part shared by intra- and inter-modality MA (eqs. 13-17); subclasses place the SSMs.
 
-    ``num_ssms`` SSMs are built: one per modality (intra) or one over the concatenation (inter).
+    ``ssm_count(M)`` SSMs are built: one per modality (intra) or one over the concatenation (inter).
 
     Args:
         dim: token width C.
@@ -175,28 +175,33 @@ class _MAMixer(nn.Module):
         **changes: attributes of ``ma`` to replace (``d_state=4``, ...).
     """
 
-    num_ssms: int
+    @staticmethod
+    def ssm_count(num_modalities: int) -> int:
+        raise NotImplementedError
 
-    def __init__(self, dim: int, ma: MASettings | None = None, **changes: Any) -> None:
+    def __init__(
+        self, dim: int, ma: MASettings | None = None, num_modalities: int = 3, **changes: Any
+    ) -> None:
         super().__init__()
         ma = (ma or MASettings()).replace(**changes)
+        m = num_modalities
         self.dim, self.d_inner = dim, ma.expand * dim
-        self.in_proj = nn.ModuleList(nn.Linear(dim, 2 * self.d_inner, bias=False) for _ in range(3))
-        self.conv = nn.ModuleList(ModalityConv(self.d_inner) for _ in range(3))
+        self.in_proj = nn.ModuleList(nn.Linear(dim, 2 * self.d_inner, bias=False) for _ in range(m))
+        self.conv = nn.ModuleList(ModalityConv(self.d_inner) for _ in range(m))
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
         init_linear_(self.in_proj, self.out_proj)
         ssms = [
             ScanDirections(self.d_inner, ma.d_state, ma.dt_rank, ma.bidirectional, ma.scan_backend)
-            for _ in range(self.num_ssms)
+            for _ in range(self.ssm_count(m))
         ]
         # A single SSM is stored bare, so that inter-MA's parameter names are ssm.* (no index).
-        self.ssm = ssms[0] if self.num_ssms == 1 else nn.ModuleList(ssms)
+        self.ssm = ssms[0] if len(ssms) == 1 else nn.ModuleList(ssms)
 
     def scan(self, xs: list[Tensor]) -> list[Tensor]:
         raise NotImplementedError
 
     def forward(self, tokens: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:
-        """Three (B, H·W, C) patch tensors -> three (B, H·W, C), residual included."""
+        """M (B, H·W, C) patch tensors -> M (B, H·W, C), residual included."""
         xs, zs = [], []
         for proj, conv, tok in zip(self.in_proj, self.conv, tokens):
             x, z = proj(tok).chunk(2, dim=-1)
@@ -209,7 +214,9 @@ class _MAMixer(nn.Module):
 class IntraModalityMA(_MAMixer):
     """Intra-modality MA: one SSM per modality over its own tokens (eqs. 14-15)."""
 
-    num_ssms = 3
+    @staticmethod
+    def ssm_count(num_modalities: int) -> int:
+        return num_modalities
 
     def scan(self, xs: list[Tensor]) -> list[Tensor]:
         return [ssm(x) for ssm, x in zip(self.ssm, xs)]
@@ -218,7 +225,9 @@ class IntraModalityMA(_MAMixer):
 class InterModalityMA(_MAMixer):
     """Inter-modality MA: one SSM over the concatenated sequence [x_r; x_n; x_t] (eqs. 16-17)."""
 
-    num_ssms = 1
+    @staticmethod
+    def ssm_count(num_modalities: int) -> int:
+        return 1
 
     def scan(self, xs: list[Tensor]) -> list[Tensor]:
         y = self.ssm(torch.cat(xs, dim=1))
@@ -239,7 +248,7 @@ class MABlock(nn.Module):
 
 
 class MambaAggregator(PatchAggregator):
-    """Stacked MA blocks over the patch tokens, then the readout: (B, 1 + H·W, C) × 3 -> (B, 3·C).
+    """Stacked MA blocks over the patch tokens, then the readout: (B, 1 + H·W, C) × M -> (B, M·C).
 
     Args:
         dim: token width C.
@@ -249,6 +258,7 @@ class MambaAggregator(PatchAggregator):
             MA has 2; its Table 6 rows have 1), the SSM's ``d_state``, ``dt_rank``, ``expand``,
             ``bidirectional`` and ``scan_backend``, and ``init``: ``release`` (every Linear
             trunc-normal std 0.02, zero bias) or ``mamba`` (see the module docstring).
+        num_modalities: M, the modalities (3 in the paper).
         **changes: attributes of ``ma`` to replace (``depth=1``, ...).
     """
 
@@ -261,9 +271,10 @@ class MambaAggregator(PatchAggregator):
         grid: tuple[int, int] = (16, 8),
         mode: str = "both",
         ma: MASettings | None = None,
+        num_modalities: int = 3,
         **changes: Any,
     ) -> None:
-        super().__init__(dim, grid)
+        super().__init__(dim, grid, num_modalities)
         if mode not in self.MODES:
             raise ValueError(f"MA mode = {mode!r} is not one of: {', '.join(self.MODES)}")
         ma = (ma or MASettings()).replace(**changes)
@@ -274,7 +285,9 @@ class MambaAggregator(PatchAggregator):
         }
         self.mode = mode
         self.settings = ma
-        self.blocks = nn.ModuleList(MABlock([kind(dim, ma) for kind in kinds[mode]]) for _ in range(ma.depth))
+        self.blocks = nn.ModuleList(
+            MABlock([kind(dim, ma, num_modalities) for kind in kinds[mode]]) for _ in range(ma.depth)
+        )
         self.init = ma.init
         if ma.init == "release":
             init_linear_(self.blocks)

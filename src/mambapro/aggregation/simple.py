@@ -20,42 +20,46 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from mambapro.aggregation.base import PatchAggregator, check_grid, split_tokens
+from mambapro.aggregation.base import PatchAggregator, check_grid, check_num_modalities, split_tokens
 from mambapro.ops.init import init_linear_
 
 __all__ = ["ConcatAggregator", "NoAggregator", "SumAggregator"]
 
 
 class NoAggregator(nn.Module):
-    """The concatenated cls tokens [cls_r, cls_n, cls_t]: (B, 1 + H·W, C) × 3 -> (B, 3·C)."""
+    """The concatenated cls tokens [cls_r, cls_n, cls_t]: (B, 1 + H·W, C) × M -> (B, M·C)."""
 
-    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+    def __init__(self, dim: int, grid: tuple[int, int], num_modalities: int = 3) -> None:
         super().__init__()
         self.dim = dim
         self.grid = check_grid(grid)
-        self.out_dim = 3 * dim
+        self.num_modalities = check_num_modalities(num_modalities)
+        self.out_dim = num_modalities * dim
 
-    def forward(self, r: Tensor, n: Tensor, t: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        cls, _ = split_tokens((r, n, t), self.dim, self.grid if grid is None else check_grid(grid))
+    def forward(self, *tokens: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        grid = self.grid if grid is None else check_grid(grid)
+        cls, _ = split_tokens(tokens, self.dim, grid, self.num_modalities)
         return torch.cat(cls, dim=-1)
 
 
 class SumAggregator(PatchAggregator):
-    """Token-wise sum of the three modalities' patches, read out with each modality's cls."""
+    """Token-wise sum of the modalities' patches, read out with each modality's cls."""
 
     def mix(self, patches: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:
-        fused = patches[0] + patches[1] + patches[2]
-        return [fused, fused, fused]
+        fused = patches[0]
+        for p in patches[1:]:  # left to right, as r + n + t: the same float sums as before
+            fused = fused + p
+        return [fused] * len(patches)
 
 
 class ConcatAggregator(PatchAggregator):
-    """Channel-wise concat of the three modalities' patches, Linear(3·C -> C), then the readout."""
+    """Channel-wise concat of the M modalities' patches, Linear(M·C -> C), then the readout."""
 
-    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
-        super().__init__(dim, grid)
-        self.fuse = nn.Linear(3 * dim, dim)
+    def __init__(self, dim: int, grid: tuple[int, int], num_modalities: int = 3) -> None:
+        super().__init__(dim, grid, num_modalities)
+        self.fuse = nn.Linear(num_modalities * dim, dim)
         init_linear_(self.fuse)
 
     def mix(self, patches: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:
         fused = self.fuse(torch.cat(patches, dim=-1))
-        return [fused, fused, fused]
+        return [fused] * len(patches)

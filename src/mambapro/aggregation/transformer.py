@@ -46,7 +46,7 @@ class InterTransformerBlock(Block):
     """A pre-norm Transformer block over the concatenated (B, 3·H·W, C) patch tokens of the three
     modalities: three (B, H·W, C) tensors -> three (B, H·W, C)."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, num_modalities: int = 3) -> None:
         super().__init__(dim, num_heads, mlp_ratio=4.0, qkv_bias=True)
         init_linear_(self)
 
@@ -58,9 +58,11 @@ class InterTransformerBlock(Block):
 class MATransformerBlock(nn.Module):
     """MA's layout with Transformer blocks: per-modality (intra) blocks, then one inter block."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, num_modalities: int = 3) -> None:
         super().__init__()
-        self.intra = nn.ModuleList(Block(dim, num_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(3))
+        self.intra = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(num_modalities)
+        )
         init_linear_(self.intra)
         self.inter = InterTransformerBlock(dim, num_heads)
 
@@ -74,11 +76,16 @@ class _BlockStackAggregator(PatchAggregator):
     block_type: type[nn.Module]
 
     def __init__(
-        self, dim: int = 512, grid: tuple[int, int] = (16, 8), depth: int = 1, num_heads: int | None = None
+        self,
+        dim: int = 512,
+        grid: tuple[int, int] = (16, 8),
+        depth: int = 1,
+        num_heads: int | None = None,
+        num_modalities: int = 3,
     ) -> None:
-        super().__init__(dim, grid)
+        super().__init__(dim, grid, num_modalities)
         heads = num_heads or default_num_heads(dim)
-        self.blocks = nn.ModuleList(self.block_type(dim, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(self.block_type(dim, heads, num_modalities) for _ in range(depth))
 
     def mix(self, patches: list[Tensor], grid: tuple[int, int]) -> list[Tensor]:
         for block in self.blocks:

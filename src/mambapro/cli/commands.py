@@ -18,7 +18,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from mambapro.config import SynthConfig, dump_config, load_config
+from mambapro.config import SynthConfig, check_dataset, dump_config, load_config
 from mambapro.deploy.serve_options import ServeOptions
 from mambapro.errors import UserError, check_output_dir
 from mambapro.options import (
@@ -79,12 +79,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
     _refuse_old_out(args)
     start = time.perf_counter()
     params = {f.name: getattr(args, f.name) for f in fields(SynthConfig)}
+    dataset = check_dataset(args.dataset, "--dataset")
     root = import_module("mambapro.data.synth").generate(
-        args.layout, args.output, progress=not args.quiet, **params
+        dataset, args.output, progress=not args.quiet, **params
     )
     took = time.perf_counter() - start
-    print(import_module("mambapro.data").build_dataset(args.layout, args.output))
-    print(f"synthetic {args.layout} dataset written to {root} in {took:.1f} s")
+    built = import_module("mambapro.data").build_dataset(dataset, args.output)
+    print(built)
+    print(f"synthetic {built.name} dataset written to {root} in {took:.1f} s")
     return 0
 
 
@@ -128,7 +130,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    check_test_options(args.checkpoint, args.output, args.missing)
+    check_test_options(args.checkpoint, args.output, args.missing, args.dataset)
     _forward("mambapro.retrieval.testing:run_test", args, extra=path_flags(args))
     return 0
 
@@ -195,6 +197,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
             cfg.data.dataset, cfg.data.root, skip_broken=True, verify=True, progress=not args.quiet
         )
     print(ds)
+    for line in import_module("mambapro.data.published").published_report(ds):
+        print(line)  # split sizes against the published ones; capture conditions
     broken = ds.skipped
     for f, why in broken:
         print(f"  broken: {why if f in why else f'{f}: {why}'}")

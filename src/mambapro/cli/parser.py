@@ -116,9 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoint_arg(p, "the checkpoint to evaluate (last.ckpt or best.ckpt of a run)")
     _data_root_arg(p)
     p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="test on another dataset with the same modalities (a registered name or a dataset spec "
+        "file, found under --data-root): the report says 'trained on A, tested on B'; cameras the "
+        "model never saw get the mean of its learned camera embeddings",
+    )
+    p.add_argument(
         "--missing",
         default=None,
-        help="missing-modality evaluation: 'all' (the table of full, -R, -N, -T, -RN, -RT, -NT), "
+        help="missing-modality evaluation, by the model's modalities (RGB, NI, TI below): 'all' (the "
+        "table of full, -R, -N, -T, -RN, -RT, -NT), "
         "one of R, N, T, RN, RT, NT (the MISSING modalities) or a subset by the modalities PRESENT (e.g. "
         "NI+TI), in query and gallery alike, 'cross' (the 7x7 "
         "any-to-any matrix and heat map), or QUERY:GALLERY naming the modalities PRESENT on each "
@@ -262,10 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flops", action="store_true", help="also print per-sample MACs of the aggregators")
     _add_config_args(p)
 
-    p = add("synth", "write the embedded synthetic tri-modal dataset in a dataset's layout")
+    p = add("synth", "write the embedded synthetic dataset in a dataset's layout and modalities")
     synth_defaults = SynthConfig()
     p.add_argument(
-        "--layout", choices=sorted(LAYOUTS), default="rgbnt201", help="the dataset layout to write"
+        "--dataset",
+        "--layout",
+        dest="dataset",
+        default="RGBNT201",
+        metavar="NAME|FILE.yaml",
+        help=f"the dataset whose layout to write: a registered one ({', '.join(sorted(LAYOUTS))}; any "
+        "case) or a dataset spec file",
     )
     p.add_argument(
         "--output",

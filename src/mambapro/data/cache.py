@@ -1,7 +1,8 @@
 """Decoded-image cache (``data.cache``): every image decoded and resized once, then served as uint8.
 
-A :class:`DecodedCache` holds one ``(N, 3, 3, H, W)`` uint8 array, the (RGB, NI, TI) images of
-``N`` samples, each already resized to the size the pipeline resizes to. What it serves equals,
+A :class:`DecodedCache` holds one ``(N, M, 3, H, W)`` uint8 array, the images of the M modalities
+of ``N`` samples (M = 3: RGB, NI, TI for the paper's datasets), each already resized to the size
+the pipeline resizes to. What it serves equals,
 byte for byte, what the uncached pipeline's resize step produces (``tests/test_input_pipeline.py``):
 
 * **decoding**: JPEG files are decoded with ``torchvision.io.decode_jpeg`` (libjpeg-turbo; faster
@@ -19,7 +20,8 @@ available memory) is refused before anything is decoded, naming the ``disk`` alt
 ``mode="disk"`` writes a ``.npy`` file under ``cache_dir`` once (to a temporary name, renamed
 when complete, so an interrupted build leaves no half file) and memory-maps it afterwards. Its
 name holds a hash of each file's path, size and modification time, the image size, the
-interpolation and the decoder: a changed dataset gets a new file. The pixels are not hashed, so
+interpolation, the decoder and the dataset's modalities (other than the paper's three, which
+leave the hash as it always was): a changed dataset gets a new file. The pixels are not hashed, so
 an image edited in place that keeps both its size and its modification time is served stale;
 deleting the cache file (or touching the image) forces a rebuild. A cache file whose header,
 shape, dtype or byte count is not what it should hold (truncated, empty, overwritten) is rebuilt
@@ -46,7 +48,9 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from tqdm.auto import tqdm
 
 from ..errors import DatasetError, check_output_dir, short_reason
-from .io import ImageReadError, Sample, is_side_by_side, panel_size, read_image
+from ..modalities import RGB_NI_TI
+from .io import DatasetRef, ImageReadError, Sample, panel_size, read_image, spec_of
+from .spec_file import is_spec_file
 from .transforms import resize_transform
 
 __all__ = [
@@ -134,23 +138,41 @@ def _fit(arr: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarr
 
 
 def decode_triplet(
-    sample: Sample, dataset_name: str, size: tuple[int, int], interpolation: str, decoder: str
+    sample: Sample, dataset_name: DatasetRef, size: tuple[int, int], interpolation: str, decoder: str
 ) -> np.ndarray:
-    """(3, 3, H, W) uint8: the sample's RGB, NI and TI images, decoded and resized."""
-    if is_side_by_side(dataset_name):
+    """(M, 3, H, W) uint8: the sample's images of the dataset's M modalities (RGB, NI, TI),
+    decoded and resized."""
+    spec = spec_of(dataset_name)
+    if spec.side_by_side:
+        m = len(spec.modalities)
         whole = decode_file(sample.paths[0], decoder)
-        p, _ = panel_size((whole.shape[1], whole.shape[0]), sample.paths[0])
-        panels = [np.ascontiguousarray(whole[:, i * p : (i + 1) * p]) for i in range(3)]
+        p, _ = panel_size((whole.shape[1], whole.shape[0]), sample.paths[0], m)
+        panels = [np.ascontiguousarray(whole[:, i * p : (i + 1) * p]) for i in range(m)]
     else:
         panels = [decode_file(path, decoder) for path in sample.paths]
     return np.stack([_fit(a, size, interpolation) for a in panels])
 
 
+def _name(dataset: DatasetRef) -> str:
+    """The dataset's name in cache keys and file names: a registered name as given, else the
+    spec's name."""
+    return dataset if isinstance(dataset, str) and not is_spec_file(dataset) else spec_of(dataset).name
+
+
 def cache_key(
-    samples: Sequence[Sample], dataset_name: str, size: tuple[int, int], interpolation: str, decoder: str
+    samples: Sequence[Sample],
+    dataset_name: DatasetRef,
+    size: tuple[int, int],
+    interpolation: str,
+    decoder: str,
 ) -> str:
-    """Hash of the file list (paths, sizes, mtimes) and everything that shapes the pixels."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{dataset_name}|{size}|{interpolation}|{decoder}".encode())
+    """Hash of the file list (paths, sizes, mtimes) and everything that shapes the pixels; the
+    modalities are part of it unless they are the paper's three (whose keys stay as they were)."""
+    modalities = spec_of(dataset_name).modalities
+    sensors = "" if modalities == RGB_NI_TI else f"|{modalities}"
+    h = hashlib.sha256(
+        f"v{CACHE_VERSION}|{_name(dataset_name)}|{size}|{interpolation}|{decoder}{sensors}".encode()
+    )
     for s in samples:
         for path in s.paths:
             try:
@@ -162,7 +184,7 @@ def cache_key(
 
 
 class DecodedCache:
-    """Decoded, resized (RGB, NI, TI) uint8 images of a sample list; ``cache[i]`` -> 3 tensors."""
+    """Decoded, resized uint8 images of a sample list; ``cache[i]`` -> one tensor per modality."""
 
     def __init__(self, array: np.ndarray, key: str, decoder: str, path: Path | None = None) -> None:
         self.array = array
@@ -177,12 +199,12 @@ class DecodedCache:
     def nbytes(self) -> int:
         return int(self.array.nbytes)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         item = self.array[index]
         if not item.flags.writeable:  # a read-only memory map: torch wants its own copy
             item = np.array(item)
         t = torch.from_numpy(item)
-        return t[0], t[1], t[2]
+        return tuple(t[i] for i in range(len(t)))
 
     def __repr__(self) -> str:
         where = f"disk {self.path}" if self.path else "memory"
@@ -192,7 +214,7 @@ class DecodedCache:
 def _fill(
     out: np.ndarray,
     samples: Sequence[Sample],
-    dataset_name: str,
+    dataset_name: DatasetRef,
     size: tuple[int, int],
     interpolation: str,
     decoder: str,
@@ -256,7 +278,7 @@ def _damage(path: Path, shape: tuple[int, ...]) -> str | None:
 
 def build_cache(
     samples: Sequence[Sample],
-    dataset_name: str,
+    dataset_name: DatasetRef,
     size: tuple[int, int],
     interpolation: str = "bicubic",
     mode: str = "memory",
@@ -264,17 +286,20 @@ def build_cache(
     progress: bool = False,
     decoder: str | None = None,
 ) -> DecodedCache:
-    """Decode and resize every sample once (``mode`` ``memory`` or ``disk``); see the module doc."""
+    """Decode and resize every sample once (``mode`` ``memory`` or ``disk``); see the module doc.
+    ``dataset_name``: the dataset (spec, registered name or spec-file path)."""
     if mode not in ("memory", "disk"):
         raise ValueError(f"cache mode {mode!r}: use memory or disk")
+    spec = spec_of(dataset_name)
+    m = len(spec.modalities)
     h, w = (int(x) for x in size)
     samples = list(samples)
     n = len(samples)
-    need = n * 3 * 3 * h * w
+    need = n * m * 3 * h * w
     if decoder is None:
         decoder = choose_decoder([p for s in samples[:1] for p in s.paths])
     key = cache_key(samples, dataset_name, (h, w), interpolation, decoder)
-    shape = (n, 3, 3, h, w)
+    shape = (n, m, 3, h, w)
     if mode == "memory":
         avail = available_memory()
         if avail is not None and need > avail:
@@ -284,13 +309,13 @@ def build_cache(
                 "under data.cache_dir) or data.cache=none"
             )
         array = np.empty(shape, dtype=np.uint8)
-        _fill(array, samples, dataset_name, (h, w), interpolation, decoder, progress)
+        _fill(array, samples, spec, (h, w), interpolation, decoder, progress)
         return DecodedCache(array, key, decoder)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     # The CLI checks an explicit data.cache_dir before the run starts; this covers the default
     # folder and library callers, with the same one-line message instead of mkdir's "File exists".
     check_output_dir(folder, "data.cache_dir")
-    path = folder / f"{dataset_name.lower()}-{h}x{w}-{interpolation}-{key[:20]}.npy"
+    path = folder / f"{_name(dataset_name).lower()}-{h}x{w}-{interpolation}-{key[:20]}.npy"
     if path.is_dir():  # os.replace cannot put the rebuilt file there
         raise DatasetError(f"data.cache: {path} is a folder, not a cache file; remove it")
     if path.is_file():
@@ -311,7 +336,7 @@ def build_cache(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        _fill(array, samples, dataset_name, (h, w), interpolation, decoder, progress)
+        _fill(array, samples, spec, (h, w), interpolation, decoder, progress)
         array.flush()
         del array
         os.replace(tmp, path)  # atomic: readers see no file or the complete one

@@ -1,4 +1,4 @@
-"""Building a registered benchmark's :class:`ReIDDataset` (layouts and name rules in ``specs.py``).
+"""Building a dataset's :class:`ReIDDataset` (layouts and name rules in its spec, ``specs.py``).
 
 :func:`build_dataset` walks a dataset folder under the data root as its
 :class:`~mambapro.data.specs.DatasetSpec` describes (one parser per folder structure, the file
@@ -9,7 +9,7 @@ names matched by the spec's pattern) and returns a :class:`ReIDDataset` of
   are relabelled ``0..K-1`` in sorted order of the original ids, so runs are reproducible.
 * Structural problems (missing root or split folder, empty split) always raise
   :class:`~mambapro.data.io.DatasetError` naming the path and listing what is there.
-  Per-sample problems (a missing NI/TI/RGB partner, a name that does not parse, a camera out of
+  Per-sample problems (a missing partner of another modality, a name that does not parse, a camera out of
   range, a file whose header is not an image's or whose panels do not split; with ``verify=True``
   or ``skip_broken=True``, which decode everything, also a truncated image) are collected and
   raised together (first few named, all counted), or with ``skip_broken=True`` dropped with one
@@ -34,7 +34,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import DatasetError, Sample
+from ..modalities import ModalitySet
+from .io import DatasetError, DatasetRef, Sample, spec_of
 from .layout_parsers import PARSERS, non_empty, require_dir
 from .sample_checks import Problems, check_cameras, verify_samples
 from .specs import DATASETS, DatasetSpec
@@ -57,7 +58,8 @@ __all__ = [
 
 @dataclass
 class ReIDDataset:
-    """Train/query/gallery sample lists of one benchmark."""
+    """Train/query/gallery sample lists of one benchmark (``source_spec``: the spec it was parsed
+    by, which a dataset of a spec file needs: its name is not registered)."""
 
     name: str
     root: Path
@@ -66,8 +68,9 @@ class ReIDDataset:
     gallery: list[Sample]
     # (file, reason) of every triplet dropped with skip_broken=True.
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    # (file, reason) of the junk images (pid -1) left out by the official protocol.
+    # (file, reason) of the junk images (a pid of the spec's junk_pids) left out by the protocol.
     junk: list[tuple[str, str]] = field(default_factory=list)
+    source_spec: DatasetSpec | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_train_pids(self) -> int:
@@ -80,7 +83,12 @@ class ReIDDataset:
 
     @property
     def spec(self) -> DatasetSpec:
-        return _spec(self.name)
+        return self.source_spec if self.source_spec is not None else _spec(self.name)
+
+    @property
+    def modalities(self) -> ModalitySet:
+        """The dataset's modalities, in batch order."""
+        return self.spec.modalities
 
     @property
     def has_scenes(self) -> bool:
@@ -106,24 +114,22 @@ class ReIDDataset:
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} broken triplet(s)")
         if self.junk:
-            lines.append(f"  left out {len(self.junk)} junk image(s) (pid -1)")
+            pids = ", ".join(str(p) for p in self.spec.junk_pids)
+            lines.append(f"  left out {len(self.junk)} junk image(s) (pid {pids})")
         return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- building a dataset
 
 
-def _spec(name: str) -> DatasetSpec:
-    """The spec of ``name`` in any case, or a DatasetError naming the choices."""
-    if str(name).lower() not in DATASETS:
-        raise DatasetError(
-            f"unknown dataset {name!r}; choose one of: {', '.join(n.upper() for n in DATASETS.names())}"
-        )
-    return DATASETS.get(str(name))
+def _spec(dataset: DatasetRef) -> DatasetSpec:
+    """The spec of ``dataset`` (a spec, a name in any case or a spec file), or a DatasetError
+    naming the choices."""
+    return spec_of(dataset)
 
 
 def _finalise(
-    name: str,
+    spec: DatasetSpec,
     root: Path,
     splits: dict[str, tuple[list[Sample], Path]],
     problems: Problems,
@@ -132,6 +138,7 @@ def _finalise(
     progress: bool = False,
 ) -> ReIDDataset:
     """Check the parsed splits, report their problems, and relabel the training pids."""
+    name = spec.name
     done: list[tuple[list[Sample], list[Sample]]] = []  # (as parsed, usable)
     checked = {}
     for split, (samples, folder) in splits.items():
@@ -139,7 +146,7 @@ def _finalise(
         good = next((v for s, v in done if s == samples), None)
         if good is None:
             desc = f"{'verify' if verify else 'check'} {name} {split}"
-            good = verify_samples(samples, name, problems, progress and verify, desc, decode=verify)
+            good = verify_samples(samples, spec, problems, progress and verify, desc, decode=verify)
             done.append((samples, good))
         checked[split] = (list(good), folder)
     skipped = problems.finish()
@@ -154,14 +161,19 @@ def _finalise(
         gallery=checked["gallery"][0],
         skipped=skipped,
         junk=junk or [],
+        source_spec=spec,
     )
 
 
 def build_dataset(
-    name: str, root: str | Path, skip_broken: bool = False, verify: bool = False, progress: bool = False
+    name: DatasetRef,
+    root: str | Path,
+    skip_broken: bool = False,
+    verify: bool = False,
+    progress: bool = False,
 ) -> ReIDDataset:
-    """Parse benchmark ``name`` (RGBNT201, RGBNT100, MSVR310, or any registered spec; any
-    case) under the data root, by its :class:`~mambapro.data.specs.DatasetSpec`.
+    """Parse the dataset ``name`` (RGBNT201, RGBNT100, MSVR310 or any registered name, any case;
+    a spec-file path; or a :class:`~mambapro.data.specs.DatasetSpec`) under the data root, by its spec.
 
     Every image's header is read (format and size: an empty, non-image or wrongly sized file
     is found before training starts). ``verify=True``, and ``skip_broken=True`` (which must
@@ -181,18 +193,19 @@ def build_dataset(
             parsed[folder] = PARSERS[spec.structure](spec, d, problems, junk)
         splits[split] = (list(parsed[folder]), d)
     if junk:
-        warnings.warn(f"{spec.name}: left out {len(junk)} junk image(s) with pid -1", stacklevel=2)
-    return _finalise(spec.name, base, splits, problems, verify or skip_broken, junk, progress)
+        pids = ", ".join(str(p) for p in spec.junk_pids)
+        warnings.warn(f"{spec.name}: left out {len(junk)} junk image(s) with pid {pids}", stacklevel=2)
+    return _finalise(spec, base, splits, problems, verify or skip_broken, junk, progress)
 
 
 # --------------------------------------------------------------------------- single folders and files
 
 
-def triplet_paths(file: str | Path, dataset_name: str) -> tuple[str, ...]:
+def triplet_paths(file: str | Path, dataset_name: DatasetRef) -> tuple[str, ...]:
     """The ``Sample.paths`` of the capture that ``file`` (any of its modality files) belongs to.
 
     With modality folders (RGBNT201 ``.../{RGB,NI,TI}/NAME``, MSVR310 ``.../VID/{vis,ni,th}/NAME``)
-    the three files with the same NAME; a side-by-side file (RGBNT100) is its own 1-tuple.
+    the files with the same NAME, one per modality; a side-by-side file (RGBNT100) is its own 1-tuple.
     Existence is not checked.
     """
     spec = _spec(dataset_name)
@@ -211,7 +224,7 @@ def triplet_paths(file: str | Path, dataset_name: str) -> tuple[str, ...]:
 _SPLIT_LEVEL = {"modality_folders": 1, "side_by_side": 0, "id_folders": 2}
 
 
-def samples_at(path: str | Path, dataset_name: str, skip_broken: bool = False) -> list[Sample]:
+def samples_at(path: str | Path, dataset_name: DatasetRef, skip_broken: bool = False) -> list[Sample]:
     """Samples of one split folder, or the one sample a file belongs to (original pids).
 
     ``path`` is a split folder in the dataset's layout (``RGBNT201/test``,
@@ -224,7 +237,7 @@ def samples_at(path: str | Path, dataset_name: str, skip_broken: bool = False) -
     if path.is_dir():
         split_dir, wanted = path, None
     elif path.is_file():
-        first = Path(triplet_paths(path, spec.name)[0])
+        first = Path(triplet_paths(path, spec)[0])
         split_dir = first.parents[_SPLIT_LEVEL[spec.structure]]
         wanted = str(first)
     else:
@@ -235,6 +248,6 @@ def samples_at(path: str | Path, dataset_name: str, skip_broken: bool = False) -
         problems.items = [(f, why) for f, why in problems.items if f == wanted]
         if not samples and not problems.items:
             raise DatasetError(f"{path}: no {spec.name} triplet of that name parses in {split_dir}")
-    samples = verify_samples(samples, spec.name, problems, decode=skip_broken)
+    samples = verify_samples(samples, spec, problems, decode=skip_broken)
     problems.finish()
     return non_empty(samples, split_dir, spec.name)

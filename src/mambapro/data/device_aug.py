@@ -22,7 +22,8 @@ transform's (same test). The draws themselves are different numbers: a counter-b
 (SplitMix64) of (item seed, modality stream, draw index), so every parameter is a pure function
 of the sampler's item seed, i.e. of (seed, epoch, position), vectorised over the batch, and
 independent of workers, devices and ranks. With ``independent`` (``data.independent_aug``) the
-three modalities use streams 0, 1, 2; otherwise all use stream 0 and stay pixel-aligned.
+M modalities of the dataset use streams 0 .. M - 1 (0, 1, 2 for RGB, NI, TI); otherwise all use
+stream 0 and stay pixel-aligned.
 The erasing noise comes from a generator seeded by a hash of the batch's item seeds (a pure
 function of the batch, under DDP of each rank's share: so unlike every other parameter, the
 noise of a sample depends on the world size; numpy's generator on the CPU, torch's on an
@@ -38,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..modalities import MODALITIES, missing_modalities
+from ..modalities import ModalitySet
+from .io import spec_of
 
 if TYPE_CHECKING:  # the config imports the data package (dataset specs), not the reverse
     from ..config import DataConfig
@@ -77,7 +79,7 @@ def uniforms(seeds: np.ndarray, streams: np.ndarray, slots: int = N_SLOTS) -> np
 
 @dataclass
 class AugParams:
-    """Per-image parameters, each shaped (M, B): M = 3 modalities, B items (int64 / bool)."""
+    """Per-image parameters, each shaped (M, B): M modalities, B items (int64 / bool)."""
 
     flip: np.ndarray
     top: np.ndarray
@@ -96,14 +98,17 @@ def draw_params(
     padding: int,
     erase_prob: float,
     independent: bool,
+    num_modalities: int = 3,
 ) -> AugParams:
-    """The augmentation parameters of items with these sampler seeds (see the module doc)."""
+    """The augmentation parameters of items with these sampler seeds, for ``num_modalities``
+    images each (see the module doc)."""
     h, w = (int(x) for x in size)
+    m = int(num_modalities)
     seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
-    streams = np.arange(3)[:, None] if independent else np.zeros((3, 1), dtype=np.int64)
-    u = uniforms(seeds[None, :], streams)  # (3, B, slots)
+    streams = np.arange(m)[:, None] if independent else np.zeros((m, 1), dtype=np.int64)
+    u = uniforms(seeds[None, :], streams)  # (M, B, slots)
     if not independent:
-        u = np.broadcast_to(u[:1], (3, *u.shape[1:]))
+        u = np.broadcast_to(u[:1], (m, *u.shape[1:]))
     # RandomHorizontalFlip: flipped when torch.rand(1) < p.
     flip = u[..., _FLIP] < flip_prob
     # RandomCrop of the padded image: randint(0, 2p + 1) for each offset.
@@ -179,7 +184,7 @@ def apply_params(
     for the erased pixels only, in each image's (channel, row, column) order, as torchvision's
     ``(C, h, w)`` fill). ``keep`` (M, B) bool: False zeroes an image after normalising (modality
     dropout). ``shared_noise``: one fill per item for all its modalities (the aligned CPU
-    transform erases the three images with one draw). Returns float32 (M, B, 3, H, W).
+    transform erases all its images with one draw). Returns float32 (M, B, 3, H, W).
 
     ``vectorised`` (default: on any device but the CPU): flip + pad + crop is one gather over the
     batch, the normalisation one table look-up and the erasing one masked scatter. On the CPU,
@@ -268,9 +273,13 @@ def apply_params(
 
 
 class DeviceAugment:
-    """The train step's batched augmentation of a ``data.augment_on=device`` batch."""
+    """The train step's batched augmentation of a ``data.augment_on=device`` batch, whose images
+    are the ``modalities`` (default: those of ``data_cfg.dataset``)."""
 
-    def __init__(self, data_cfg: DataConfig, img_size: tuple[int, int]) -> None:
+    def __init__(
+        self, data_cfg: DataConfig, img_size: tuple[int, int], modalities: ModalitySet | None = None
+    ) -> None:
+        self.modalities = modalities if modalities is not None else spec_of(data_cfg.dataset).modalities
         self.size = (int(img_size[0]), int(img_size[1]))
         self.flip_prob = float(data_cfg.flip_prob)
         self.padding = int(data_cfg.padding)
@@ -280,7 +289,15 @@ class DeviceAugment:
         self.std = float(data_cfg.std)
 
     def params(self, seeds: np.ndarray | list[int]) -> AugParams:
-        return draw_params(seeds, self.size, self.flip_prob, self.padding, self.erase_prob, self.independent)
+        return draw_params(
+            seeds,
+            self.size,
+            self.flip_prob,
+            self.padding,
+            self.erase_prob,
+            self.independent,
+            len(self.modalities),
+        )
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """A new batch dict with float images; ``batch`` holds uint8 images (on the device),
@@ -288,12 +305,13 @@ class DeviceAugment:
         seeds = batch["seeds"]
         seeds = seeds.cpu().numpy() if torch.is_tensor(seeds) else np.asarray(seeds)
         dropped = batch.get("dropped")
+        keys = self.modalities.keys
         keep = None
         if dropped is not None and any(d != "full" for d in dropped):
-            keep_np = np.array([[m not in missing_modalities(d) for d in dropped] for m in MODALITIES])
-            keep = torch.from_numpy(keep_np)
+            gone = [self.modalities.missing(d) for d in dropped]
+            keep = torch.from_numpy(np.array([[m not in g for g in gone] for m in keys]))
         out = apply_params(
-            [batch[m] for m in MODALITIES],
+            [batch[m] for m in keys],
             self.params(seeds),
             self.padding,
             self.mean,
@@ -303,7 +321,7 @@ class DeviceAugment:
             shared_noise=not self.independent,
         )
         res = {k: v for k, v in batch.items() if k not in ("seeds", "dropped")}
-        res.update(zip(MODALITIES, out.unbind(0)))
+        res.update(zip(keys, out.unbind(0)))
         return res
 
 

@@ -6,7 +6,8 @@ left out: ``.DS_Store`` and the like), sorted, each as its path relative to the 
 size in bytes, and hashes that list with SHA-256 (``sha256``). Per split (``train``, ``query``,
 ``gallery``) it records the numbers of identities, captures and cameras, and the SHA-256 of the
 split's own files (``files_sha256``); ``eval_sha256`` combines the query's and the gallery's, the
-part ``mambapro test`` compares with the fingerprint a checkpoint carries.
+part ``mambapro test`` compares with the fingerprint a checkpoint carries. ``modalities`` records
+the dataset's modality keys (fingerprints made before it was recorded are of RGB, NI, TI).
 
 No image is read: a file renamed, added, removed or changed in size changes the fingerprint, an
 edit that keeps a file's size does not. Torch-free (the CLI reads it).
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..modalities import RGB_NI_TI
 from .io import Sample
 
 __all__ = [
@@ -98,6 +100,7 @@ def dataset_fingerprint(
     base = Path(dataset.root)
     sizes = dict(file_sizes(base) if sizes is None else sizes)
     listing = list(sizes.items())
+    modalities = getattr(dataset, "modalities", None) or RGB_NI_TI
     splits: dict[str, Any] = {}
     for split in SPLITS:
         samples = list(getattr(dataset, split))
@@ -110,6 +113,7 @@ def dataset_fingerprint(
     return {
         "version": FINGERPRINT_VERSION,
         "dataset": dataset.name,
+        "modalities": list(modalities.keys),
         "root": str(base.resolve()),
         "files": len(listing),
         "bytes": sum(size for _, size in listing if size > 0),
@@ -171,8 +175,10 @@ def same_eval_split(trained: dict[str, Any] | None, here: dict[str, Any]) -> tup
 def describe(fingerprint: dict[str, Any]) -> str:
     """The fingerprint as the lines a report shows."""
     fp = fingerprint
+    keys = fp.get("modalities") or list(RGB_NI_TI.keys)
+    sensors = "" if keys == list(RGB_NI_TI.keys) else f" ({'+'.join(keys)})"
     lines = [
-        f"dataset {fp['dataset']} at {fp['root']}: {fp['files']} files, {fp['bytes']:,} bytes, "
+        f"dataset {fp['dataset']}{sensors} at {fp['root']}: {fp['files']} files, {fp['bytes']:,} bytes, "
         f"file list sha256 {fp['sha256'][:16]}; query+gallery {fp['eval_sha256'][:16]}"
     ]
     for split in SPLITS:

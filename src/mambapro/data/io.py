@@ -1,13 +1,17 @@
-"""Image decoding for the three modalities.
+"""Image decoding for the modalities of a sample.
 
 Every modality is decoded once into an RGB-mode PIL image (NI and TI are stored as three-channel
 JPEGs by the datasets, and a grey image is expanded to three channels, which keeps one code path
-for the pretrained three-channel patch embedding). RGBNT100 stores a sample as one image with the
-RGB, NI and TI panels side by side; it is decoded once and cropped into three equal panels.
+for the pretrained three-channel patch embedding). A side-by-side dataset (RGBNT100) stores a
+sample as one image with one panel per modality of its spec, left to right in the spec's
+``modalities`` order; it is decoded once and cropped into that many equal panels.
 
 A file that cannot be decoded completely raises :class:`ImageReadError` naming the file. Pillow
 raises on truncated JPEGs only when the data is actually decoded, so ``load()`` is forced here
 instead of relying on the lazy decode in a later transform.
+
+Functions that take a dataset accept its :class:`~mambapro.data.specs.DatasetSpec`, a registered
+name (any case) or a spec-file path (:func:`spec_of`).
 """
 
 from __future__ import annotations
@@ -19,18 +23,31 @@ from typing import NamedTuple
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DatasetError
-from .specs import DATASETS
+from .spec_file import is_spec_file
+from .specs import DATASETS, DatasetSpec, dataset_names, dataset_spec
 
 __all__ = [
     "DatasetError",
+    "DatasetRef",
     "ImageReadError",
     "Sample",
+    "is_side_by_side",
+    "panel_count",
+    "panel_size",
     "read_image",
     "read_triplet",
-    "is_side_by_side",
-    "panel_size",
+    "spec_of",
     "split_panels",
 ]
+
+#: A dataset as the data functions take it: its spec, a registered name or a spec-file path.
+DatasetRef = DatasetSpec | str | Path
+
+_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+def _count(n: int) -> str:
+    return _WORDS.get(n, str(n))
 
 
 class ImageReadError(DatasetError):
@@ -38,12 +55,13 @@ class ImageReadError(DatasetError):
 
 
 class Sample(NamedTuple):
-    """One tri-modal capture.
+    """One multi-modal capture.
 
-    ``paths`` is the ``(RGB, NI, TI)`` file triple, or for RGBNT100 a 1-tuple with the file that
-    holds the three panels side by side (split rule: three equal panels, left to right RGB, NI,
-    TI; see :func:`read_triplet`). ``camid`` is 0-based; ``sceneid`` is -1 where the dataset has
-    no scenes (all but MSVR310).
+    ``paths`` holds one file per modality of the dataset, in its ``modalities`` order (RGBNT201:
+    ``(RGB, NI, TI)``), or for a side-by-side dataset (RGBNT100) a 1-tuple with the file that
+    holds the panels side by side (split rule: one equal panel per modality, left to right in
+    the spec's order; see :func:`read_triplet`). ``camid`` is 0-based; ``sceneid`` is -1 where
+    the dataset has no scenes (all but MSVR310).
     """
 
     paths: tuple[str, ...]
@@ -66,11 +84,25 @@ def tiny_image_note(size: tuple[int, int], target: tuple[int, int]) -> str | Non
     return None
 
 
-def is_side_by_side(dataset_name: str) -> bool:
-    """Whether the dataset stores the three modalities side by side in one file (its spec)."""
-    if dataset_name.lower() not in DATASETS:
-        raise DatasetError(f"unknown dataset {dataset_name!r}; choose one of: {', '.join(DATASETS.names())}")
-    return DATASETS.get(dataset_name).side_by_side
+def spec_of(dataset: DatasetRef) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``dataset``: a spec as it is, a registered name (any case), or
+    a spec file (``.yaml``/``.yml``, read once per path and modification time); an unknown name
+    is a :class:`DatasetError` naming the choices."""
+    if isinstance(dataset, DatasetSpec) or is_spec_file(dataset):
+        return dataset_spec(dataset)
+    if str(dataset).lower() not in DATASETS:
+        raise DatasetError(f"unknown dataset {str(dataset)!r}; choose one of: {', '.join(dataset_names())}")
+    return dataset_spec(str(dataset))
+
+
+def is_side_by_side(dataset: DatasetRef) -> bool:
+    """Whether the dataset stores its modalities side by side in one file (its spec)."""
+    return spec_of(dataset).side_by_side
+
+
+def panel_count(dataset: DatasetRef) -> int:
+    """The number of panels of the dataset's side-by-side images: one per modality."""
+    return len(spec_of(dataset).modalities)
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -86,37 +118,40 @@ def read_image(path: str | Path) -> Image.Image:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
 
 
-def panel_size(size: tuple[int, int], path: str | Path = "<image>") -> tuple[int, int]:
-    """(W, H) of each panel of a side-by-side image of ``size`` (3W, H), or :class:`ImageReadError`."""
+def panel_size(size: tuple[int, int], path: str | Path = "<image>", panels: int = 3) -> tuple[int, int]:
+    """(W, H) of each panel of a side-by-side image of ``size`` (``panels`` x W, H), or
+    :class:`ImageReadError` naming ``path`` when the width does not split into ``panels`` panels."""
     w, h = size
-    if w % 3 != 0 or w < 3:
+    if w % panels != 0 or w < panels:
         raise ImageReadError(
-            f"{path}: expected three modality panels side by side (width a multiple of 3), got {w}x{h}"
+            f"{path}: expected {_count(panels)} modality panels side by side (width a multiple of "
+            f"{panels}), got {w}x{h}"
         )
-    return w // 3, h
+    return w // panels, h
 
 
-def split_panels(img: Image.Image, path: str | Path = "<image>") -> tuple[Image.Image, ...]:
-    """Crop a side-by-side image (H, 3W) into its three (H, W) panels, left to right."""
-    p, h = panel_size(img.size, path)
-    return tuple(img.crop((i * p, 0, (i + 1) * p, h)) for i in range(3))
+def split_panels(img: Image.Image, path: str | Path = "<image>", panels: int = 3) -> tuple[Image.Image, ...]:
+    """Crop a side-by-side image (H, ``panels`` x W) into its (H, W) panels, left to right."""
+    p, h = panel_size(img.size, path, panels)
+    return tuple(img.crop((i * p, 0, (i + 1) * p, h)) for i in range(panels))
 
 
-def read_triplet(
-    sample: Sample | Sequence[str], dataset_name: str
-) -> tuple[Image.Image, Image.Image, Image.Image]:
-    """Decode a sample into ``(RGB, NI, TI)`` RGB-mode PIL images.
+def read_triplet(sample: Sample | Sequence[str], dataset: DatasetRef) -> tuple[Image.Image, ...]:
+    """Decode a sample into one RGB-mode PIL image per modality of ``dataset``, in its order
+    (``(RGB, NI, TI)`` for the paper's datasets).
 
     ``sample`` is a :class:`Sample` or its ``paths``. For a side-by-side dataset (RGBNT100) the
-    single file is cropped into its three panels; otherwise each modality is its own file.
+    single file is cropped into one panel per modality; otherwise each modality is its own file.
     """
+    spec = spec_of(dataset)
+    keys = spec.modalities.keys
     paths = tuple(sample.paths if isinstance(sample, Sample) else sample)
-    if is_side_by_side(dataset_name):
+    if spec.side_by_side:
         if len(paths) != 1:
-            raise DatasetError(f"{dataset_name} samples have one side-by-side file, got paths {paths}")
-        rgb, ni, ti = split_panels(read_image(paths[0]), paths[0])
-        return rgb, ni, ti
-    if len(paths) != 3:
-        raise DatasetError(f"{dataset_name} samples have three files (RGB, NI, TI), got paths {paths}")
-    rgb, ni, ti = (read_image(p) for p in paths)
-    return rgb, ni, ti
+            raise DatasetError(f"{spec.name} samples have one side-by-side file, got paths {paths}")
+        return split_panels(read_image(paths[0]), paths[0], len(keys))
+    if len(paths) != len(keys):
+        raise DatasetError(
+            f"{spec.name} samples have {_count(len(keys))} files ({', '.join(keys)}), got paths {paths}"
+        )
+    return tuple(read_image(p) for p in paths)

@@ -2,7 +2,8 @@
 
 Each parser walks a split folder as the spec's structure lays it out (modality folders,
 side-by-side images, identity folders), parses pid, camera and scene from the file names by the
-spec's pattern, and returns :class:`~mambapro.data.io.Sample` lists with the original pids.
+spec's pattern (the pid from the identity folder where the name carries none), and returns
+:class:`~mambapro.data.io.Sample` lists with the original pids.
 Per-sample problems go to a :class:`~mambapro.data.sample_checks.Problems`; structural ones
 (a missing folder, an empty split) raise :class:`~mambapro.data.io.DatasetError` naming the path
 and what is there.
@@ -69,20 +70,33 @@ def non_empty(samples: list[Sample], folder: Path, name: str) -> list[Sample]:
 
 
 def _parse_name(
-    spec: DatasetSpec, path: Path, problems: Problems, junk: list[tuple[str, str]]
+    spec: DatasetSpec,
+    path: Path,
+    problems: Problems,
+    junk: list[tuple[str, str]],
+    owner: int | None = None,
 ) -> tuple[int, int, int] | None:
-    """(pid, camid 0-based, sceneid or -1) from a file name by the spec's rule, or None (recorded)."""
+    """(pid, camid 0-based, sceneid or -1) from a file name by the spec's rule, or None (recorded).
+
+    ``owner``: the pid of the identity folder holding the file (``id_folders``); a name whose
+    pattern leaves the optional ``pid`` group empty takes it (WMVEID863 names carry no pid). A
+    pid in ``spec.junk_pids`` marks a junk image: left out and listed in ``junk``.
+    """
     m = re.search(spec.name_pattern, path.name)
     try:
         if m is None:
             raise ValueError(path.name)
-        pid, cam = int(m["pid"]), int(m["cam"])
+        written = m["pid"]
+        if written is None and owner is None:
+            raise ValueError(path.name)
+        pid = owner if written is None else int(written)
+        cam = int(m["cam"])
         scene = int(m["scene"]) if spec.has_scenes else -1
-    except ValueError:
+    except (ValueError, TypeError):
         problems.add(path, f"name does not parse as {spec.name_rule}")
         return None
-    if pid == -1:
-        junk.append((str(path), "junk image (pid -1), left out as in the official protocol"))
+    if pid in spec.junk_pids:
+        junk.append((str(path), f"junk image (pid {pid}), left out as in the official protocol"))
         return None
     camid = cam - spec.camera_base
     if not 0 <= camid < spec.max_cameras:
@@ -101,14 +115,14 @@ def _modality_triplets(
     files = {m: {p.name: p for p in _images(d)} for m, d in dirs.items()}
     for m in others:
         for n in sorted(set(files[m]) - set(files[first])):
-            problems.add(files[m][n], f"has no RGB partner {dirs[first] / n}")
+            problems.add(files[m][n], f"has no {spec.modalities.keys[0]} partner {dirs[first] / n}")
     out = []
     for n, rgb in files[first].items():
         missing = [str(dirs[m] / n) for m in others if n not in files[m]]
         if missing:
             problems.add(rgb, f"missing {' and '.join(missing)}")
             continue
-        parsed = _parse_name(spec, rgb, problems, junk)
+        parsed = _parse_name(spec, rgb, problems, junk, owner)
         if parsed is None:
             continue
         pid, camid, scene = parsed

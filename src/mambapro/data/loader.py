@@ -6,9 +6,13 @@ runs the transform under ``torch.random.fork_rng()`` seeded with the item seed, 
 worker, the worker count and the order in which workers finish never change a tensor. The
 global RNG of the caller is left untouched.
 
-Batches are dicts (docs/CONTRACTS.md): ``{"RGB": (B, 3, H, W), "NI": ..., "TI": ..., "pids": (B,)
-long, "camids": (B,) long, "sceneids": (B,) long, "paths": list[str]}``; ``paths`` holds each
-sample's first file (the RGB file, or RGBNT100's side-by-side file).
+Batches are dicts (docs/CONTRACTS.md): one ``(B, 3, H, W)`` entry per modality of the dataset,
+under its key (``{"RGB": ..., "NI": ..., "TI": ...}`` for the paper's datasets), and ``"pids": (B,)
+long, "camids": (B,) long, "sceneids": (B,) long, "paths": list[str]``; ``paths`` holds each
+sample's first file (the first modality's file, or RGBNT100's side-by-side file).
+
+Functions that take a dataset accept its spec, a registered name or a spec-file path
+(:func:`~mambapro.data.io.spec_of`).
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..modalities import MISSING_SETTINGS, MODALITIES, missing_modalities
+from ..modalities import RGB_NI_TI, ModalitySet
 from . import synth
 from .cache import DecodedCache, build_cache
 from .datasets import ReIDDataset, build_dataset
-from .io import DatasetError, Sample, read_triplet
+from .io import DatasetError, DatasetRef, Sample, read_triplet, spec_of
 from .sampler import RandomIdentitySampler
 from .transforms import apply_missing, build_resize_transform, build_test_transform, build_train_transform
 
@@ -73,9 +77,16 @@ def _loader_options(workers: int, persistent: bool = True) -> dict[str, Any]:
     return opts
 
 
-def draw_modality_dropout(item_seed: int, rate: float) -> str:
+def droppable(modalities: ModalitySet = RGB_NI_TI) -> tuple[str, ...]:
+    """The settings modality dropout draws from: every setting of ``modalities`` but ``full``
+    (R, N, T, RN, RT, NT for the paper's three; 2 for two modalities, 14 for four)."""
+    return tuple(s for s in modalities.settings if s != "full")
+
+
+def draw_modality_dropout(item_seed: int, rate: float, modalities: ModalitySet = RGB_NI_TI) -> str:
     """The missing-modality setting a training item gets: ``full`` with probability 1 - ``rate``,
-    else one of the six settings that miss something (R, N, T, RN, RT, NT), uniformly.
+    else one of the settings of ``modalities`` that miss something (:func:`droppable`; the six R,
+    N, T, RN, RT, NT for the paper's three), uniformly.
 
     A pure function of the item seed, from its own stream: the augmentation draws are the same
     whatever the rate, and the worker count changes nothing.
@@ -85,19 +96,24 @@ def draw_modality_dropout(item_seed: int, rate: float) -> str:
     rng = np.random.default_rng([item_seed, _DROPOUT_STREAM])
     if rng.random() >= rate:
         return "full"
-    return DROPPABLE[int(rng.integers(len(DROPPABLE)))]
+    choices = droppable(modalities)
+    return choices[int(rng.integers(len(choices)))]
 
 
-#: The settings modality dropout draws from (all but ``full``), and its seed stream's tag.
-DROPPABLE = tuple(s for s in MISSING_SETTINGS if s != "full")
+#: The settings modality dropout draws from for the paper's modalities (all but ``full``), and
+#: its seed stream's tag.
+DROPPABLE = droppable(RGB_NI_TI)
 _DROPOUT_STREAM = 0x6D6F6461  # "moda"
 
 
 class TripletDataset(Dataset):
     """Decodes and transforms samples; ``dataset[i]`` or ``dataset[(i, item_seed)]``.
 
+    ``dataset_name``: the dataset (spec, registered name or spec-file path); an item holds one
+    tensor per modality of its spec, under the modality's key.
+
     ``modality_dropout`` (training, ``train.modality_dropout``): with that probability an item
-    seeded by the sampler loses one or two modalities (see :func:`draw_modality_dropout`), zeroed
+    seeded by the sampler loses some of its modalities (see :func:`draw_modality_dropout`), zeroed
     after normalisation exactly as ``test --missing`` zeroes them; ``item["dropped"]`` names the
     setting.
 
@@ -110,14 +126,16 @@ class TripletDataset(Dataset):
     def __init__(
         self,
         samples: Sequence[Sample],
-        dataset_name: str,
+        dataset_name: DatasetRef,
         transform: Callable[[Sequence[Any]], Sequence[torch.Tensor]] | None,
         modality_dropout: float = 0.0,
         cache: DecodedCache | None = None,
         raw: bool = False,
     ) -> None:
         self.samples = list(samples)
-        self.dataset_name = dataset_name
+        self.spec = spec_of(dataset_name)
+        self.dataset_name = self.spec.name
+        self.modalities = self.spec.modalities
         self.transform = transform
         self.modality_dropout = modality_dropout
         self.cache = cache
@@ -131,11 +149,12 @@ class TripletDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, item_seed = key if isinstance(key, tuple) else (key, None)
         s = self.samples[index]
-        images = self.cache[index] if self.cache is not None else read_triplet(s, self.dataset_name)
+        images = self.cache[index] if self.cache is not None else read_triplet(s, self.spec)
+        keys = self.modalities.keys
         if self.raw:
             tensors = tuple(images) if self.transform is None else self.transform(images)
-            dropped = "full" if item_seed is None else draw_modality_dropout(item_seed, self.modality_dropout)
-            out_raw: dict[str, Any] = dict(zip(MODALITIES, tensors))
+            dropped = self._dropout(item_seed)
+            out_raw: dict[str, Any] = dict(zip(keys, tensors))
             out_raw.update(pid=s.pid, camid=s.camid, sceneid=s.sceneid, path=s.paths[0], dropped=dropped)
             out_raw["seed"] = 0 if item_seed is None else item_seed
             return out_raw
@@ -146,12 +165,17 @@ class TripletDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(item_seed)
                 tensors = self.transform(images)
-        dropped = "full" if item_seed is None else draw_modality_dropout(item_seed, self.modality_dropout)
+        dropped = self._dropout(item_seed)
         if dropped != "full":
-            tensors = apply_missing(tensors, dropped)
-        out: dict[str, Any] = dict(zip(MODALITIES, tensors))
+            tensors = apply_missing(tensors, dropped, self.modalities)
+        out: dict[str, Any] = dict(zip(keys, tensors))
         out.update(pid=s.pid, camid=s.camid, sceneid=s.sceneid, path=s.paths[0], dropped=dropped)
         return out
+
+    def _dropout(self, item_seed: int | None) -> str:
+        if item_seed is None:
+            return "full"
+        return draw_modality_dropout(item_seed, self.modality_dropout, self.modalities)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -161,9 +185,20 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
 
 
-def collate_triplets(items: list[dict[str, Any]], missing: str = "full") -> dict[str, Any]:
-    """Stack items into the batch dict; zero the ``missing`` modalities (after normalisation)."""
-    batch: dict[str, Any] = {m: _stack([it[m] for it in items]) for m in MODALITIES}
+#: An item's entries other than its modality images.
+_ITEM_FIELDS = ("pid", "camid", "sceneid", "path", "dropped", "seed")
+
+
+def collate_triplets(
+    items: list[dict[str, Any]], missing: str = "full", modalities: ModalitySet | None = None
+) -> dict[str, Any]:
+    """Stack items into the batch dict; zero the ``missing`` modalities (a setting of
+    ``modalities``; after normalisation). ``modalities`` None: the items' image keys, in their
+    order (the paper's set when they are RGB, NI, TI)."""
+    if modalities is None:
+        keys = tuple(k for k in items[0] if k not in _ITEM_FIELDS)
+        modalities = RGB_NI_TI if keys == RGB_NI_TI.keys else ModalitySet.of(keys)
+    batch: dict[str, Any] = {m: _stack([it[m] for it in items]) for m in modalities.keys}
     batch["pids"] = torch.tensor([it["pid"] for it in items], dtype=torch.long)
     batch["camids"] = torch.tensor([it["camid"] for it in items], dtype=torch.long)
     batch["sceneids"] = torch.tensor([it["sceneid"] for it in items], dtype=torch.long)
@@ -171,7 +206,7 @@ def collate_triplets(items: list[dict[str, Any]], missing: str = "full") -> dict
     if "seed" in items[0]:  # data.augment_on=device: uint8 images, augmented in the train step
         batch["seeds"] = torch.tensor([it["seed"] for it in items], dtype=torch.long)
         batch["dropped"] = [it["dropped"] for it in items]
-    return apply_missing(batch, missing) if missing != "full" else batch  # type: ignore[return-value]
+    return apply_missing(batch, missing, modalities) if missing != "full" else batch  # type: ignore[return-value]
 
 
 def build_train_loader(
@@ -204,21 +239,22 @@ def build_train_loader(
         world_size=world_size,
         iters_per_epoch=iters_per_epoch,
     )
+    spec = dataset.spec
     cache = None
     if data_cfg.cache != "none":
         cache = build_cache(
-            dataset.train, dataset.name, img_size, "bicubic", data_cfg.cache, data_cfg.cache_dir, progress
+            dataset.train, spec, img_size, "bicubic", data_cfg.cache, data_cfg.cache_dir, progress
         )
     raw = data_cfg.augment_on == "device"
     if raw:
         transform = None if cache is not None else build_resize_transform(img_size)
     else:
         transform = build_train_transform(data_cfg, img_size, resize=cache is None)
-    ds = TripletDataset(dataset.train, dataset.name, transform, modality_dropout, cache=cache, raw=raw)
+    ds = TripletDataset(dataset.train, spec, transform, modality_dropout, cache=cache, raw=raw)
     return DataLoader(
         ds,
         batch_sampler=sampler,
-        collate_fn=collate_triplets,
+        collate_fn=functools.partial(collate_triplets, modalities=spec.modalities),
         **_loader_options(resolve_num_workers(data_cfg.num_workers)),
         # Its own generator: the loader's worker base seed must not consume the global RNG.
         generator=torch.Generator().manual_seed(seed),
@@ -228,19 +264,21 @@ def build_train_loader(
 def build_test_loader(
     data_cfg: DataConfig,
     samples: Sequence[Sample],
-    dataset_name: str,
+    dataset_name: DatasetRef,
     img_size: tuple[int, int],
     batch_size: int,
     missing: str = "full",
 ) -> DataLoader:
-    """Loader over ``samples`` in order (resize + normalise), with ``missing`` modalities zeroed."""
-    missing_modalities(missing)  # fail here, naming the value, not inside a worker
-    ds = TripletDataset(samples, dataset_name, build_test_transform(data_cfg, img_size))
+    """Loader over ``samples`` in order (resize + normalise), with ``missing`` modalities (a
+    setting of the dataset's modalities) zeroed."""
+    spec = spec_of(dataset_name)
+    spec.modalities.missing(missing)  # fail here, naming the value, not inside a worker
+    ds = TripletDataset(samples, spec, build_test_transform(data_cfg, img_size))
     return DataLoader(
         ds,
         batch_size=batch_size,
         shuffle=False,
-        collate_fn=functools.partial(collate_triplets, missing=missing),
+        collate_fn=functools.partial(collate_triplets, missing=missing, modalities=spec.modalities),
         **_loader_options(resolve_num_workers(data_cfg.num_workers), persistent=False),
         generator=torch.Generator().manual_seed(0),
     )
@@ -256,14 +294,20 @@ def dataset_from_config(data_cfg: DataConfig, progress: bool = False, generate: 
     every image first (broken ones are an error, or skipped with ``data.skip_broken``).
     ``generate=False`` (evaluation commands) parses what is there and never writes.
     """
+    spec = spec_of(data_cfg.dataset)
     if data_cfg.synthetic and generate:
-        layout = data_cfg.dataset.lower()
-        folder = synth.dataset_dir(layout, data_cfg.root)
+        folder = synth.dataset_dir(spec, data_cfg.root)
         wanted = dataclasses.asdict(data_cfg.synth)
         if (Path(folder) / synth.META_FILE).is_file():
-            meta = synth.load_meta(layout, data_cfg.root)
-            if meta.get("params") != wanted or meta.get("generator_version") != synth.GENERATOR_VERSION:
+            meta = synth.load_meta(spec, data_cfg.root)
+            if (
+                meta.get("params") != wanted
+                or meta.get("generator_version") != synth.GENERATOR_VERSION
+                or synth.meta_modalities(meta) != list(spec.modalities.keys)
+            ):
                 asked = ", ".join(f"{k}={v}" for k, v in wanted.items())
+                if synth.meta_modalities(meta) != list(spec.modalities.keys):
+                    asked += f", modalities {spec.modalities}"
                 raise DatasetError(
                     f"{folder} holds {synth.describe_tree(folder)} (generator "
                     f"v{meta.get('generator_version')}), not the data.synth settings asked for ({asked}, "
@@ -271,9 +315,9 @@ def dataset_from_config(data_cfg: DataConfig, progress: bool = False, generate: 
                     "data.root"
                 )
         elif not folder.exists():
-            synth.generate(layout, data_cfg.root, progress=progress, **wanted)
+            synth.generate(spec, data_cfg.root, progress=progress, **wanted)
     return build_dataset(
-        data_cfg.dataset,
+        spec,
         data_cfg.root,
         skip_broken=data_cfg.skip_broken,
         verify=data_cfg.verify,

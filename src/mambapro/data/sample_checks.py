@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .io import DatasetError, ImageReadError, Sample, panel_size, read_triplet
+from .io import DatasetError, ImageReadError, Sample, panel_count, panel_size, read_triplet, spec_of
 
 __all__ = ["Problems", "check_cameras", "verify_samples"]
 
@@ -78,7 +78,7 @@ def _probe(sample: Sample, dataset_name: str, decode: bool) -> tuple[str | None,
         else:
             sizes = [_header_size(path) for path in sample.paths]
             if len(sample.paths) == 1:
-                panel_size(sizes[0], sample.paths[0])
+                panel_size(sizes[0], sample.paths[0], panel_count(dataset_name))
     except ImageReadError as err:
         return str(err), None
     if len(sample.paths) == 1:  # side-by-side panels share one size
@@ -115,8 +115,8 @@ def verify_samples(
     if small:
         more = f" (and {len(small) - 1} more)" if len(small) > 1 else ""
         warnings.warn(
-            f"{dataset_name}: {len(small)} triplet(s) have a modality image far smaller than its siblings, "
-            f"upscaled to the input size: {small[0]}{more}",
+            f"{spec_of(dataset_name).name}: {len(small)} triplet(s) have a modality image far smaller than "
+            f"its siblings, upscaled to the input size: {small[0]}{more}",
             stacklevel=3,
         )
     return good

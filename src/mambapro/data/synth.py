@@ -1,4 +1,4 @@
-"""Embedded synthetic tri-modal ReID dataset: real JPEGs in the exact layout of a real benchmark.
+"""Embedded synthetic multi-modal ReID dataset: real images in the exact layout of a dataset's spec.
 
 The generator exists so that every command (training, evaluation, the demo) runs anywhere without
 downloads. It is meant to be a *fair small ReID problem*: identity lives in coarse attributes that
@@ -52,8 +52,21 @@ blur. Captures are grouped in ``scenes`` sessions (``shot % scenes``); a session
 of day across cameras for one identity, which is what the MSVR310 protocol (same scene is junk)
 is about.
 
+Other modalities
+----------------
+A dataset's spec names its modalities (2 to 4). RGB, NI and TI are drawn as above whatever the
+set (a capture's RGB and TI images are the same for an RGB+TI spec as for the paper's three); any
+other modality key gets a deterministic appearance of its own: a grey band in the style of NI and
+TI (their scene, glare and ambient temperature) with its own reflectance levels per object zone,
+drawn per identity, and its own blur and noise (``synth_render._extra_band``).
+
 Layouts and names
 ---------------------------
+A layout is a dataset's spec (a registered name, a spec-file path or a
+:class:`~mambapro.data.specs.DatasetSpec`): its folder, split folders, structure, modality
+folders, ``synth_name`` file names, image size and subject say what is written, with one file
+per modality, or one side-by-side image with one panel per modality. The registered benchmarks:
+
 * ``rgbnt201``: ``RGBNT201/{train_171,test}/{RGB,NI,TI}/{pid:06d}_cam{c+1}_{scene}_{shot:02d}.jpg``;
   the test folder is both query and gallery.
 * ``rgbnt100``: ``RGBNT100/rgbir/{bounding_box_train,query,bounding_box_test}/
@@ -86,7 +99,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError, check_output_dir
+from ..modalities import RGB_NI_TI
 from .datasets import build_dataset
+from .io import DatasetRef
 from .synth_params import (
     GENERATOR_VERSION,
     LAYOUTS,
@@ -94,6 +109,7 @@ from .synth_params import (
     SynthParams,
     check_params,
     dataset_dir,
+    layout_names,
     layout_spec,
 )
 from .synth_plan import Capture, Identity, make_identities
@@ -113,15 +129,21 @@ __all__ = [
     "dataset_dir",
     "describe_tree",
     "generate",
+    "layout_names",
+    "layout_spec",
     "load_meta",
     "make_identities",
+    "meta_modalities",
     "render_capture",
     "summary",
 ]
 
 
-def generate(layout: str, out: str | Path, *, progress: bool = False, **params: int) -> Path:
+def generate(layout: DatasetRef, out: str | Path, *, progress: bool = False, **params: int) -> Path:
     """Write the synthetic dataset in ``layout`` under the data root ``out``; return its folder.
+
+    ``layout``: the dataset whose layout and modalities are written: a registered name (any
+    case), a spec-file path or a :class:`~mambapro.data.specs.DatasetSpec`.
 
     ``params`` are the fields of :class:`SynthParams` (seed, ids, test_ids, cameras, shots,
     scenes), defaults there: ``ids`` identities (``test_ids`` of them for testing), each captured
@@ -133,8 +155,8 @@ def generate(layout: str, out: str | Path, *, progress: bool = False, **params: 
     """
     spec = layout_spec(layout)
     p = SynthParams(**params)
-    check_params(layout, p)
-    final = dataset_dir(layout, out)
+    check_params(spec, p)
+    final = dataset_dir(spec, out)
     if final.exists():
         raise DatasetError(f"synth: {final} already exists ({describe_tree(final)}); refusing to replace it")
     check_output_dir(final.parent, "synthetic data root")
@@ -155,21 +177,30 @@ def describe_tree(folder: Path) -> str:
     if not meta.is_file():
         return "not a synthetic dataset: a real one, or other files"
     try:
-        params = json.loads(meta.read_text()).get("params", {})
-    except (OSError, ValueError):
+        data = json.loads(meta.read_text())
+        params = data.get("params", {})
+    except (OSError, ValueError, AttributeError):
         return "a synthetic dataset with an unreadable synth_meta.json"
-    return "a synthetic dataset made with " + ", ".join(f"{k}={v}" for k, v in params.items())
+    made = "a synthetic dataset made with " + ", ".join(f"{k}={v}" for k, v in params.items())
+    sensors = meta_modalities(data)
+    return made if sensors == list(RGB_NI_TI.keys) else f"{made} of the modalities {'+'.join(sensors)}"
 
 
-def load_meta(layout: str, out: str | Path) -> dict[str, Any]:
+def meta_modalities(meta: dict[str, Any]) -> list[str]:
+    """The modality keys of a generated tree, from its metadata (RGB, NI, TI when not recorded)."""
+    return list(meta.get("modalities") or RGB_NI_TI.keys)
+
+
+def load_meta(layout: DatasetRef, out: str | Path) -> dict[str, Any]:
     """The ``synth_meta.json`` written by :func:`generate` (error if the tree is not synthetic)."""
     path = dataset_dir(layout, out) / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"synth: {path} not found; run `mambapro synth --layout {layout}` first")
+        name = layout if isinstance(layout, str) else layout_spec(layout).layout
+        raise FileNotFoundError(f"synth: {path} not found; run `mambapro synth --dataset {name}` first")
     return json.loads(path.read_text())
 
 
-def summary(layout: str, out: str | Path) -> str:
+def summary(layout: DatasetRef, out: str | Path) -> str:
     """A human-readable summary of a generated tree: parameters, nuisance rates, split table."""
     meta = load_meta(layout, out)
     caps = meta["captures"]
@@ -179,10 +210,11 @@ def summary(layout: str, out: str | Path) -> str:
         for k in ("night", "glare", "low_thermal", "occluded")
     )
     p = meta["params"]
-    name = layout_spec(meta["layout"]).name
-    ds = build_dataset(name, out)
+    spec = layout_spec(layout)
+    name = spec.name
+    ds = build_dataset(spec, out)
     lines = [
-        f"synthetic {name} at {dataset_dir(layout, out)} (generator v{meta['generator_version']})",
+        f"synthetic {name} at {dataset_dir(spec, out)} (generator v{meta['generator_version']})",
         "  " + ", ".join(f"{k}={v}" for k, v in p.items()),
         f"  {len(caps)} captures in {meta['seconds']:.1f} s; nuisances: {rates}",
         str(ds),

@@ -3,15 +3,24 @@
 The lowest layer of the generator (``synth.py`` describes the whole): the layout names and their
 :class:`~mambapro.data.specs.DatasetSpec`, :class:`SynthParams`, the metadata file name and the
 generator version, and :func:`check_params` (which the config also runs on ``data.synth``).
+
+A layout is a dataset: a registered name (any case; registered at any time before it is used),
+a spec-file path, or a :class:`~mambapro.data.specs.DatasetSpec` itself. The generator reads
+everything from the spec (folders, structure, modalities, file names, image size, subject), so a
+new dataset needs no generator code.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from .specs import DATASETS, DatasetSpec
+from .io import DatasetRef, spec_of
+from .layout_parsers import IMAGE_SUFFIXES
+from .spec_file import is_spec_file
+from .specs import DATASETS, DatasetSpec, dataset_spec
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -20,10 +29,12 @@ __all__ = [
     "SynthParams",
     "check_params",
     "dataset_dir",
+    "layout_names",
     "layout_spec",
 ]
 
-#: Layouts the generator writes: every registered dataset, by its lower-case name.
+#: Layouts the generator writes: every dataset registered in ``specs.py``, by its lower-case name
+#: (:func:`layout_names` also has those registered later; any spec works, see the module doc).
 LAYOUTS = tuple(DATASETS.names())
 META_FILE = "synth_meta.json"
 # Bumped whenever the images for a given seed change, so a cached tree is regenerated.
@@ -42,21 +53,60 @@ class SynthParams:
     scenes: int = 3  # capture sessions (the scene of datasets with scenes, MSVR310)
 
 
-def dataset_dir(layout: str, out: str | Path) -> Path:
+def layout_names() -> tuple[str, ...]:
+    """The registered datasets' layout names (lower case), those registered so far included."""
+    return tuple(DATASETS.names())
+
+
+def dataset_dir(layout: DatasetRef, out: str | Path) -> Path:
     """The dataset folder that ``generate(layout, out)`` fills (``out/RGBNT201`` etc.)."""
     return Path(out) / layout_spec(layout).folder
 
 
-def layout_spec(layout: str) -> DatasetSpec:
-    """The dataset spec of a layout name (``rgbnt201``, any case)."""
+def layout_spec(layout: DatasetRef) -> DatasetSpec:
+    """The dataset spec of a layout: a spec as it is, a registered name (``rgbnt201``, any case)
+    or a spec-file path."""
+    if isinstance(layout, DatasetSpec) or is_spec_file(layout):
+        return spec_of(layout)
     if str(layout).lower() not in DATASETS:
         raise ConfigError(
             f"unknown synthetic layout {layout!r}; choose one of: {', '.join(DATASETS.names())}"
         )
-    return DATASETS.get(str(layout))
+    return dataset_spec(str(layout))
 
 
-def check_params(layout: str, p: SynthParams, prefix: str = "synth: ") -> None:
+def _check_names(spec: DatasetSpec, p: SynthParams, prefix: str) -> None:
+    """The generated file names must be images that the spec's ``name_pattern`` parses back."""
+    if not spec.synth_name:
+        raise ConfigError(
+            f"{prefix}the {spec.layout} layout has no synth_name: give its spec a file-name template "
+            "of synthetic captures that its name_pattern reads back"
+        )
+    for pid, cam, shot in ((1, 0, 0), (p.ids, p.cameras - 1, p.shots - 1)):
+        scene = shot % p.scenes
+        name = spec.synth_name.format(
+            pid=pid, cam=cam, cam1=cam + 1, scene=scene, scene1=scene + 1, shot=shot
+        )
+        m = re.search(spec.name_pattern, name)
+        try:
+            ok = m is not None and int(m["pid"]) == pid and int(m["cam"]) - spec.camera_base == cam
+            ok = ok and (not spec.has_scenes or int(m["scene"]) >= 0)
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"{prefix}the {spec.layout} layout names capture (pid {pid}, camera {cam}) {name!r} "
+                f"(synth_name {spec.synth_name!r}), which its name_pattern {spec.name_pattern!r} "
+                f"does not parse back (cameras count from {spec.camera_base} in names)"
+            )
+        if not name.lower().endswith(IMAGE_SUFFIXES):
+            raise ConfigError(
+                f"{prefix}the {spec.layout} layout's synth_name {spec.synth_name!r} makes {name!r}, "
+                f"not an image file name ({', '.join(IMAGE_SUFFIXES)})"
+            )
+
+
+def check_params(layout: DatasetRef, p: SynthParams, prefix: str = "synth: ") -> None:
     """Raise :class:`~mambapro.errors.ConfigError` when ``p`` cannot make a usable ``layout`` set.
 
     ``prefix`` names where the values came from (``data.synth.`` in a config).
@@ -85,3 +135,4 @@ def check_params(layout: str, p: SynthParams, prefix: str = "synth: ") -> None:
             f"{prefix}shots = {p.shots}, scenes = {p.scenes}: the {spec.layout} layout needs shots >= 2 "
             "and scenes >= 2 so that queries have matches in another scene"
         )
+    _check_names(spec, p, prefix)

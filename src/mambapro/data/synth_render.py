@@ -1,16 +1,23 @@
-"""Pixels of the synthetic generator: one pixel-aligned (RGB, NI, TI) capture of an identity.
+"""Pixels of the synthetic generator: one pixel-aligned capture of an identity, one image per
+modality of the dataset's spec.
 
 The drawing helpers (zone label maps of a person or a vehicle in object coordinates, the RGB
 patterns and NIR textures) and :func:`render_capture`, which lays out the object in the frame,
-draws the background and the three modalities and applies the capture's nuisances. The model of
-each modality is described in ``synth.py``.
+draws the background and the RGB, NI and TI images and applies the capture's nuisances. The model
+of each modality is described in ``synth.py``. A modality other than these three (a spec's own
+key) is rendered by :func:`_extra_band`: a grey band in the style of NI and TI, with its own
+identity attributes and noise, from generators of its own, so the RGB, NI and TI images of a
+capture are the same whichever modalities the spec has.
 """
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .io import DatasetRef
 from .synth_params import SynthParams, layout_spec
 from .synth_plan import (
     HEAT_LEVELS,
@@ -127,19 +134,55 @@ def _nir_texture(ident: Identity, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.zeros(np.broadcast_shapes(u.shape, v.shape), dtype=bool)
 
 
+#: Modality keys drawn as one of the three base renderings (other spellings of RGB, NI, TI).
+_BASE_KEYS = {"RGB": "RGB", "VIS": "RGB", "NI": "NI", "NIR": "NI", "TI": "TI", "TIR": "TI"}
+
+
+def _extra_band(
+    key: str,
+    ident: Identity,
+    cam: int,
+    shot: int,
+    seed: int,
+    zones: np.ndarray,
+    visible: np.ndarray,
+    nir: np.ndarray,
+    tir: np.ndarray,
+    blur: float,
+) -> np.ndarray:
+    """The (H, W) float image of a modality other than RGB, NI and TI: a grey band that mixes the
+    capture's NI and TI scenes (so their nuisances carry over: glare, ambient temperature,
+    occlusion, clutter) with reflectance levels of its own per zone of the object, drawn per
+    identity and key, plus its own blur and noise. ``visible``: the object pixels not occluded.
+    A pure function of (seed, identity, camera, shot, key), drawing nothing from the capture's
+    generator."""
+    tag = zlib.crc32(key.encode())
+    own = np.random.default_rng(np.random.SeedSequence([seed, 7919, ident.pid, tag]))
+    levels = NIR_LEVELS[own.integers(len(NIR_LEVELS), size=3)]
+    zone = np.array([0.0, *levels, 0.6, 0.1, 0.25], dtype=np.float32)
+    mix = 0.3 + 0.4 * ((tag >> 8) & 0xFF) / 255.0  # how much of NI (vs TI) the band's scene shows
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 31337, ident.pid, cam, shot, tag]))
+    scene = mix * nir + (1.0 - mix) * tir
+    band = np.where(visible, 0.35 * scene + 0.65 * zone[zones] * rng.uniform(0.8, 1.1), scene)
+    band = _blur(np.clip(band, 0, 1), blur + rng.uniform(0.0, 0.6))
+    return band + rng.normal(0, 0.03, band.shape).astype(np.float32)
+
+
 def render_capture(
     ident: Identity,
-    layout: str,
+    layout: DatasetRef,
     cam: int,
     shot: int,
     *,
     seed: int = SynthParams.seed,
     scenes: int = SynthParams.scenes,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, Capture]:
+) -> tuple[np.ndarray | Capture, ...]:
     """Render one pixel-aligned capture of ``ident`` by camera ``cam`` (0-based).
 
-    Returns the RGB, NI and TI images as ``(H, W, 3)`` uint8 arrays (NI and TI are grey in three
-    channels, as the real datasets store them) and the capture's nuisance flags.
+    ``layout``: the dataset (spec, registered name or spec-file path). Returns one ``(H, W, 3)``
+    uint8 image per modality of its spec, in its order (RGB, NI and TI for the paper's datasets;
+    NI, TI and any other modality are grey in three channels, as the real datasets store them),
+    then the capture's nuisance flags.
     """
     spec = layout_spec(layout)
     person = spec.subject == "person"
@@ -256,6 +299,7 @@ def render_capture(
     tir = np.where(obj, tir, bg_tir)
 
     # ---- occlusion: an object in front of the target, with its own appearance in each modality
+    visible = obj
     if occluded:
         kind = int(rng.integers(3))
         x0, x1 = cx - bw / 2, cx + bw / 2
@@ -271,6 +315,7 @@ def render_capture(
             side = x0 if rng.random() < 0.5 else x1
             m = _ellipse(xs, ys, side, rng.uniform(y0, y1), rng.uniform(0.2, 0.35) * bw, 0.4 * bh)
         m = np.broadcast_to(m, (H, W))
+        visible = obj & ~m
         rgb[m] = rng.uniform(0.0, 1.0, 3)
         nir[m] = rng.uniform(0.05, 0.9)
         tir[m] = rng.uniform(0.1, 0.9)
@@ -296,6 +341,7 @@ def render_capture(
     tir = ambient + contrast * (tir - 0.2) * (1.0 - 0.6 * ambient)
 
     blur = cp["blur"] + rng.uniform(0.0, 0.8)
+    scene_nir, scene_tir = nir, tir  # before the sensors: what other bands are drawn from
     rgb = _blur(np.clip(rgb, 0, 1), blur) + rng.normal(0, rgb_noise, (H, W, 3)).astype(np.float32)
     nir = _blur(np.clip(nir, 0, 1), blur) + rng.normal(0, cp["noise"] * nz.noise, (H, W)).astype(np.float32)
     tir = _blur(np.clip(tir, 0, 1), blur + 1.2) + rng.normal(0, 0.02, (H, W)).astype(np.float32)
@@ -305,4 +351,12 @@ def render_capture(
         return x if x.ndim == 3 else np.repeat(x[..., None], 3, axis=2)
 
     cap = Capture(ident.pid, cam, shot, scene, view, night, glare, low_thermal, occluded)
-    return to_u8(rgb), to_u8(nir), to_u8(tir), cap
+    base = {"RGB": rgb, "NI": nir, "TI": tir}
+    images = []
+    for key in spec.modalities.keys:
+        if key.upper() in _BASE_KEYS:
+            images.append(to_u8(base[_BASE_KEYS[key.upper()]]))
+        else:
+            band = _extra_band(key, ident, cam, shot, seed, zones, visible, scene_nir, scene_tir, blur)
+            images.append(to_u8(band))
+    return (*images, cap)

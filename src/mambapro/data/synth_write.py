@@ -1,8 +1,9 @@
 """Writing a synthetic tree in the folder layout of a benchmark, with its ``synth_meta.json``.
 
-:func:`write_tree` renders every capture and saves it where the layout's
-:class:`~mambapro.data.specs.DatasetSpec` puts it: modality folders, identity folders or one
-side-by-side image, the generated file name parsed back by the spec's name rule, and the query
+:func:`write_tree` renders every capture (one image per modality of the spec) and saves it where
+the layout's :class:`~mambapro.data.specs.DatasetSpec` puts it: modality folders, identity folders
+or one side-by-side image with one panel per modality, the generated file name parsed back by the
+spec's name rule, and the query
 copies of gallery images that the real datasets hold. ``synth.generate`` calls it on a temporary
 folder, renamed into place once complete.
 """
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..modalities import RGB_NI_TI
 from .specs import DatasetSpec
 from .synth_params import GENERATOR_VERSION, META_FILE, SynthParams
 from .synth_plan import Identity, make_identities
@@ -54,17 +56,17 @@ def write_tree(spec: DatasetSpec, p: SynthParams, root: Path, progress: bool) ->
         it = iter(tqdm(jobs, desc=f"synth {layout}", unit="capture", disable=None))
     captures = []
     for ident, cam, shot in it:
-        rgb, nir, tir, cap = render_capture(ident, layout, cam, shot, seed=seed, scenes=scenes)
+        *images, cap = render_capture(ident, spec, cam, shot, seed=seed, scenes=scenes)
         name = _file_name(spec, ident.pid, cam, shot, cap.scene)
         split_dir = root / (train_dir if ident.split == "train" else test_dir)
         to_query = ident.split == "test" and query_dir is not None and shot == 0
         if spec.side_by_side:
             files = [split_dir / name]
-            _save(np.concatenate([rgb, nir, tir], axis=1), files[0])
+            _save(np.concatenate(images, axis=1), files[0])
         else:
             sub = split_dir / f"{ident.pid:04d}" if spec.structure == "id_folders" else split_dir
             files = [sub / m / name for m in spec.modality_folders]
-            for arr, f in zip((rgb, nir, tir), files):
+            for arr, f in zip(images, files):
                 _save(arr, f)
         if to_query:
             # The real query folders hold copies of gallery images.
@@ -76,9 +78,12 @@ def write_tree(spec: DatasetSpec, p: SynthParams, root: Path, progress: bool) ->
         rec.update(split=ident.split, name=name, query=to_query or (ident.split == "test" and not query_dir))
         captures.append(rec)
 
+    # The modalities are recorded when they are not the paper's three (whose metadata is as it was).
+    sensors = {} if spec.modalities == RGB_NI_TI else {"modalities": list(spec.modalities.keys)}
     meta = {
         "generator_version": GENERATOR_VERSION,
         "layout": layout,
+        **sensors,
         "params": asdict(p),
         "seconds": round(time.perf_counter() - t0, 3),
         "identities": [asdict(i) for i in identities],

@@ -1,10 +1,11 @@
-"""Joint train/test transforms of a pixel-aligned (RGB, NI, TI) triplet, and missing modalities.
+"""Joint train/test transforms of a sample's pixel-aligned images (one per modality: RGB, NI, TI
+for the paper's datasets, 2 to 4 in general), and missing modalities.
 
 Built on ``torchvision.transforms.v2``. ``independent=True`` (``data.independent_aug``, the
 default) calls the transform once per modality, so each modality gets its own flip, crop and
 erasing draw: the authors' release applies its transform to each image separately
 (``data/datasets/bases.py``); the paper says nothing about it. ``independent=False`` calls it once
-on the three images, and a v2 transform called on several images draws its random parameters
+on all the images, and a v2 transform called on several images draws its random parameters
 once and applies them to all of them: the pixel-aligned modalities then stay aligned.
 
 Train pipeline (the release's recipe): resize (bicubic), horizontal flip ``flip_prob``, pad
@@ -17,8 +18,9 @@ noise of the data's own scale). Test: resize with ``data.test_interpolation`` (t
 Randomness comes from the global torch RNG (as in torchvision); :class:`TripletDataset` seeds it
 per item, so every decision is a pure function of the item seed.
 
-Missing-modality evaluation: :func:`apply_missing` replaces the missing modalities by
-all-zero tensors *after* normalisation (mid-grey for mean = std = 0.5).
+Missing-modality evaluation: :func:`apply_missing` replaces the missing modalities (a setting
+of the dataset's :class:`~mambapro.modalities.ModalitySet`) by all-zero tensors *after*
+normalisation (mid-grey for mean = std = 0.5).
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..modalities import MODALITIES, missing_modalities
+from ..modalities import (
+    MAX_MODALITIES,
+    MIN_MODALITIES,
+    MODALITIES,
+    RGB_NI_TI,
+    ModalitySet,
+    missing_modalities,
+)
 
 if TYPE_CHECKING:  # the config imports the data package (dataset specs), not the reverse
     from ..config import DataConfig
@@ -49,9 +58,11 @@ __all__ = [
 
 
 class TripletTransform:
-    """Maps ``(rgb, ni, ti)`` PIL images to three ``(3, H, W)`` float tensors.
+    """Maps a sample's images (one per modality, 2 to 4: ``(rgb, ni, ti)`` for the paper's
+    datasets) to as many ``(3, H, W)`` tensors, in the same order.
 
-    With ``independent=False`` one random draw of ``transform`` applies to the three images.
+    With ``independent=False`` one random draw of ``transform`` applies to all the images; with
+    ``independent=True`` each image gets its own draws, in modality order.
     """
 
     def __init__(self, transform: v2.Transform, independent: bool = False) -> None:
@@ -59,10 +70,13 @@ class TripletTransform:
         self.independent = independent
 
     def __call__(self, images: Sequence[Image.Image | torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        if len(images) != 3:
-            raise ValueError(f"expected an (RGB, NI, TI) triplet, got {len(images)} images")
+        if not MIN_MODALITIES <= len(images) <= MAX_MODALITIES:
+            raise ValueError(
+                f"expected one image per modality ({MIN_MODALITIES} to {MAX_MODALITIES}), "
+                f"got {len(images)} images"
+            )
         # Tensors (the decoded cache's uint8 images) are marked as images: v2 transforms only
-        # the first plain tensor of several, and a joint call must transform all three.
+        # the first plain tensor of several, and a joint call must transform all of them.
         images = [tv_tensors.Image(i) if type(i) is torch.Tensor else i for i in images]
         if self.independent:
             out = [self.transform(img) for img in images]
@@ -130,16 +144,21 @@ def build_resize_transform(img_size: tuple[int, int], interpolation: str = "bicu
 
 
 def apply_missing(
-    batch_or_images: Mapping[str, Any] | Sequence[torch.Tensor], missing: str
+    batch_or_images: Mapping[str, Any] | Sequence[torch.Tensor],
+    missing: str,
+    modalities: ModalitySet = RGB_NI_TI,
 ) -> dict[str, Any] | tuple[torch.Tensor, ...]:
-    """Zero the missing modalities (after normalisation) of a batch dict or an (RGB, NI, TI) triple.
+    """Zero the ``missing`` modalities (a setting of ``modalities``: ``RN``, ...) of a batch dict or
+    of a sample's tensors, after normalisation.
 
-    A dict (returned as a new dict) keeps its other entries (pids, paths, ...); a sequence must
-    hold three tensors in ``MODALITIES`` order and comes back as a tuple. The input is not modified.
+    A dict (returned as a new dict) must hold every key of ``modalities`` and keeps its other
+    entries (pids, paths, ...); a sequence must hold one tensor per modality, in ``modalities``
+    order, and comes back as a tuple. The input is not modified.
     """
-    gone = missing_modalities(missing)
+    gone = modalities.missing(missing)
+    keys = modalities.keys
     if isinstance(batch_or_images, Mapping):
-        absent = [m for m in MODALITIES if m not in batch_or_images]
+        absent = [m for m in keys if m not in batch_or_images]
         if absent:
             raise KeyError(
                 f"apply_missing: batch has no {', '.join(absent)} entry (keys: {list(batch_or_images)})"
@@ -149,6 +168,6 @@ def apply_missing(
             out[m] = torch.zeros_like(out[m])
         return out
     images = list(batch_or_images)
-    if len(images) != 3:
-        raise ValueError(f"apply_missing: expected (RGB, NI, TI) tensors, got {len(images)} items")
-    return tuple(torch.zeros_like(x) if m in gone else x for m, x in zip(MODALITIES, images))
+    if len(images) != len(keys):
+        raise ValueError(f"apply_missing: expected ({', '.join(keys)}) tensors, got {len(images)} items")
+    return tuple(torch.zeros_like(x) if m in gone else x for m, x in zip(keys, images))

@@ -2,26 +2,30 @@
 
 Two formats: ``onnx`` (``torch.onnx.export``'s dynamo exporter; run it with onnxruntime) and
 ``pt2`` (``torch.export``'s ExportedProgram; ``torch.export.load`` runs it with bare torch).
-The file takes the three modality images, ``(B, 3, H, W)`` float32 after the test transform
-(resize + normalise; a missing modality is an all-zero tensor, as in ``--missing``), and, when
-the model has a camera embedding, ``camids`` ``(B,)`` int64 (0-based); it returns the test
-feature ``(B, F)``. The batch dimension is dynamic. What a caller needs to prepare the inputs
-(image size, mean/std, interpolation, input names) is stored in the file: ONNX metadata
-property ``mambapro``, the pt2 archive's extra file ``mambapro.json``.
+The file takes one image per modality of the model's set (``rgb``, ``ni``, ``ti`` for the
+paper's models: each modality key in lower case), ``(B, 3, H, W)`` float32 after the test
+transform (resize + normalise; a missing modality is an all-zero tensor, as in ``--missing``),
+and, when the model has a camera embedding, ``camids`` ``(B,)`` int64 (0-based); it returns the
+test feature ``(B, F)``. The batch dimension is dynamic. What a caller needs to prepare the
+inputs (image size, mean/std, interpolation, the modality keys and the input names) is stored in
+the file: ONNX metadata property ``mambapro``, the pt2 archive's extra file ``mambapro.json``.
 
 The selective scan is written in standard operators for export (``--scan``; see
 :mod:`mambapro.ops.scan_export`): the default, ``parallel``, was chosen by
 ``benchmarks/bench_export.py`` (docs/benchmarks.md). Before writing, the exported file is run on synthetic
-triplets at two batch sizes and compared with the PyTorch model (its own scan backend); a file
+inputs at two batch sizes and compared with the PyTorch model (its own scan backend); a file
 whose features differ by more than ``tolerance`` relative to the largest feature value is not
 written.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
+import keyword
 import logging
+import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +39,10 @@ from mambapro import __version__
 from mambapro.errors import UserError
 from mambapro.extras import import_extra
 from mambapro.files import atomic_write
-from mambapro.modalities import MODALITIES
+from mambapro.modalities import ModalitySet
 from mambapro.ops.scan_export import EXPORT_FORMS
 from mambapro.options import EXPORT_FORMATS, check_export_options
+from mambapro.retrieval.identity import model_modalities
 from mambapro.train.checkpoint import load_model
 
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "ExportMissingError",
     "TestTimeModel",
     "export_model",
+    "input_names",
     "load_exported",
     "run_export",
 ]
@@ -56,7 +62,17 @@ TOLERANCE = 1e-4
 METADATA_KEY = "mambapro"
 PT2_EXTRA = "mambapro.json"
 CHECK_BATCHES = (3, 1)  # not the tracing batch (2): a file that fixed its batch size fails here
-_INPUTS = tuple(m.lower() for m in MODALITIES)
+
+
+def input_names(modalities: ModalitySet) -> tuple[str, ...]:
+    """The image inputs of an exported file, one per modality in the set's order: the key in lower
+    case (``rgb``, ``ni``, ``ti``), with a ``_`` appended where that is a Python keyword or
+    ``camids``."""
+    names = []
+    for key in modalities:
+        name = key.lower()
+        names.append(f"{name}_" if keyword.iskeyword(name) or name in ("camids", "self") else name)
+    return tuple(names)
 
 
 class ExportError(UserError, RuntimeError):
@@ -86,7 +102,9 @@ class TestTimeModel(nn.Module):
         model: a :class:`mambapro.models.MambaPro` in eval mode.
         camids: take a ``camids`` input (only meaningful with a camera embedding).
 
-    forward(rgb, ni, ti[, camids]): three (B, 3, H, W) float tensors[, (B,) int64] -> (B, F).
+    forward(rgb, ni, ti[, camids]) for the paper's models, one input per modality of the model's
+    set in general (named by :func:`input_names`: the exporters name the file's inputs after the
+    signature): (B, 3, H, W) float tensors[, (B,) int64] -> (B, F).
     """
 
     __test__ = False  # not a pytest class
@@ -95,11 +113,30 @@ class TestTimeModel(nn.Module):
         super().__init__()
         self.model = model
         self.takes_camids = camids
+        self.modalities = model_modalities(model)
+        self.input_names = (*input_names(self.modalities), *(["camids"] if camids else []))
+        # The set's input names as the signature of this instance's forward (inspect, and with it
+        # torch.export and the ONNX exporter, read it), the body being the generic one below.
+        param = inspect.Parameter
+        params = [param(n, param.POSITIONAL_OR_KEYWORD) for n in ("self", *input_names(self.modalities))]
+        params.append(param("camids", param.POSITIONAL_OR_KEYWORD, default=None))
 
-    def forward(self, rgb: Tensor, ni: Tensor, ti: Tensor, camids: Tensor | None = None) -> Tensor:
-        batch = {"RGB": rgb, "NI": ni, "TI": ti}
+        def forward(self: TestTimeModel, *inputs: Tensor | None) -> Tensor:
+            return TestTimeModel.forward(self, *inputs)
+
+        forward.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        self.forward = types.MethodType(forward, self)
+
+    def forward(self, *inputs: Tensor | None) -> Tensor:
+        n = len(self.modalities)
+        if not n <= len(inputs) <= n + 1:
+            raise TypeError(
+                f"expected {n} images ({', '.join(input_names(self.modalities))}) and optionally "
+                f"camids, got {len(inputs)} inputs"
+            )
+        batch: dict[str, Tensor | None] = dict(zip(self.modalities, inputs[:n]))
         if self.takes_camids:
-            batch["camids"] = camids
+            batch["camids"] = inputs[n] if len(inputs) > n else None
         return self.model(batch)
 
 
@@ -107,17 +144,22 @@ def _uses_cameras(model: nn.Module) -> bool:
     return getattr(model.backbone, "camera_embedding", None) is not None
 
 
-def _example(cfg: Any, batch: int, num_cameras: int, camids: bool, seed: int) -> tuple[Tensor, ...]:
-    """Synthetic normalised triplets (and camera ids): the inputs' shapes and value range."""
+def _example(
+    cfg: Any, batch: int, num_cameras: int, camids: bool, seed: int, modalities: ModalitySet
+) -> tuple[Tensor, ...]:
+    """Synthetic normalised images, one per modality (and camera ids): the inputs' shapes and
+    value range."""
     gen = torch.Generator().manual_seed(seed)
     h, w = cfg.img_size()
-    images = tuple(torch.randn(batch, 3, h, w, generator=gen) for _ in MODALITIES)
+    images = tuple(torch.randn(batch, 3, h, w, generator=gen) for _ in modalities)
     if not camids:
         return images
     return (*images, torch.randint(0, max(1, num_cameras), (batch,), generator=gen))
 
 
-def _metadata(cfg: Any, ckpt: dict, checkpoint: Path, fmt: str, scan: str, camids: bool, dim: int) -> dict:
+def _metadata(
+    cfg: Any, ckpt: dict, checkpoint: Path, fmt: str, scan: str, wrapper: TestTimeModel, dim: int
+) -> dict:
     return {
         "format": "mambapro-export",
         "format_version": 1,
@@ -125,8 +167,8 @@ def _metadata(cfg: Any, ckpt: dict, checkpoint: Path, fmt: str, scan: str, camid
         "export_format": fmt,
         "checkpoint": str(checkpoint),
         "dataset": cfg.data.dataset,
-        "inputs": [*_INPUTS, *(["camids"] if camids else [])],
-        "modalities": list(MODALITIES),
+        "inputs": list(wrapper.input_names),
+        "modalities": list(wrapper.modalities.keys),
         "image_size": list(cfg.img_size()),
         "mean": cfg.data.mean,
         "std": cfg.data.std,
@@ -191,8 +233,7 @@ def load_exported(path: str | Path) -> ExportedFile:
 
 def _export_program(wrapper: TestTimeModel, example: tuple[Tensor, ...]) -> torch.export.ExportedProgram:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    names = [*_INPUTS, *(["camids"] if wrapper.takes_camids else [])]
-    dynamic = {n: {0: batch} for n in names}
+    dynamic = {n: {0: batch} for n in wrapper.input_names}
     return torch.export.export(wrapper, example, dynamic_shapes=dynamic)
 
 
@@ -204,7 +245,7 @@ def _to_bytes_pt2(program: torch.export.ExportedProgram, metadata: dict) -> byte
 
 def _to_bytes_onnx(wrapper: TestTimeModel, example: tuple[Tensor, ...], metadata: dict) -> bytes:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    names = [*_INPUTS, *(["camids"] if wrapper.takes_camids else [])]
+    names = list(wrapper.input_names)
     # The exporter reports each step with print() and warns about its internals: neither is ours.
     with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")
@@ -279,10 +320,11 @@ def export_model(
     wrapper = TestTimeModel(model, takes).eval()
     ref_wrapper = TestTimeModel(reference, takes).eval()
     num_cameras = int(ckpt["num_cameras"])
-    example = _example(cfg, 2, num_cameras, takes, seed=0)
+    modalities = wrapper.modalities
+    example = _example(cfg, 2, num_cameras, takes, 0, modalities)
     with torch.no_grad():
         dim = int(ref_wrapper(*example).shape[1])
-    metadata = _metadata(cfg, ckpt, checkpoint, fmt, scan, takes, dim)
+    metadata = _metadata(cfg, ckpt, checkpoint, fmt, scan, wrapper, dim)
     try:
         if fmt == "pt2":
             data = _to_bytes_pt2(_export_program(wrapper, example), metadata)
@@ -296,7 +338,7 @@ def export_model(
     exported = ExportedFile(Path("<memory>"), fmt, metadata, runner)
     worst = 0.0
     for i, b in enumerate(CHECK_BATCHES):
-        inputs = _example(cfg, b, num_cameras, takes, seed=1 + i)
+        inputs = _example(cfg, b, num_cameras, takes, 1 + i, modalities)
         with torch.no_grad():
             want = ref_wrapper(*inputs).numpy()
         got = exported.run(tuple(x.numpy() for x in inputs))

@@ -1,6 +1,6 @@
 """The upload page of ``mambapro serve`` (``GET /``): one self-contained HTML document, inline
-style and script only (no external script, style or font), to upload a triplet and see the
-ranked gallery."""
+style and script only (no external script, style or font), to upload the modality images of a
+query (one field per modality of the served model) and see the ranked gallery."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import json
 from typing import TYPE_CHECKING
 
 from mambapro.deploy.serve_options import MAX_K
-from mambapro.modalities import MODALITIES
 
 if TYPE_CHECKING:
     from mambapro.deploy.serve import SearchService
 
 __all__ = ["upload_page"]
+
+_COUNTS = {2: "two", 3: "three", 4: "four"}
 
 
 def upload_page(service: SearchService) -> str:
@@ -28,12 +29,12 @@ def upload_page(service: SearchService) -> str:
         if service.num_cameras is not None
         else "no camera embedding"
     )
-    inputs = "\n".join(
-        f'<label>{m} <input type="file" name="{m}" accept="image/*"></label>' for m in MODALITIES
-    )
-    config = json.dumps({"modalities": list(MODALITIES), "k": service.options.k, "maxK": MAX_K})
+    keys = service.modalities.keys
+    inputs = "\n".join(f'<label>{m} <input type="file" name="{m}" accept="image/*"></label>' for m in keys)
+    config = json.dumps({"modalities": list(keys), "k": service.options.k, "maxK": MAX_K})
     return _PAGE.format(
         info=info,
+        count=_COUNTS.get(len(keys), str(len(keys))),
         inputs=inputs,
         k=service.options.k,
         max_k=MAX_K,
@@ -58,7 +59,7 @@ label {{ display: flex; flex-direction: column; font-size: 0.9em; }}
 </style></head>
 <body>
 <h1>mambapro search</h1>
-<p>{info}. Upload any non-empty subset of the three modality images of one capture; the
+<p>{info}. Upload any non-empty subset of the {count} modality images of one capture; the
 missing ones are zero-filled as in <code>mambapro test --missing</code>.</p>
 <form id="query">
 {inputs}

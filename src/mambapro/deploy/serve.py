@@ -4,8 +4,9 @@
 index build``); :func:`create_app` puts it behind HTTP:
 
 * ``POST /search``: ``multipart/form-data`` with the query's modality images as the file
-  fields ``RGB``, ``NI``, ``TI`` (any non-empty subset: the absent ones are zero-filled after
-  normalisation, exactly as ``mambapro test --missing`` does) and the optional fields ``k``
+  fields named by the model's modality keys (``RGB``, ``NI``, ``TI`` for the paper's models; any
+  non-empty subset: the absent ones are zero-filled after normalisation, exactly as ``mambapro
+  test --missing`` does with the same setting of the model's set) and the optional fields ``k``
   (1..``MAX_K``) and ``camid`` (the 0-based camera id of the index's ``camid`` column; absent: no
   camera term). Returns the top-``k`` gallery entries (rank, row, distance, identity, camera,
   path and the URLs of their images) as JSON, with ``warnings`` naming an upload far smaller
@@ -56,9 +57,8 @@ from mambapro.deploy.serve_options import MAX_K, ServeOptions
 from mambapro.deploy.validation import RequestError, parse_camid, parse_k, validation_detail
 from mambapro.errors import UserError
 from mambapro.extras import import_extra
-from mambapro.modalities import MODALITIES, missing_label, parse_missing, present_label
 from mambapro.options import check_serve_options
-from mambapro.retrieval.identity import check_same_model, model_identity
+from mambapro.retrieval.identity import check_same_model, model_identity, model_modalities
 from mambapro.retrieval.index import GalleryIndex
 from mambapro.runtime import eval_amp
 from mambapro.train.checkpoint import load_model
@@ -114,6 +114,9 @@ class SearchService:
             forward pass serves several requests (``benchmarks/bench_serve.py`` measures it);
             ``max_batch=1`` serialises them. Host and port are :func:`run_serve`'s.
         checkpoint: the checkpoint's path, reported by ``/health``.
+
+    The upload fields, the missing-modality settings and the gallery images follow the model's
+    modality set (the attribute ``modalities``).
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class SearchService:
     ) -> None:
         self.options = options or ServeOptions()  # validated when it was built
         self.model = model.eval()
+        self.modalities = model_modalities(model)
         self.cfg = cfg
         self.index = index
         self.dataset = cfg.data.dataset
@@ -155,7 +159,7 @@ class SearchService:
         h, w = self.img_size
         # Blank stand-ins for the modalities a query leaves out (zeroed after normalisation, so
         # only their size matters); never modified, so shared by every request.
-        self._blanks = {m: Image.new("RGB", (w, h)) for m in MODALITIES}
+        self._blanks = {m: Image.new("RGB", (w, h)) for m in self.modalities}
         check_same_model(
             index.identity,
             f"--index {index.source}" if index.source is not None else "the index",
@@ -204,13 +208,14 @@ class SearchService:
             raise RequestError(415, f"{modality}: not a decodable image ({reason})") from None
 
     def _tensors(self, images: dict[str, Image.Image], missing: str) -> tuple[torch.Tensor, ...]:
-        tensors = self.transform([images[m] for m in MODALITIES])
-        return apply_missing(tensors, missing) if missing != "full" else tensors
+        tensors = self.transform([images[m] for m in self.modalities])
+        return apply_missing(tensors, missing, self.modalities) if missing != "full" else tensors
 
     def _forward(self, items: list[_Pending]) -> np.ndarray:
         """One model call over ``items`` (all with or all without a camera id): (len, F)."""
         batch: dict[str, Any] = {
-            m: torch.stack([it.tensors[i] for it in items]).to(self.device) for i, m in enumerate(MODALITIES)
+            m: torch.stack([it.tensors[i] for it in items]).to(self.device)
+            for i, m in enumerate(self.modalities)
         }
         if items[0].camid is not None:
             batch["camids"] = torch.tensor([it.camid for it in items], device=self.device)
@@ -263,11 +268,12 @@ class SearchService:
         Returns the JSON answer of ``POST /search``; raises :class:`RequestError` on bad input.
         """
         start = time.perf_counter()
-        unknown = sorted(set(uploads) - set(MODALITIES))
+        keys = self.modalities.keys
+        unknown = sorted(set(uploads) - set(keys))
         if unknown:
-            raise RequestError(400, f"unknown image field(s) {unknown}: send {', '.join(MODALITIES)}")
+            raise RequestError(400, f"unknown image field(s) {unknown}: send {', '.join(keys)}")
         if not uploads:
-            raise RequestError(400, f"no image: send at least one of the file fields {', '.join(MODALITIES)}")
+            raise RequestError(400, f"no image: send at least one of the file fields {', '.join(keys)}")
         k = self.options.k if k is None else self.check_k(k)
         cam = self.check_camid(camid)
         images = dict(self._blanks)
@@ -277,7 +283,9 @@ class SearchService:
             note = tiny_image_note(images[m].size, self.img_size)
             if note is not None:
                 notes.append(f"{m} {note}: the ranking carries little information")
-        missing = parse_missing("".join(m[0] for m in MODALITIES if m not in uploads) or "full")
+        mods = self.modalities
+        absent = "".join(c for c, m in zip(mods.letters, mods) if m not in uploads)
+        missing = mods.parse_missing(absent or "full")
         feature = self.embed(self._tensors(images, missing), cam)
         # FAISS searches a read-only index safely from several threads.
         dist, rows = self.index.search(feature[None], k, self.cfg.test.distance)
@@ -292,13 +300,17 @@ class SearchService:
                 "pid": m.pid,
                 "camid": m.camid,
                 "path": m.path,
-                "images": {mod: f"/gallery/{m.index}/{mod}" for mod in MODALITIES},
+                "images": {mod: f"/gallery/{m.index}/{mod}" for mod in keys},
             }
             for m in ranked
         ]
         identities = list(dict.fromkeys(m.pid for m in ranked))  # in rank order, once each
         return {
-            "query": {"present": present_label(missing), "missing": missing_label(missing), "camid": cam},
+            "query": {
+                "present": mods.present_label(missing),
+                "missing": mods.missing_label(missing),
+                "camid": cam,
+            },
             "k": k,
             "distance": self.cfg.test.distance,
             "identities": identities,
@@ -311,8 +323,9 @@ class SearchService:
 
     def gallery_image(self, row: int, modality: str) -> bytes:
         """PNG bytes of ``modality`` of index row ``row``; :class:`RequestError` 404 otherwise."""
-        if modality not in MODALITIES:
-            raise RequestError(404, f"unknown modality {modality!r}: one of {', '.join(MODALITIES)}")
+        keys = self.modalities.keys
+        if modality not in keys:
+            raise RequestError(404, f"unknown modality {modality!r}: one of {', '.join(keys)}")
         if not 0 <= row < len(self.index.paths):
             raise RequestError(404, f"no gallery row {row} (the index has {len(self.index.paths)})")
         try:
@@ -329,7 +342,7 @@ class SearchService:
         except DatasetError:
             raise RequestError(404, f"gallery row {row}: its image files cannot be read") from None
         buf = io.BytesIO()
-        images[MODALITIES.index(modality)].save(buf, format="PNG")
+        images[keys.index(modality)].save(buf, format="PNG")
         return buf.getvalue()
 
     def health(self) -> dict[str, Any]:
@@ -339,6 +352,7 @@ class SearchService:
             "dataset": self.dataset,
             "device": str(self.device),
             "image_size": list(self.img_size),
+            "modalities": list(self.modalities.keys),
             "distance": self.cfg.test.distance,
             "cameras": self.num_cameras,
             "index": {
@@ -369,8 +383,9 @@ def create_app(service: SearchService) -> Any:
     from starlette.formparsers import MultiPartException
 
     app = fastapi.FastAPI(title="mambapro search", version="1", docs_url=None, redoc_url=None)
-    # Three images and two short fields, with room for the multipart framing.
-    body_limit = 3 * service.options.max_upload_bytes + 64 * 1024
+    keys = service.modalities.keys  # the upload fields
+    # One image per modality and two short fields, with room for the multipart framing.
+    body_limit = len(keys) * service.options.max_upload_bytes + 64 * 1024
 
     def refuse(status: int, detail: str) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status)
@@ -396,17 +411,17 @@ def create_app(service: SearchService) -> Any:
             key = next(iter(request.query_params))
             return refuse(
                 400,
-                f"query parameter {key!r} is not read: send {', '.join((*MODALITIES, *_FIELDS))} "
+                f"query parameter {key!r} is not read: send {', '.join((*keys, *_FIELDS))} "
                 "as multipart form fields",
             )
         ctype = request.headers.get("content-type", "")
         if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            return refuse(415, f"send multipart/form-data with the file fields {', '.join(MODALITIES)}")
+            return refuse(415, f"send multipart/form-data with the file fields {', '.join(keys)}")
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > body_limit:
             return refuse(413, f"the request has {length} bytes, more than the limit of {body_limit}")
         try:
-            async with request.form(max_files=len(MODALITIES), max_fields=len(_FIELDS)) as form:
+            async with request.form(max_files=len(keys), max_fields=len(_FIELDS)) as form:
                 uploads: dict[str, bytes] = {}
                 fields: dict[str, str] = {}
                 for key, value in form.multi_items():
@@ -420,17 +435,15 @@ def create_app(service: SearchService) -> Any:
                                 f"{service.options.max_upload_bytes}",
                             )
                         data = await value.read(service.options.max_upload_bytes + 1)
-                        if key not in MODALITIES:
-                            return refuse(400, f"unknown file field {key!r}: send {', '.join(MODALITIES)}")
+                        if key not in keys:
+                            return refuse(400, f"unknown file field {key!r}: send {', '.join(keys)}")
                         uploads[key] = data
                     elif key in _FIELDS:
                         fields[key] = value
-                    elif key in MODALITIES:
+                    elif key in keys:
                         return refuse(400, f"{key}: send the image as a file, not as a text field")
                     else:
-                        return refuse(
-                            400, f"unknown field {key!r}: send {', '.join((*MODALITIES, *_FIELDS))}"
-                        )
+                        return refuse(400, f"unknown field {key!r}: send {', '.join((*keys, *_FIELDS))}")
         except MultiPartException as err:
             return refuse(400, f"malformed multipart body: {err.message}")
         try:

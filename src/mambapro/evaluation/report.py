@@ -17,7 +17,7 @@ import numpy as np
 from mambapro.evaluation.distance import compute_distmat
 from mambapro.evaluation.metrics import REPORT_RANKS, EvalResult, evaluate
 from mambapro.evaluation.rerank import re_ranking
-from mambapro.modalities import MISSING_SETTINGS, missing_label
+from mambapro.modalities import MISSING_SETTINGS, RGB_NI_TI, ModalitySet, missing_label
 
 __all__ = [
     "COLUMNS",
@@ -34,8 +34,6 @@ __all__ = [
 
 #: Columns of a result table, in order.
 COLUMNS = ("mAP", *(f"Rank-{k}" for k in REPORT_RANKS), "mINP")
-
-#: Test-time settings: which modalities (R = RGB, N = NI, T = TI) are missing.
 
 Row = EvalResult | Mapping[str, float]
 
@@ -238,7 +236,8 @@ class MissingModalityTable(NamedTuple):
 def missing_modality_table(
     evaluate_setting: Callable[[str], EvalResult],
     *,
-    settings: Sequence[str] = MISSING_SETTINGS,
+    settings: Sequence[str] | None = None,
+    modalities: ModalitySet = RGB_NI_TI,
     title: str = "Missing-modality evaluation",
     log: Callable[[str], None] | None = None,
 ) -> MissingModalityTable:
@@ -248,13 +247,16 @@ def missing_modality_table(
         evaluate_setting: ``setting -> EvalResult``: the model evaluated with those modalities
             missing (zeroed after normalisation) in query and gallery alike
             (``mambapro.retrieval.evaluate_model`` with ``missing=setting``).
-        settings: values of :data:`~mambapro.modalities.MISSING_SETTINGS`, in table order.
+        settings: settings of ``modalities``, in table order (default: all of them,
+            ``modalities.settings``: 3 rows for two modalities, 7 for three, 15 for four).
+        modalities: the model's modalities, whose letters the settings and labels use.
         title: first line of the table.
         log: called with a short line after each setting (e.g. ``print``).
     """
+    settings = modalities.settings if settings is None else settings
     if not settings:
         raise ValueError("missing_modality_table needs at least one setting")
-    labels = [missing_label(s) for s in settings]
+    labels = [modalities.missing_label(s) for s in settings]
     if len(set(labels)) != len(labels):
         raise ValueError(f"settings repeat: {list(settings)}")
     rows: dict[str, EvalResult] = {}

@@ -1,19 +1,21 @@
-"""The multi-modal backbone: one shared encoder for RGB, NI and TI with adapters and prompts.
+"""The multi-modal backbone: one shared encoder for the dataset's modalities (RGB, NI and TI in
+the paper; 2 to 4 of them) with adapters and prompts.
 
-The three modalities share every weight of the encoder, and their sequences have the same
-length (prompt groups included), so they run as one ``(3B, L, D)`` batch through each block:
-one pass instead of three, with better use of matrix kernels. The prompt exchange between
+The M modalities share every weight of the encoder, and their sequences have the same
+length (prompt groups included), so they run as one ``(M·B, L, D)`` batch through each block:
+one pass instead of M, with better use of matrix kernels. The prompt exchange between
 modalities happens between blocks, on the prompt slice of that batch (``prompts.py``).
 
 Order in the batch: modality-major, ``[RGB_1..RGB_B, NI_1..NI_B, TI_1..TI_B]``; modality index
-0, 1, 2 is r, n, t everywhere (also the prompt group order).
+0, 1, 2 is r, n, t everywhere (also the prompt group order); other sets in their own order.
 
 Camera embedding (SIE, as the authors' release): a learnable ``(num_cameras, D)`` table
-(trunc-normal std 0.02) times ``model.camera_coef``, the same for the three modalities of a
+(trunc-normal std 0.02) times ``model.camera_coef``, the same for all modalities of a
 sample, added (``model.camera_tokens``) to the cls token only, before the positional embedding
 (``cls``, the release's CLIP, ``modeling/clip/model.py`` l. 445-446), or to every image token,
 after it (``all``, the release's ImageNet ViT, ``modeling/backbones/vit_pytorch.py`` l. 630).
-Prompt tokens, appended later, never get it.
+Prompt tokens, appended later, never get it. A camera the model never saw (a cross-dataset test)
+is refused, or with ``unseen_cameras = "mean"`` gets the mean of the learned rows.
 
 Stochastic depth (``model.drop_path``): the encoder's blocks drop their MHSA and FFN branches
 at rates rising linearly from 0 to ``model.drop_path`` (``VisionTransformer.set_drop_path``).
@@ -33,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mambapro.config import ModelConfig
-from mambapro.modalities import MODALITIES, NUM_MODALITIES
+from mambapro.modalities import MODALITIES, RGB_NI_TI, ModalitySet
 from mambapro.models.adapters import ADAPTERS
 from mambapro.models.clip_vit import VisionTransformer
 from mambapro.models.prompts import PROMPTS, MultiModalPrompts
@@ -138,7 +140,7 @@ def _check_layers(field: str, layers: Sequence[int] | None, num_layers: int) -> 
 
 
 class MultiModalBackbone(nn.Module):
-    """Shared encoder for the three modalities, with adapters (in its blocks) and prompts.
+    """Shared encoder for the modalities of a set, with adapters (in its blocks) and prompts.
 
     Args:
         encoder: a :class:`VisionTransformer`, adapters already attached to its blocks.
@@ -148,8 +150,12 @@ class MultiModalBackbone(nn.Module):
         camera_coef: its coefficient.
         freeze: ``frozen`` or ``finetune``.
         camera_tokens: ``cls`` (the camera term goes to the cls token) or ``all`` (every token).
+        modalities: the modalities, in batch order (the paper's RGB, NI, TI by default); the
+            prompts must have been built for as many.
 
-    Attributes: ``out_dim`` (C), ``grid`` ((H/16, W/16)), ``num_layers``, ``img_size``.
+    Attributes: ``out_dim`` (C), ``grid`` ((H/16, W/16)), ``num_layers``, ``img_size``,
+    ``modalities``, ``unseen_cameras`` (``error``: a camid >= ``num_cameras`` is refused;
+    ``mean``: it gets the mean of the learned camera embeddings).
     """
 
     def __init__(
@@ -161,8 +167,15 @@ class MultiModalBackbone(nn.Module):
         camera_coef: float = 1.0,
         freeze: str = "frozen",
         camera_tokens: str = "cls",
+        modalities: ModalitySet = RGB_NI_TI,
     ) -> None:
         super().__init__()
+        if prompts is not None and prompts.groups not in (1, len(modalities)):
+            raise ValueError(
+                f"prompts built for {prompts.groups} modalities, the backbone has {len(modalities)}"
+            )
+        self.modalities = modalities
+        self.unseen_cameras = "error"
         if camera_tokens not in CAMERA_TOKENS:
             raise ValueError(
                 f"model.camera_tokens = '{camera_tokens}' is not one of: {', '.join(CAMERA_TOKENS)}"
@@ -209,16 +222,18 @@ class MultiModalBackbone(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def _check_inputs(self, images: dict[str, Tensor], camids: Tensor | None) -> int:
-        missing = [m for m in MODALITIES if m not in images]
+        keys = self.modalities.keys
+        missing = [m for m in keys if m not in images]
         if missing:
             raise KeyError(f"backbone input lacks modality {missing[0]} (got keys: {', '.join(images)})")
-        shape = tuple(images["RGB"].shape)
-        for m in MODALITIES:
+        shape = tuple(images[keys[0]].shape)
+        for m in keys:
             s = tuple(images[m].shape)
             if len(s) != 4 or s[1] != 3 or s[2:] != self.img_size or s != shape:
+                together = ", ".join(keys[:-1]) + f" and {keys[-1]}"
                 raise ValueError(
                     f"images['{m}'] has shape {s}; expected (B, 3, {self.img_size[0]}, {self.img_size[1]}), "
-                    f"the same B for RGB, NI and TI (RGB: {shape})"
+                    f"the same B for {together} ({keys[0]}: {shape})"
                 )
         batch = shape[0]
         if camids is not None and self.camera_embedding is not None:
@@ -226,7 +241,8 @@ class MultiModalBackbone(nn.Module):
                 raise ValueError(f"camids has shape {tuple(camids.shape)}, expected ({batch},)")
             # The value check reads the data, which a traced graph (torch.export, ONNX) cannot do.
             tracing = torch.compiler.is_compiling()
-            if not tracing and batch and (int(camids.min()) < 0 or int(camids.max()) >= self.num_cameras):
+            top = self.num_cameras if self.unseen_cameras == "error" else None
+            if not tracing and batch and (int(camids.min()) < 0 or (top and int(camids.max()) >= top)):
                 raise ValueError(
                     f"camids range {int(camids.min())}..{int(camids.max())} is outside the camera "
                     f"embedding's 0..{self.num_cameras - 1}"
@@ -237,19 +253,20 @@ class MultiModalBackbone(nn.Module):
         """Projected tokens of each modality.
 
         Args:
-            images: ``{"RGB", "NI", "TI"}`` -> ``(B, 3, H, W)``.
+            images: modality key (``RGB``, ``NI``, ``TI``) -> ``(B, 3, H, W)``.
             camids: ``(B,)`` 0-based camera ids; None: no camera term (unknown cameras).
 
         Returns:
-            ``{"RGB", "NI", "TI"}`` -> ``(B, 1 + H/16 * W/16, C)``: ``ln_post`` then ``proj`` of
+            modality key -> ``(B, 1 + H/16 * W/16, C)``: ``ln_post`` then ``proj`` of
             every token, cls first, prompt tokens removed.
         """
         batch = self._check_inputs(images, camids)
-        x = torch.cat([images[m] for m in MODALITIES], dim=0)  # (3B, 3, H, W)
+        keys, m = self.modalities.keys, len(self.modalities)
+        x = torch.cat([images[k] for k in keys], dim=0)  # (M·B, 3, H, W)
         camera = None
         if self.camera_embedding is not None and camids is not None:
-            camera = (self.camera_coef * self.camera_embedding[camids]).repeat(NUM_MODALITIES, 1)
-        x = self.encoder.embed(x, camera, self.camera_tokens)  # (3B, 1 + HW, D)
+            camera = (self.camera_coef * self.camera_rows(camids)).repeat(m, 1)
+        x = self.encoder.embed(x, camera, self.camera_tokens)  # (M·B, 1 + HW, D)
 
         previous: Tensor | None = None
         for index, block in enumerate(self.encoder.blocks):
@@ -257,20 +274,37 @@ class MultiModalBackbone(nn.Module):
             if layer_prompts is None:
                 x = block(x)
                 continue
-            groups = layer_prompts(batch, previous)  # (3, B, G, N, D)
+            groups = layer_prompts(batch, previous)  # (M, B, G, N, D)
             n = groups.shape[2] * groups.shape[3]
-            x = torch.cat([x, groups.reshape(NUM_MODALITIES * batch, n, -1).to(x.dtype)], dim=1)
+            x = torch.cat([x, groups.reshape(m * batch, n, -1).to(x.dtype)], dim=1)
             x = block(x)
             previous = x[:, -n:].reshape(groups.shape)
             x = x[:, :-n]
 
-        tokens = self.encoder.project(x)  # (3B, 1 + HW, C)
+        tokens = self.encoder.project(x)  # (M·B, 1 + HW, C)
         # unflatten, not chunk: chunk makes torch.export guard on the batch size.
-        return dict(zip(MODALITIES, tokens.unflatten(0, (NUM_MODALITIES, -1)).unbind(0)))
+        return dict(zip(keys, tokens.unflatten(0, (m, -1)).unbind(0)))
+
+    def camera_rows(self, camids: Tensor) -> Tensor:
+        """The camera embedding of each camid, ``(B, D)``: its learned row, or for a camid the
+        model never saw (>= ``num_cameras``, allowed with ``unseen_cameras = "mean"``) the mean
+        of the learned rows."""
+        table = self.camera_embedding
+        if self.unseen_cameras == "error":
+            return table[camids]
+        seen = camids < self.num_cameras
+        rows = table[camids.clamp(max=self.num_cameras - 1)]
+        return torch.where(seen[:, None], rows, table.mean(dim=0, keepdim=True))
 
 
-def build_backbone(model_cfg: ModelConfig, img_size: tuple[int, int], num_cameras: int) -> MultiModalBackbone:
-    """The multi-modal backbone that ``model_cfg`` describes, for inputs of ``img_size`` (H, W)."""
+def build_backbone(
+    model_cfg: ModelConfig,
+    img_size: tuple[int, int],
+    num_cameras: int,
+    modalities: ModalitySet = RGB_NI_TI,
+) -> MultiModalBackbone:
+    """The multi-modal backbone that ``model_cfg`` describes, for inputs of ``img_size`` (H, W),
+    over ``modalities``."""
     img_size = (int(img_size[0]), int(img_size[1]))
     encoder = BACKBONES.build(model_cfg.backbone, img_size, model_cfg.weights)
     if model_cfg.weights is None:
@@ -294,6 +328,7 @@ def build_backbone(model_cfg: ModelConfig, img_size: tuple[int, int], num_camera
         layers=_check_layers("prompt_layers", model_cfg.prompt_layers, n),
         num_tokens=model_cfg.prompt_tokens,
         act=model_cfg.prompt_act,
+        num_modalities=len(modalities),
     )
     return MultiModalBackbone(
         encoder,
@@ -303,4 +338,5 @@ def build_backbone(model_cfg: ModelConfig, img_size: tuple[int, int], num_camera
         camera_coef=model_cfg.camera_coef,
         freeze=model_cfg.freeze,
         camera_tokens=model_cfg.camera_tokens,
+        modalities=modalities,
     )

@@ -1,11 +1,12 @@
 """The full MambaPro model: shared backbone, aggregator and the BNNeck heads.
 
-``ori`` is the concatenation of the three modalities' cls features (3·C); ``fuse`` is the
-aggregator's feature (f_ma). Each head is a BNNeck (BatchNorm1d with a frozen zero bias) and a
+``ori`` is the concatenation of the M modalities' cls features (M·C; M = 3 for RGB, NI and TI,
+2 to 4 in general: the model is built for its dataset's modalities, ``model.modalities``);
+``fuse`` is the aggregator's feature (f_ma). Each head is a BNNeck (BatchNorm1d with a frozen zero bias) and a
 bias-free classifier; the losses use the pre-BN feature, the classifier the post-BN one.
 
 The backbone branch is supervised in one of two ways (``ori_head``, the release's
-``MODEL.DIRECT``): ``concat`` puts one head (3·C wide) on the concatenation; ``per_modality``
+``MODEL.DIRECT``): ``concat`` puts one head (M·C wide) on the concatenation; ``per_modality``
 puts one C-wide head, shared by the modalities, on each modality's cls feature, so RGB, NI and
 TI each get their own loss terms (the release on RGBNT100 and MSVR310).
 
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from mambapro.aggregation import build_aggregator
 from mambapro.config import Config
-from mambapro.modalities import MODALITIES
+from mambapro.modalities import RGB_NI_TI, ModalitySet
 from mambapro.models.backbone import build_backbone
 from mambapro.models.missing import MissingTokens
 from mambapro.parts import NECK_FEATS, ORI_HEADS, TEST_FEATURES, MASettings
@@ -53,15 +54,16 @@ class BNNeckHead(nn.Module):
 
 
 class MambaPro(nn.Module):
-    """Backbone over RGB/NI/TI, optional aggregator, the ``ori`` head(s) and the ``fuse`` head.
+    """Backbone over the modalities, optional aggregator, the ``ori`` head(s) and the ``fuse`` head.
 
     Args:
-        backbone: multi-modal backbone (see ``mambapro.models.build_backbone``).
-        aggregator: module mapping three (B, 1 + H·W, C) token tensors to (B, F), or None.
+        backbone: multi-modal backbone (see ``mambapro.models.build_backbone``); its
+            ``modalities`` are the model's.
+        aggregator: module mapping M (B, 1 + H·W, C) token tensors to (B, F), or None.
         num_classes: training identities (classifier width).
         test_feature: ``auto`` (fuse when an aggregator exists, else ori), ``ori`` or ``fuse``.
-        ori_head: ``concat`` (one head on the 3·C concatenation) or ``per_modality`` (one C-wide
-            head shared by the three modalities' cls features).
+        ori_head: ``concat`` (one head on the M·C concatenation) or ``per_modality`` (one C-wide
+            head shared by the modalities' cls features).
         neck_feat: test feature ``before`` or ``after`` its head's BatchNorm.
         missing_tokens: learned tokens stand in for a missing (all-zero) modality's backbone
             tokens before MA and the ``ori`` head (``train.modality_dropout_mode: feature``).
@@ -94,26 +96,33 @@ class MambaPro(nn.Module):
             raise ValueError("test.feature=fuse needs an aggregator (model.aggregator is 'none')")
         self.backbone = backbone
         self.aggregator = aggregator
+        self.modalities: ModalitySet = getattr(backbone, "modalities", RGB_NI_TI)
+        m = len(self.modalities)
+        if aggregator is not None and getattr(aggregator, "out_dim", None) != m * backbone.out_dim:
+            raise ValueError(
+                f"the aggregator's out_dim {aggregator.out_dim} is not {m} modalities x {backbone.out_dim}"
+            )
         c = backbone.out_dim
         self.ori_mode = ori_head
-        self.ori_head = BNNeckHead(3 * c if ori_head == "concat" else c, num_classes)
+        self.ori_head = BNNeckHead(m * c if ori_head == "concat" else c, num_classes)
         self.fuse_head = BNNeckHead(aggregator.out_dim, num_classes) if aggregator is not None else None
         if test_feature == "auto":
             test_feature = "fuse" if aggregator is not None else "ori"
         self.test_feature = test_feature
         self.neck_feat = neck_feat
         h, w = backbone.grid
-        self.missing = MissingTokens(1 + h * w, c) if missing_tokens else None
+        self.missing = MissingTokens(1 + h * w, c, self.modalities) if missing_tokens else None
 
     def features(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Pre-BN features ``ori`` (B, 3·C) and, with an aggregator, ``fuse`` (B, F)."""
-        images = {m: batch[m] for m in MODALITIES}
+        """Pre-BN features ``ori`` (B, M·C) and, with an aggregator, ``fuse`` (B, F)."""
+        keys = self.modalities.keys
+        images = {m: batch[m] for m in keys if m in batch}  # the backbone names a missing key
         tokens = self.backbone(images, batch.get("camids"))
         if self.missing is not None:
             tokens = self.missing(images, tokens)
-        out = {"ori": torch.cat([tokens[m][:, 0] for m in MODALITIES], dim=1)}
+        out = {"ori": torch.cat([tokens[m][:, 0] for m in keys], dim=1)}
         if self.aggregator is not None:
-            out["fuse"] = self.aggregator(tokens["RGB"], tokens["NI"], tokens["TI"])
+            out["fuse"] = self.aggregator(*(tokens[m] for m in keys))
         return out
 
     def test_time(self, name: str, feat: Tensor) -> Tensor:
@@ -124,20 +133,21 @@ class MambaPro(nn.Module):
         if name == "fuse":
             return self.fuse_head.bn(feat)
         if self.ori_mode == "per_modality":
-            return torch.cat([self.ori_head.bn(f) for f in feat.chunk(len(MODALITIES), dim=1)], dim=1)
+            return torch.cat([self.ori_head.bn(f) for f in feat.chunk(len(self.modalities), dim=1)], dim=1)
         return self.ori_head.bn(feat)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, tuple[Tensor, Tensor]] | Tensor:
         """Training: head name -> (pre-BN feature, logits), the heads being ``ori`` (concat) or
-        ``RGB``/``NI``/``TI`` (per modality), and ``fuse``. Eval: the test feature (B, F)."""
+        one per modality key (``RGB``/``NI``/``TI``; per modality), and ``fuse``. Eval: the test
+        feature (B, F)."""
         feats = self.features(batch)
         if not self.training:
             return self.test_time(self.test_feature, feats[self.test_feature])
         if self.ori_mode == "concat":
             out = {"ori": (feats["ori"], self.ori_head(feats["ori"]))}
         else:
-            per = feats["ori"].chunk(len(MODALITIES), dim=1)
-            out = {m: (f, self.ori_head(f)) for m, f in zip(MODALITIES, per)}
+            per = feats["ori"].chunk(len(self.modalities), dim=1)
+            out = {m: (f, self.ori_head(f)) for m, f in zip(self.modalities.keys, per)}
         if self.fuse_head is not None:
             out["fuse"] = (feats["fuse"], self.fuse_head(feats["fuse"]))
         return out
@@ -155,14 +165,22 @@ class MambaPro(nn.Module):
         return parts
 
 
-def build_model(cfg: Config, num_classes: int, num_cameras: int) -> MambaPro:
-    """Assemble MambaPro from the ``model`` section of ``cfg``."""
+def build_model(
+    cfg: Config, num_classes: int, num_cameras: int, modalities: ModalitySet | None = None
+) -> MambaPro:
+    """Assemble MambaPro from the ``model`` section of ``cfg`` for ``modalities`` (default: the
+    modalities of ``cfg``'s dataset)."""
     m = cfg.model
-    backbone = build_backbone(m, cfg.img_size(), num_cameras)
+    modalities = cfg.modalities() if modalities is None else modalities
+    backbone = build_backbone(m, cfg.img_size(), num_cameras, modalities)
     aggregator = None
     if m.aggregator != "none":
         aggregator = build_aggregator(
-            m.aggregator, dim=backbone.out_dim, grid=tuple(backbone.grid), ma=MASettings.from_config(m)
+            m.aggregator,
+            dim=backbone.out_dim,
+            grid=tuple(backbone.grid),
+            ma=MASettings.from_config(m),
+            num_modalities=len(modalities),
         )
     return MambaPro(
         backbone,

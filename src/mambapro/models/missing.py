@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mambapro.modalities import MODALITIES
+from mambapro.modalities import RGB_NI_TI, ModalitySet
 
 __all__ = ["MissingTokens", "missing_mask"]
 
@@ -28,20 +28,22 @@ class MissingTokens(nn.Module):
     Args:
         num_tokens: tokens per modality the backbone returns (1 + H·W: cls first).
         dim: token width C.
+        modalities: the modalities, one learned set each (the paper's RGB, NI, TI by default).
 
     forward(images, tokens): ``images`` the batch's ``{modality: (B, 3, H, W)}``, ``tokens`` the
     backbone's ``{modality: (B, 1 + H·W, C)}`` -> the same dict with, for each sample whose image
     of a modality is all zeros, that modality's tokens replaced by the learned ``(1 + H·W, C)``.
     """
 
-    def __init__(self, num_tokens: int, dim: int) -> None:
+    def __init__(self, num_tokens: int, dim: int, modalities: ModalitySet = RGB_NI_TI) -> None:
         super().__init__()
-        self.tokens = nn.Parameter(torch.empty(len(MODALITIES), num_tokens, dim))
+        self.keys = modalities.keys
+        self.tokens = nn.Parameter(torch.empty(len(modalities), num_tokens, dim))
         nn.init.trunc_normal_(self.tokens, std=0.02)
 
     def forward(self, images: dict[str, Tensor], tokens: dict[str, Tensor]) -> dict[str, Tensor]:
         out = {}
-        for i, m in enumerate(MODALITIES):
+        for i, m in enumerate(self.keys):
             gone = missing_mask(images[m])[:, None, None]
             learned = self.tokens[i].to(tokens[m].dtype).expand_as(tokens[m])
             out[m] = torch.where(gone, learned, tokens[m])

@@ -22,6 +22,9 @@ prompt. The semantics follow the authors' release, which refines the paper's eqs
   only in where RP sees the groups;
 - **IP**: modality k's sequence gets only its own ``N_pr`` prompts (no transfer, no residual).
 
+With M modalities (2 to 4; the paper's three) everything above holds with M groups per sequence
+and M transfer blocks per layer (M residual blocks for Separation).
+
 At the first prompted layer (and for SP/IP at every layer) ``p' = p``. With non-contiguous
 ``model.prompt_layers`` the residual input is the output of the most recent prompted layer.
 Prompts get no positional embedding and no ``ln_pre``. Parameters per layer at D = 768, N_pr = 4:
@@ -36,7 +39,6 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from mambapro.modalities import NUM_MODALITIES
 from mambapro.models.adapters import MlpAdapter
 from mambapro.parts import PROMPTS
 
@@ -60,7 +62,7 @@ def _bottleneck(dim: int, act: str) -> nn.Module:
 
 
 class PromptLayer(nn.Module):
-    """The prompt tokens that one layer appends to the three modalities' sequences.
+    """The prompt tokens that one layer appends to the M modalities' sequences.
 
     Args:
         dim: token width D.
@@ -68,41 +70,49 @@ class PromptLayer(nn.Module):
         act: activation of the transfer and residual blocks.
         transfer: exchange prompts between modalities (SP, SRP); False: IP.
         residual: ``None``, ``"fusion"`` or ``"separation"``.
+        num_modalities: M, the modalities whose sequences get prompts (3 in the paper).
     """
 
-    def __init__(self, dim: int, num_tokens: int, act: str, transfer: bool, residual: str | None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_tokens: int,
+        act: str,
+        transfer: bool,
+        residual: str | None,
+        num_modalities: int = 3,
+    ) -> None:
         super().__init__()
         if residual not in RESIDUALS:
             raise ValueError(f"residual prompt '{residual}' is not one of: {RESIDUALS}")
         if residual is not None and not transfer:
-            raise ValueError("a residual prompt needs the transfer (three prompt groups per sequence)")
+            raise ValueError("a residual prompt needs the transfer (one prompt group per modality)")
+        m = num_modalities
         self.num_tokens = num_tokens
-        self.groups = NUM_MODALITIES if transfer else 1
-        self.prompts = nn.Parameter(torch.zeros(NUM_MODALITIES, num_tokens, dim))
-        self.transfer = (
-            nn.ModuleList([_bottleneck(dim, act) for _ in range(NUM_MODALITIES)]) if transfer else None
-        )
-        n_rp = {None: 0, "fusion": 1, "separation": NUM_MODALITIES}[residual]
+        self.groups = m if transfer else 1
+        self.prompts = nn.Parameter(torch.zeros(m, num_tokens, dim))
+        self.transfer = nn.ModuleList([_bottleneck(dim, act) for _ in range(m)]) if transfer else None
+        n_rp = {None: 0, "fusion": 1, "separation": m}[residual]
         self.residual_kind = residual
         self.residual = nn.ModuleList([_bottleneck(dim, act) for _ in range(n_rp)]) if n_rp else None
         # Which group slot of which modality's sequence holds that modality's own prompt.
-        self.register_buffer("_own_slot", torch.eye(NUM_MODALITIES, dtype=torch.bool), persistent=False)
+        self.register_buffer("_own_slot", torch.eye(m, dtype=torch.bool), persistent=False)
 
     def _own(self, batch: int, previous: Tensor | None) -> Tensor:
-        """Each modality's own prompt ``p^k'``: ``(3, B, N, D)``."""
-        p = self.prompts.unsqueeze(1)  # (3, 1, N, D)
+        """Each modality's own prompt ``p^k'``: ``(M, B, N, D)``."""
+        p = self.prompts.unsqueeze(1)  # (M, 1, N, D)
         if self.residual is None or previous is None:
             return p.expand(-1, batch, -1, -1)
         if self.residual_kind == "fusion":
-            hat = previous.mean(dim=2)  # (3, B, N, D)
+            hat = previous.mean(dim=2)  # (M, B, N, D)
             return p + hat + self.residual[0](hat)
         refined = [previous[:, :, g] + rp(previous[:, :, g]) for g, rp in enumerate(self.residual)]
         return p + torch.stack(refined, dim=2).mean(dim=2)
 
     def forward(self, batch: int, previous: Tensor | None = None) -> Tensor:
-        """The prompt groups of every modality's sequence: ``(3, B, G, N, D)``.
+        """The prompt groups of every modality's sequence: ``(M, B, G, N, D)``.
 
-        ``previous``: the prompt outputs of the last prompted layer, ``(3, B, G, N, D)``, or None.
+        ``previous``: the prompt outputs of the last prompted layer, ``(M, B, G, N, D)``, or None.
         Index 0 is the modality whose sequence it is (r, n, t), index 2 the group slot.
         """
         own = self._own(batch, previous)
@@ -110,8 +120,8 @@ class PromptLayer(nn.Module):
             return own.unsqueeze(2)
         transferred = torch.stack(
             [self.prompts[m] + t(self.prompts[m]) for m, t in enumerate(self.transfer)]
-        )  # (3, N, D): p^{m->k}, the same for every target k ≠ m
-        mask = self._own_slot[:, None, :, None, None]  # (3, 1, 3, 1, 1)
+        )  # (M, N, D): p^{m->k}, the same for every target k ≠ m
+        mask = self._own_slot[:, None, :, None, None]  # (M, 1, M, 1, 1)
         return torch.where(mask, own.unsqueeze(2), transferred[None, None])
 
 
@@ -126,15 +136,19 @@ class MultiModalPrompts(nn.Module):
         act: str,
         transfer: bool,
         residual: str | None,
+        num_modalities: int = 3,
     ) -> None:
         super().__init__()
         if num_tokens <= 0:
             raise ValueError(f"model.prompt_tokens = {num_tokens} must be a positive integer")
         self.layer_indices = tuple(sorted(set(int(i) for i in layers)))
         self.num_tokens = num_tokens
-        self.groups = NUM_MODALITIES if transfer else 1
+        self.groups = num_modalities if transfer else 1
         self.layers = nn.ModuleDict(
-            {str(i): PromptLayer(dim, num_tokens, act, transfer, residual) for i in self.layer_indices}
+            {
+                str(i): PromptLayer(dim, num_tokens, act, transfer, residual, num_modalities)
+                for i in self.layer_indices
+            }
         )
 
     def get(self, layer: int) -> PromptLayer | None:
@@ -145,33 +159,51 @@ class MultiModalPrompts(nn.Module):
 
 class PromptFactory(Protocol):
     def __call__(
-        self, dim: int, *, layers: Sequence[int], num_tokens: int, act: str
+        self, dim: int, *, layers: Sequence[int], num_tokens: int, act: str, num_modalities: int = 3
     ) -> MultiModalPrompts | None: ...
 
 
 # The ``model.prompt`` constructors: ``mambapro.parts.PROMPTS`` names each of them (lazily).
 
 
-def no_prompts(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> None:
+def no_prompts(
+    dim: int, *, layers: Sequence[int], num_tokens: int, act: str, num_modalities: int = 3
+) -> None:
     """``none``: no prompts."""
     return None
 
 
-def ip(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+def ip(
+    dim: int, *, layers: Sequence[int], num_tokens: int, act: str, num_modalities: int = 3
+) -> MultiModalPrompts:
     """``ip``: independent prompts, no transfer."""
-    return MultiModalPrompts(dim, layers, num_tokens, act, transfer=False, residual=None)
+    return MultiModalPrompts(
+        dim, layers, num_tokens, act, transfer=False, residual=None, num_modalities=num_modalities
+    )
 
 
-def sp(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+def sp(
+    dim: int, *, layers: Sequence[int], num_tokens: int, act: str, num_modalities: int = 3
+) -> MultiModalPrompts:
     """``sp``: synergistic prompts (transfer between modalities)."""
-    return MultiModalPrompts(dim, layers, num_tokens, act, transfer=True, residual=None)
+    return MultiModalPrompts(
+        dim, layers, num_tokens, act, transfer=True, residual=None, num_modalities=num_modalities
+    )
 
 
-def srp_separation(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+def srp_separation(
+    dim: int, *, layers: Sequence[int], num_tokens: int, act: str, num_modalities: int = 3
+) -> MultiModalPrompts:
     """``srp_separation``: SP with one residual block per prompt group."""
-    return MultiModalPrompts(dim, layers, num_tokens, act, transfer=True, residual="separation")
+    return MultiModalPrompts(
+        dim, layers, num_tokens, act, transfer=True, residual="separation", num_modalities=num_modalities
+    )
 
 
-def srp_fusion(dim: int, *, layers: Sequence[int], num_tokens: int, act: str) -> MultiModalPrompts:
+def srp_fusion(
+    dim: int, *, layers: Sequence[int], num_tokens: int, act: str, num_modalities: int = 3
+) -> MultiModalPrompts:
     """``srp_fusion``: SP with one residual block on the fused groups (the paper's SRP)."""
-    return MultiModalPrompts(dim, layers, num_tokens, act, transfer=True, residual="fusion")
+    return MultiModalPrompts(
+        dim, layers, num_tokens, act, transfer=True, residual="fusion", num_modalities=num_modalities
+    )

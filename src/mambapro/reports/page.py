@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mambapro.files import atomic_write
+from mambapro.modalities import RGB_NI_TI, ModalitySet
 
 __all__ = ["write_report_page"]
 
@@ -52,6 +53,16 @@ def _num(value: Any, digits: int = 3) -> str:
         return "-"
 
 
+def _modalities(report: dict[str, Any]) -> ModalitySet:
+    """The analysed models' modalities (RGB, NI, TI in an ``analysis.json`` that predates the record)."""
+    stored = report.get("modalities")
+    return RGB_NI_TI if stored is None else ModalitySet.from_dict(stored)
+
+
+#: "all three modalities present", in words for the sizes a set may have.
+_ALL_PRESENT = {2: "both modalities", 3: "all three modalities", 4: "all four modalities"}
+
+
 def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
     """Cells are already escaped; the first ``left`` columns are left-aligned."""
 
@@ -90,7 +101,8 @@ def _metrics_section(report: dict[str, Any]) -> str:
     for label, m in report["metrics"].items():
         rows.append([_e(label), *(_pct(m.get(k)) for k in _METRICS), _e(m.get("num_valid", "-"))])
     table = _table(["checkpoint", *(f"{k} (%)" for k in _METRICS), "valid queries"], rows)
-    note = '<p class="note">Plain distance (no re-ranking), all three modalities present.</p>'
+    present = _ALL_PRESENT.get(len(_modalities(report)), "all modalities")
+    note = f'<p class="note">Plain distance (no re-ranking), {_e(present)} present.</p>'
     return f"<h2>Metrics</h2>{table}{note}"
 
 
@@ -134,7 +146,9 @@ def _missing_section(report: dict[str, Any]) -> str:
         for s in settings
     ]
     table = _table(["missing", *(f"{_e(c)}: mAP / R-1 (%)" for c in labels)], rows)
-    note = '<p class="note">-R: RGB missing (zeroed) in query and gallery, and so on.</p>'
+    mods = _modalities(report)
+    first = f"-{mods.letters[0]}: {mods.keys[0]}"
+    note = f'<p class="note">{_e(first)} missing (zeroed) in query and gallery, and so on.</p>'
     return f"<h2>Missing modalities</h2>{table}{note}"
 
 

@@ -1,4 +1,7 @@
-"""``mambapro params``: trainable and total parameters per part, and aggregator MACs."""
+"""``mambapro params``: trainable and total parameters per part, and aggregator MACs.
+
+The model counted is the one the config describes for its dataset's modalities (``ori`` and the
+aggregator grow with their number)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import torch
 from mambapro.aggregation import aggregator_flops_table
 from mambapro.config import Config
 from mambapro.data.specs import dataset_spec
+from mambapro.modalities import RGB_NI_TI
 from mambapro.models import build_model
 
 __all__ = ["parameter_report", "format_parameter_report", "flops_report"]
@@ -28,7 +32,8 @@ def _count(params: list[torch.nn.Parameter]) -> dict[str, int]:
 def parameter_report(
     cfg: Config, num_classes: int | None = None, num_cameras: int | None = None
 ) -> dict[str, Any]:
-    """Per-part parameter counts of the model ``cfg`` describes (built on the meta device).
+    """Per-part parameter counts of the model ``cfg`` describes (built on the meta device), for
+    the modalities of its dataset (``modalities`` in the report: their keys).
 
     Without explicit sizes the published dataset's identities and cameras are used.
     """
@@ -57,13 +62,17 @@ def parameter_report(
     report["geometry"] = list(cfg.img_size())
     report["num_classes"] = num_classes or classes
     report["num_cameras"] = num_cameras or cams
+    report["modalities"] = list(model.modalities.keys)
     return report
 
 
 def format_parameter_report(report: dict[str, Any]) -> str:
     h, w = report["geometry"]
+    keys = report.get("modalities", list(RGB_NI_TI.keys))
+    # The paper's RGB, NI, TI go unsaid, as before modalities became the dataset's.
+    named = "" if tuple(keys) == RGB_NI_TI.keys else f", modalities {'+'.join(keys)}"
     lines = [
-        f"parameters at {h}x{w}, {report['num_classes']} classes, {report['num_cameras']} cameras",
+        f"parameters at {h}x{w}, {report['num_classes']} classes, {report['num_cameras']} cameras{named}",
         f"{'part':<12}{'trainable':>15}{'total':>15}",
     ]
     for name, c in report["parts"].items():

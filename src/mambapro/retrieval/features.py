@@ -186,7 +186,8 @@ def extract_features(
 
 
 def eval_loader(cfg: Config, samples: list, dataset_name: str, missing: str = "full") -> Any:
-    """Test-time loader (resize + normalise) over ``samples`` with the configured batch size."""
+    """Test-time loader (resize + normalise) over ``samples`` with the configured batch size, the
+    ``missing`` modalities (a setting of the dataset's modalities: ``T`` for RGB + TI) zeroed."""
     return build_test_loader(
         cfg.data, samples, dataset_name, cfg.img_size(), batch_size=cfg.test.batch_size, missing=missing
     )
@@ -280,7 +281,7 @@ def _extract(
     rows = shard_rows(len(samples), cfg.test.batch_size, info.rank, info.world_size)
     shard: Shard = (rows, None)
     if rows:
-        loader = eval_loader(cfg, [samples[i] for i in rows], ds.name)
+        loader = eval_loader(cfg, [samples[i] for i in rows], ds.spec)
         mine = extract_features(model, loader, device, eval_amp(cfg, device), quiet, split)
         shard = (rows, (mine.feats, mine.pids, mine.camids, mine.sceneids, mine.paths))
     shards = gather_to_main(shard, info)

@@ -10,11 +10,14 @@ every gallery index records an identity:
 * ``feature``: the test feature (``ori`` or ``fuse``, ``test.feature`` resolved);
 * ``neck_feat``: before or after the BNNeck (``test.neck_feat``);
 * ``img_size``: the (H, W) the images were resized to;
-* ``modalities``: the modalities present in the images (``RGB+NI+TI`` unless some were zeroed);
+* ``modality_set``: the modalities of the model (``RGB+NI+TI``, ``RGB+TI``, ...); identities
+  written before it was recorded are of ``RGB+NI+TI`` models;
+* ``modalities``: the modalities present in the images (the whole set unless some were zeroed);
 * ``checkpoint``: the file it came from (shown in messages, never compared).
 
 ``index add``, ``search`` and ``serve`` compare the identities with :func:`check_same_model` and
-refuse a mismatch in one line naming both sides. Files written before identities existed carry
+refuse a mismatch in one line naming both sides (a gallery of one modality set and a model of
+another are refused as such). Files written before identities existed carry
 none: they load with one warning and are not checked.
 """
 
@@ -30,21 +33,23 @@ import torch
 from torch import Tensor, nn
 
 from mambapro.errors import UserError
-from mambapro.modalities import present_label
+from mambapro.modalities import RGB_NI_TI, ModalitySet
 
 __all__ = [
     "MODEL_KEYS",
     "EmbeddingMismatchError",
     "check_same_model",
     "model_identity",
+    "model_modalities",
     "stored_identity",
     "weights_fingerprint",
 ]
 
 #: The fields that make two sets of embeddings comparable (``modalities`` may differ between a
 #: query and a gallery: that is any-to-any retrieval).
-MODEL_KEYS = ("weights", "feature", "neck_feat", "img_size")
+MODEL_KEYS = ("modality_set", "weights", "feature", "neck_feat", "img_size")
 _LABELS = {
+    "modality_set": "modality set",
     "weights": "weights",
     "feature": "test.feature",
     "neck_feat": "test.neck_feat",
@@ -68,23 +73,35 @@ def weights_fingerprint(state: Mapping[str, Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def model_modalities(model: nn.Module) -> ModalitySet:
+    """The modalities ``model`` takes, in batch order (``model.modalities``; a model that does not
+    say takes the paper's RGB, NI and TI)."""
+    modalities = getattr(model, "modalities", None)
+    return modalities if isinstance(modalities, ModalitySet) else RGB_NI_TI
+
+
 def model_identity(
     model: nn.Module, img_size: tuple[int, int], checkpoint: str | Path, missing: str = "full"
 ) -> dict[str, Any]:
     """The identity of the embeddings ``model`` (a :class:`~mambapro.models.MambaPro` in eval
-    mode) makes from images of ``img_size`` with the ``missing`` modalities zeroed."""
+    mode) makes from images of ``img_size`` with the ``missing`` modalities (a setting of the
+    model's modality set) zeroed."""
+    modalities = model_modalities(model)
     return {
         "weights": weights_fingerprint(model.state_dict()),
         "feature": model.test_feature,
         "neck_feat": model.neck_feat,
         "img_size": [int(img_size[0]), int(img_size[1])],
-        "modalities": present_label(missing),
+        "modality_set": str(modalities),
+        "modalities": modalities.present_label(missing),
         "checkpoint": str(checkpoint),
     }
 
 
 def _value(identity: Mapping[str, Any], key: str) -> str:
     v = identity.get(key)
+    if key == "modality_set" and v is None:  # recorded since models of other sets exist
+        return str(RGB_NI_TI)
     if key == "img_size" and isinstance(v, (list, tuple)) and len(v) == 2:
         return f"{v[0]}x{v[1]}"
     return str(v)
@@ -104,13 +121,19 @@ def check_same_model(
     diff = [k for k in keys if _value(a, k) != _value(b, k)]
     if not diff:
         return
+    made = f"made from {a.get('checkpoint', '?')} vs {b.get('checkpoint', '?')}"
+    if "modality_set" in diff:
+        raise EmbeddingMismatchError(
+            f"{a_name} and {b_name} hold embeddings of models of different modalities "
+            f"({_value(a, 'modality_set')} vs {_value(b, 'modality_set')}; {made}): a gallery is "
+            "searched only with a model of its modalities; extract both with the same checkpoint"
+        )
     shown = "; ".join(f"{_LABELS.get(k, k)} {_value(a, k)} vs {_value(b, k)}" for k in diff)
     hint = (
         "extract both with the same checkpoint"
         if "weights" in diff
         else "extract both with the same test.* settings"
     )
-    made = f"made from {a.get('checkpoint', '?')} vs {b.get('checkpoint', '?')}"
     raise EmbeddingMismatchError(
         f"{a_name} and {b_name} hold embeddings of different models ({shown}; {made}): their "
         f"distances mean nothing; {hint}"

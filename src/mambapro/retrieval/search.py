@@ -1,4 +1,4 @@
-"""``mambapro search``: rank a gallery for query triplets and draw the rank list.
+"""``mambapro search``: rank a gallery for query captures and draw the rank list.
 
 The query is one capture (any of its modality files) or a split folder of queries; the gallery
 is a split folder (its features are extracted with the same model) or an ``.npz`` written by
@@ -8,7 +8,8 @@ the same folder for query and gallery); nothing else is filtered, since a search
 see same-camera matches too.
 
 Outputs: the ranked list printed per query, a JSON file with every ranking, and a rank-list
-image per query: one row per modality (RGB, NI, TI), the query then the top-k, with green or
+image per query: one row per modality of the model's set (RGB, NI, TI for the paper's models),
+the query then the top-k, with green or
 red borders when the gallery identity equals or differs from the query's (the identities come
 from the file names of the dataset layout, or from the ``.npz``).
 """
@@ -23,15 +24,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, PngImagePlugin
 
-from mambapro.data import DatasetError, read_triplet, samples_at, triplet_paths
+from mambapro.data import DatasetError, dataset_spec, read_triplet, samples_at, triplet_paths
 from mambapro.data.io import is_side_by_side, tiny_image_note
 from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat
 from mambapro.files import RANK_LIST_TAG, atomic_write, check_output
+from mambapro.modalities import RGB_NI_TI, ModalitySet
 from mambapro.options import check_search_options
 from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, extract_features
 from mambapro.retrieval.gallery import Match
-from mambapro.retrieval.identity import check_same_model, model_identity
+from mambapro.retrieval.identity import check_same_model, model_identity, model_modalities
 from mambapro.retrieval.index import GalleryIndex
 from mambapro.runtime import eval_amp
 from mambapro.train.checkpoint import load_model
@@ -53,13 +55,23 @@ def rank_gallery(distances: np.ndarray, query_path: str, query_pid: int, gallery
     return gallery.ranking(order, distances[order], k, query_path, query_pid)
 
 
-def _thumbnails(first_path: str, dataset_name: str) -> list[Any]:
-    """(RGB, NI, TI) thumbnails of a capture, or grey placeholders (with a warning) if unreadable."""
+def _dataset_modalities(dataset_name: str) -> ModalitySet:
+    """The modalities of a dataset's spec (the paper's three for a name no spec answers to: its
+    captures are drawn as placeholders anyway)."""
+    try:
+        return dataset_spec(dataset_name).modalities
+    except (KeyError, OSError, ValueError, DatasetError):
+        return RGB_NI_TI
+
+
+def _thumbnails(first_path: str, dataset_name: str, count: int) -> list[Any]:
+    """Thumbnails of a capture's ``count`` modalities (RGB, NI, TI), or grey placeholders (with a
+    warning) if unreadable."""
     try:
         images = read_triplet(triplet_paths(first_path, dataset_name), dataset_name)
     except DatasetError as err:
         warnings.warn(f"rank list: drawing a placeholder for {first_path}: {err}", stacklevel=2)
-        images = tuple(Image.new("RGB", (64, 64), (128, 128, 128)) for _ in range(3))
+        images = tuple(Image.new("RGB", (64, 64), (128, 128, 128)) for _ in range(count))
     out = []
     for img in images:
         w = max(1, round(img.width * _THUMB_HEIGHT / img.height))
@@ -79,21 +91,29 @@ def rank_index(
     ]
 
 
-def draw_rank_list(query_path: str, matches: list[Match], dataset_name: str, out: str | Path) -> Path:
-    """Save a rank-list image: rows RGB/NI/TI, columns query + matches, coloured borders."""
+def draw_rank_list(
+    query_path: str,
+    matches: list[Match],
+    dataset_name: str,
+    out: str | Path,
+    modalities: ModalitySet | None = None,
+) -> Path:
+    """Save a rank-list image: one row per modality (RGB/NI/TI), columns query + matches,
+    coloured borders. ``modalities``: the rows (default: the dataset's modalities)."""
+    modalities = modalities or _dataset_modalities(dataset_name)
     columns = [(query_path, "query", _COLOURS["query"])]
     for m in matches:
         colour = _COLOURS["match"] if m.same_identity else _COLOURS["other"]
         columns.append((m.path, f"{m.rank}: {m.distance:.3g}", colour))
-    thumbs = [_thumbnails(p, dataset_name) for p, _, _ in columns]
+    thumbs = [_thumbnails(p, dataset_name, len(modalities)) for p, _, _ in columns]
     cell_w = max(t.width for col in thumbs for t in col) + 2 * _BORDER
     cell_h = _THUMB_HEIGHT + 2 * _BORDER
     label_h, gap = 14, 6
     width = len(columns) * (cell_w + gap) + gap + 28
-    height = label_h + 3 * (cell_h + gap) + gap
+    height = label_h + len(modalities) * (cell_h + gap) + gap
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    for r, name in enumerate(("RGB", "NI", "TI")):
+    for r, name in enumerate(modalities):
         draw.text((2, label_h + gap + r * (cell_h + gap) + cell_h // 2 - 5), name, fill=(0, 0, 0))
     for c, ((_, label, colour), col) in enumerate(zip(columns, thumbs)):
         x = 28 + gap + c * (cell_w + gap)
@@ -110,8 +130,9 @@ def draw_rank_list(query_path: str, matches: list[Match], dataset_name: str, out
     return out
 
 
-def _warn_tiny_queries(samples: list, dataset_name: str, size: tuple[int, int]) -> None:
-    """One warning naming the first query image far smaller than the model's input."""
+def _warn_tiny_queries(samples: list, dataset_name: str, size: tuple[int, int], panels: int) -> None:
+    """One warning naming the first query image far smaller than the model's input (``panels``:
+    the modalities a side-by-side image holds)."""
     tiny = []
     for s in samples:
         for path in s.paths:
@@ -121,7 +142,7 @@ def _warn_tiny_queries(samples: list, dataset_name: str, size: tuple[int, int]) 
             except OSError:
                 continue  # unreadable files are the loader's to report
             if is_side_by_side(dataset_name):
-                w //= 3
+                w //= panels
             note = tiny_image_note((w, h), size)
             if note is not None:
                 tiny.append(f"{path} {note}")
@@ -192,7 +213,8 @@ def run_search(
     if len(images) > 1:  # one image per query, named after it
         for image in images:
             check_output(image, "--out (a rank list)", "rank list", inputs)
-    _warn_tiny_queries(q_samples, name, cfg.img_size())
+    modalities = model_modalities(model)
+    _warn_tiny_queries(q_samples, name, cfg.img_size(), len(modalities))
     qf = extract_features(model, eval_loader(cfg, q_samples, name), device, amp, quiet, "query")
     if gallery_index is not None:
         ranked = rank_index(gallery_index, qf, k, metric=cfg.test.distance)
@@ -213,7 +235,7 @@ def run_search(
         for m in matches:
             verdict = "same id" if m.same_identity else "other id"
             print(f"  rank {m.rank:>3}  distance {m.distance:.4g}  id {m.pid:>6}  {verdict:<8}  {m.path}")
-        draw_rank_list(qpath, matches, name, images[i])
+        draw_rank_list(qpath, matches, name, images[i], modalities)
     ranks_json = out.with_suffix(".json")
     with atomic_write(ranks_json) as fh:
         record = {

@@ -1,10 +1,11 @@
 """Evaluating a model: under any modality subset, the missing-modality table, the report files,
-and the ``test`` command.
+and the ``test`` command, on the model's own dataset or on another with the same modalities.
 
 :func:`evaluate_model` is the one path from a model and query/gallery samples to metrics: it
 extracts features with the given modalities missing and hands them to
 :func:`mambapro.evaluation.evaluate_features` with the ``test`` options of the config; the
-missing-modality table loops over it.
+missing-modality table loops over it. Settings and subsets are those of the model's modalities
+(``model.modalities``): 3 settings for two modalities, 7 for three, 15 for four.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 from torch import nn
 
 from mambapro.config import Config
-from mambapro.data import dataset_from_config, dataset_spec
+from mambapro.data import DatasetSpec, dataset_from_config, dataset_spec
 from mambapro.data.fingerprint import dataset_fingerprint, same_eval_split
+from mambapro.errors import UserError
 from mambapro.evaluation import (
     EvalResult,
     evaluate_features,
@@ -28,17 +30,11 @@ from mambapro.evaluation import (
     plot_heatmap,
     save_results_json,
 )
-from mambapro.modalities import (
-    MISSING_SETTINGS,
-    missing_label,
-    parse_missing,
-    parse_missing_request,
-    present_label,
-)
+from mambapro.modalities import RGB_NI_TI, ModalitySet
 from mambapro.options import check_test_options
 from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, extract_features
 from mambapro.runtime import eval_amp
-from mambapro.train.checkpoint import load_model
+from mambapro.train.checkpoint import checkpoint_modalities, load_checkpoint, load_model
 
 __all__ = ["cross_missing_matrix", "evaluate_model", "format_cross_matrix", "run_test", "write_report"]
 
@@ -46,7 +42,7 @@ __all__ = ["cross_missing_matrix", "evaluate_model", "format_cross_matrix", "run
 def evaluate_model(
     model: nn.Module,
     cfg: Config,
-    dataset_name: str,
+    dataset_name: str | DatasetSpec,
     query: list,
     gallery: list,
     device: torch.device,
@@ -58,27 +54,38 @@ def evaluate_model(
 ) -> EvalResult:
     """Metrics of ``model`` on query against gallery samples with the ``missing`` modalities
     zeroed (default ``test.missing``; in the gallery ``gallery_missing`` when given, else the
-    same), by the dataset's protocol and the ``test`` options (distance, re-ranking unless
-    ``rerank`` says otherwise, CMC length)."""
-    missing = parse_missing(missing or cfg.test.missing)
-    gallery_missing = missing if gallery_missing is None else parse_missing(gallery_missing)
-    check_model_cameras(model, query, f"{dataset_name} query")
-    check_model_cameras(model, gallery, f"{dataset_name} gallery")
-    qf = extract_features(model, eval_loader(cfg, query, dataset_name, missing), device, amp, quiet, "query")
+    same; settings of ``model.modalities``), by the dataset's protocol and the ``test`` options
+    (distance, re-ranking unless ``rerank`` says otherwise, CMC length). ``dataset_name``: a
+    registered name, a spec file or the :class:`DatasetSpec` (``ds.spec``) of the samples."""
+    modalities: ModalitySet = model.modalities
+    missing = modalities.parse_missing(missing or cfg.test.missing)
+    gallery_missing = missing if gallery_missing is None else modalities.parse_missing(gallery_missing)
+    spec = dataset_spec(dataset_name)
+    _check_cameras(model, query, f"{spec.name} query")
+    _check_cameras(model, gallery, f"{spec.name} gallery")
+    qf = extract_features(model, eval_loader(cfg, query, spec, missing), device, amp, quiet, "query")
     gf = extract_features(
-        model, eval_loader(cfg, gallery, dataset_name, gallery_missing), device, amp, quiet, "gallery"
+        model, eval_loader(cfg, gallery, spec, gallery_missing), device, amp, quiet, "gallery"
     )
-    return _metrics(cfg, dataset_name, qf, gf, rerank)
+    return _metrics(cfg, spec, qf, gf, rerank)
+
+
+def _check_cameras(model: nn.Module, samples: list, what: str) -> None:
+    """Every camera id has a row in the model's camera embedding, unless the model gives cameras
+    it never saw the mean of the learned rows (``backbone.unseen_cameras = "mean"``: a
+    cross-dataset test)."""
+    if model.backbone.unseen_cameras != "mean":
+        check_model_cameras(model, samples, what)
 
 
 def _metrics(
-    cfg: Config, dataset_name: str, qf: FeatureSet, gf: FeatureSet, rerank: bool | None
+    cfg: Config, spec: DatasetSpec, qf: FeatureSet, gf: FeatureSet, rerank: bool | None
 ) -> EvalResult:
     t = cfg.test
     result = evaluate_features(
         qf.labelled(),
         gf.labelled(),
-        use_scenes=dataset_spec(dataset_name).has_scenes,
+        use_scenes=spec.has_scenes,
         metric=t.distance,
         max_rank=t.max_rank,
         rerank=t.rerank if rerank is None else rerank,
@@ -88,7 +95,7 @@ def _metrics(
     )
     if result.num_skipped:
         warnings.warn(
-            f"{dataset_name}: {result.num_skipped} of {result.num_skipped + result.num_valid} queries have "
+            f"{spec.name}: {result.num_skipped} of {result.num_skipped + result.num_valid} queries have "
             "no valid match in the gallery (same identity from another camera or scene) and are left "
             "out of mAP and CMC",
             stacklevel=3,
@@ -99,32 +106,40 @@ def _metrics(
 def cross_missing_matrix(
     model: nn.Module,
     cfg: Config,
-    dataset_name: str,
+    dataset_name: str | DatasetSpec,
     query: list,
     gallery: list,
     device: torch.device,
     amp: torch.dtype | None = None,
     quiet: bool = True,
-    settings: tuple[str, ...] = MISSING_SETTINGS,
+    settings: tuple[str, ...] | None = None,
 ) -> dict[tuple[str, str], EvalResult]:
     """Any-to-any retrieval: ``{(query setting, gallery setting): result}`` for every pair of
-    ``settings``. Each split is extracted once per setting (2 x 7 passes, not 2 x 49)."""
-    check_model_cameras(model, query, f"{dataset_name} query")
-    check_model_cameras(model, gallery, f"{dataset_name} gallery")
+    ``settings`` (default: every setting of ``model.modalities``). Each split is extracted once
+    per setting (2 x 7 passes for three modalities, not 2 x 49)."""
+    modalities: ModalitySet = model.modalities
+    settings = modalities.settings if settings is None else tuple(map(modalities.parse_missing, settings))
+    spec = dataset_spec(dataset_name)
+    _check_cameras(model, query, f"{spec.name} query")
+    _check_cameras(model, gallery, f"{spec.name} gallery")
 
     def features(samples: list, setting: str, what: str) -> FeatureSet:
-        loader = eval_loader(cfg, samples, dataset_name, setting)
-        return extract_features(model, loader, device, amp, quiet, f"{what} {present_label(setting)}")
+        loader = eval_loader(cfg, samples, spec, setting)
+        label = modalities.present_label(setting)
+        return extract_features(model, loader, device, amp, quiet, f"{what} {label}")
 
     qfs = {s: features(query, s, "query") for s in settings}
     gfs = {s: features(gallery, s, "gallery") for s in settings}
-    return {(q, g): _metrics(cfg, dataset_name, qfs[q], gfs[g], None) for q in settings for g in settings}
+    return {(q, g): _metrics(cfg, spec, qfs[q], gfs[g], None) for q in settings for g in settings}
 
 
-def format_cross_matrix(matrix: dict[tuple[str, str], EvalResult], metric: str = "mAP") -> str:
-    """The matrix as text: one row per query subset, one column per gallery subset, in percent."""
+def format_cross_matrix(
+    matrix: dict[tuple[str, str], EvalResult], metric: str = "mAP", modalities: ModalitySet = RGB_NI_TI
+) -> str:
+    """The matrix as text: one row per query subset, one column per gallery subset (named by the
+    present ``modalities``), in percent."""
     settings = list(dict.fromkeys(q for q, _ in matrix))
-    labels = [present_label(s) for s in settings]
+    labels = [modalities.present_label(s) for s in settings]
     width = max(len(label) for label in labels) + 2
 
     def value(res: EvalResult) -> float:
@@ -168,56 +183,115 @@ def run_test(
     rerank: bool = False,
     output: str | Path | None = None,
     quiet: bool = False,
+    dataset: str | Path | None = None,
 ) -> dict[str, Any]:
     """The ``mambapro test`` command: the result table, and with ``missing`` (see
-    :func:`~mambapro.modalities.parse_missing_request`) the missing-modality table (``all``), the
-    any-to-any matrix (``cross``), one query/gallery pair (``Q:G``) or one setting."""
-    out = check_test_options(checkpoint, output, missing)
-    request = parse_missing_request(missing) if missing is not None else None
+    :meth:`~mambapro.modalities.ModalitySet.parse_request`, of the model's modalities) the
+    missing-modality table (``all``), the any-to-any matrix (``cross``), one query/gallery pair
+    (``Q:G``) or one setting.
+
+    ``dataset`` (a registered name or a dataset spec file) tests the checkpoint on another
+    dataset with the same modalities, found under ``data.root``: the model keeps its image size,
+    a camera it never saw gets the mean of its learned camera embeddings, and the reports say
+    "trained on A, tested on B"."""
+    out = check_test_options(checkpoint, output, missing, dataset)
+    if dataset is not None:
+        extra = _cross_dataset_extra(checkpoint, dataset, extra)
     model, cfg, ckpt = load_model(checkpoint, config, overrides, extra)
+    modalities: ModalitySet = model.modalities
+    # --missing names the model's modalities: checked once they are known, before any output.
+    request = modalities.parse_request(missing) if missing is not None else cfg.test.missing
     if rerank:
         cfg.test.rerank = True
-    if request is None:  # the config's test.missing
-        request = parse_missing(cfg.test.missing)
     device = next(model.parameters()).device
     amp = eval_amp(cfg, device)
     ds = dataset_from_config(cfg.data, generate=False)
     reranked = " (re-ranked)" if cfg.test.rerank else ""
-    # Is the evaluated query+gallery the one the checkpoint was trained against?
+    trained_on = _trained_on(ckpt)
+    cross = trained_on != ds.name
     fingerprint = dataset_fingerprint(ds)
-    status, check = same_eval_split(ckpt.get("dataset_fingerprint"), fingerprint)
-    dataset = {"dataset_check": status, "dataset_fingerprint": fingerprint}
+    if cross:
+        model.backbone.unseen_cameras = "mean"
+        scope = heading = f"trained on {trained_on}, tested on {ds.name}"
+        status = "cross-dataset"
+        check = (
+            f"dataset check: cross-dataset ({scope}; query+gallery {fingerprint['eval_sha256'][:12]}); "
+            "cameras the model never saw get the mean of its learned camera embeddings"
+        )
+    else:
+        scope, heading = f"{ds.name} test set", ds.name
+        # Is the evaluated query+gallery the one the checkpoint was trained against?
+        status, check = same_eval_split(ckpt.get("dataset_fingerprint"), fingerprint)
+    dataset_info = {
+        "dataset_check": status,
+        "dataset_fingerprint": fingerprint,
+        "trained_on": trained_on,
+        "tested_on": ds.name,
+        "modalities": modalities.to_dict(),
+    }
 
     def evaluate_setting(setting: str, gallery_setting: str | None = None) -> EvalResult:
         return evaluate_model(
-            model, cfg, ds.name, ds.query, ds.gallery, device, amp, quiet, setting, None, gallery_setting
+            model, cfg, ds.spec, ds.query, ds.gallery, device, amp, quiet, setting, None, gallery_setting
         )
 
     if request == "cross":
-        return {**_run_cross(model, cfg, ds, device, amp, quiet, out, reranked, dataset, check), **dataset}
+        titles = (scope, heading, reranked)
+        done = _run_cross(model, cfg, ds, device, amp, quiet, out, titles, dataset_info, check)
+        return {**done, **dataset_info}
     if isinstance(request, tuple):
         q, g = request
-        label = f"{present_label(q)}:{present_label(g)}"
+        label = f"{modalities.present_label(q)}:{modalities.present_label(g)}"
         res = evaluate_setting(q, g)
     else:
         setting = cfg.test.missing if request == "all" else request
-        label = missing_label(setting)
+        label = modalities.missing_label(setting)
         res = evaluate_setting(setting)
-    table = write_report(out, {label: res}, title=f"{ds.name} test set{reranked}", extra=dataset, notes=check)
+    table = write_report(out, {label: res}, title=f"{scope}{reranked}", extra=dataset_info, notes=check)
     print(table)
-    result: dict[str, Any] = {"result": res, "table": table, **dataset}
+    result: dict[str, Any] = {"result": res, "table": table, **dataset_info}
     if request == "all":
         # The row already evaluated above is reused rather than extracted again.
         rows, mm_table = missing_modality_table(
-            lambda m: res if missing_label(m) == label else evaluate_setting(m),
-            title=f"{ds.name} test set, missing modalities{reranked}",
+            lambda m: res if modalities.missing_label(m) == label else evaluate_setting(m),
+            modalities=modalities,
+            title=f"{scope}, missing modalities{reranked}",
         )
         print(mm_table)
         (out / "missing_modality.txt").write_text(mm_table + "\n")
-        save_results_json(out / "missing_modality.json", rows)
+        save_results_json(out / "missing_modality.json", rows, extra={"modalities": modalities.to_dict()})
         result["missing"] = rows
     print(f"results written to {out}")
     return result
+
+
+def _trained_on(ckpt: dict[str, Any]) -> str:
+    """The name of the dataset a checkpoint was trained on."""
+    return str(ckpt.get("dataset") or ckpt["config"]["data"]["dataset"])
+
+
+def _cross_dataset_extra(checkpoint: str | Path, dataset: str | Path, extra: dict | None) -> dict:
+    """``extra`` for testing ``checkpoint`` on ``dataset``: that dataset, the image size the model
+    was trained at, nothing generated; a dataset whose modalities are not the checkpoint's is
+    refused, naming both."""
+    ckpt = load_checkpoint(checkpoint)
+    spec = dataset_spec(dataset)
+    trained = checkpoint_modalities(ckpt)
+    if spec.modalities.keys != trained.keys:
+        raise UserError(
+            f"--dataset {spec.name} has the modalities {spec.modalities}, but {checkpoint} was trained "
+            f"on {_trained_on(ckpt)} with {trained}: a cross-dataset test needs the same modalities"
+        )
+    data = ckpt["config"]["data"]
+    size = data.get("img_size") or dataset_spec(data["dataset"]).img_size
+    extra = dict(extra or {})
+    extra["data"] = {
+        **(extra.get("data") or {}),
+        "dataset": str(dataset),
+        "img_size": [int(x) for x in size],
+        "synthetic": False,
+    }
+    return extra
 
 
 def _run_cross(
@@ -228,21 +302,25 @@ def _run_cross(
     amp,
     quiet: bool,
     out: Path,
-    reranked: str,
+    titles: tuple[str, str, str],
     dataset: dict[str, Any],
     check: str,
 ) -> dict[str, Any]:
-    """``test --missing cross``: the 7 x 7 matrix printed, in results.json, and as a heat map."""
-    matrix = cross_missing_matrix(model, cfg, ds.name, ds.query, ds.gallery, device, amp, quiet)
+    """``test --missing cross``: the n x n matrix of the model's settings (7 x 7 for three
+    modalities) printed, in results.json, and as a heat map; ``titles``: the tables' scope, the
+    figure's heading and the re-ranking note."""
+    scope, heading, reranked = titles
+    modalities: ModalitySet = model.modalities
+    matrix = cross_missing_matrix(model, cfg, ds.spec, ds.query, ds.gallery, device, amp, quiet)
     full = matrix[("full", "full")]
-    table = write_report(out, {"full": full}, title=f"{ds.name} test set{reranked}", notes=check)
-    settings = list(MISSING_SETTINGS)
-    labels = [present_label(s) for s in settings]
+    table = write_report(out, {"full": full}, title=f"{scope}{reranked}", notes=check)
+    settings = list(modalities.settings)
+    labels = [modalities.present_label(s) for s in settings]
     text = "\n\n".join(
         [
-            f"{ds.name} test set, any-to-any retrieval (rows: query modalities, columns: gallery){reranked}",
-            format_cross_matrix(matrix, "mAP"),
-            format_cross_matrix(matrix, "Rank-1"),
+            f"{scope}, any-to-any retrieval (rows: query modalities, columns: gallery){reranked}",
+            format_cross_matrix(matrix, "mAP", modalities),
+            format_cross_matrix(matrix, "Rank-1", modalities),
         ]
     )
     print(table)
@@ -259,7 +337,7 @@ def _run_cross(
         cells["mAP"],
         labels,
         labels,
-        title=f"{ds.name}: mAP (%), query modalities vs gallery modalities{reranked}",
+        title=f"{heading}: mAP (%), query modalities vs gallery modalities{reranked}",
         xlabel="gallery modalities",
         ylabel="query modalities",
     )

@@ -4,6 +4,10 @@ A checkpoint is a plain dict of tensors, numbers, strings and containers thereof
 with ``torch.load(..., weights_only=True)``: loading never runs code from the file. It is first
 written to a temporary file in the same folder and then renamed over the target, so an
 interruption never leaves a partial checkpoint under the real name.
+
+A checkpoint records the modalities its model was built for (``modalities``; checkpoints
+written before it are RGB, NI, TI): the model is rebuilt for them, and a config whose dataset
+has other modalities is refused.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from torch import nn
 from mambapro.config import Config, config_diff, config_to_dict, load_config
 from mambapro.errors import CheckpointError
 from mambapro.files import atomic_write
+from mambapro.modalities import RGB_NI_TI, ModalitySet
 from mambapro.models import build_model
 from mambapro.runtime import resolve_device
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "CheckpointError"]
+__all__ = ["CheckpointError", "checkpoint_modalities", "load_checkpoint", "load_model", "save_checkpoint"]
 
 FORMAT_VERSION = 1
 
@@ -67,6 +72,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def checkpoint_modalities(ckpt: dict[str, Any]) -> ModalitySet:
+    """The modalities a checkpoint's model was built for (RGB, NI, TI where it predates the record)."""
+    stored = ckpt.get("modalities")
+    return RGB_NI_TI if stored is None else ModalitySet.from_dict(stored)
+
+
 def load_model(
     checkpoint: str | Path,
     config: str | Path | None = None,
@@ -80,7 +91,9 @@ def load_model(
     The model section cannot change (the stored weights would not fit it): a differing
     ``model.*`` key, from the file or the command line, is an error naming it. Keys a
     checkpoint's stored config lacks (added to mambapro after it was written) take their
-    defaults, which keep the behaviour of the version that wrote it.
+    defaults, which keep the behaviour of the version that wrote it. The model is built for the
+    checkpoint's modalities; a dataset (``data.dataset``) with other modalities is an error naming
+    both sets.
     """
     ckpt = load_checkpoint(checkpoint)
     stored = ckpt["config"]
@@ -106,7 +119,14 @@ def load_model(
         cfg.model.scan_backend = "auto"
     # The encoder weights come from the checkpoint, not from model.weights.
     cfg.model.weights = None
-    model = build_model(cfg, ckpt["num_classes"], ckpt["num_cameras"])
+    modalities = checkpoint_modalities(ckpt)
+    wanted = cfg.modalities()
+    if wanted.keys != modalities.keys:
+        raise CheckpointError(
+            f"{checkpoint}: the model was trained on the modalities {modalities}; dataset "
+            f"{cfg.data.dataset} has {wanted}"
+        )
+    model = build_model(cfg, ckpt["num_classes"], ckpt["num_cameras"], modalities)
     cfg.model.weights = stored["model"]["weights"]
     try:
         model.load_state_dict(ckpt["model"])

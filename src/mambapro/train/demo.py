@@ -58,7 +58,7 @@ def run_demo(
     print(data.summary)
     model = build_model(cfg, data.num_classes, data.num_cameras).to(device)
     print("[2/4] evaluating the untrained model ...", flush=True)
-    untrained = evaluate_model(model, cfg, data.name, data.query, data.gallery, device, quiet=quiet)
+    untrained = evaluate_model(model, cfg, cfg.data.dataset, data.query, data.gallery, device, quiet=quiet)
     del model
 
     print(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from mambapro.config import Config
 from mambapro.data import ReIDDataset, dataset_from_config, split_validation
+from mambapro.data.published import warn_published_differences
 from mambapro.train.distributed import DistInfo, barrier
 
 __all__ = ["DataBundle", "prepare_data"]
@@ -47,6 +48,10 @@ def prepare_data(cfg: Config, dist_info: DistInfo | None = None, quiet: bool = T
     barrier(dist_info)
     if ds is None:
         ds = dataset_from_config(cfg.data)
+    else:
+        # The first thing to look at when numbers differ from the paper's: a folder that is not
+        # the published dataset (a warning naming the split and the count; synthetic trees pass).
+        warn_published_differences(ds)
     val_query: list = []
     val_gallery: list = []
     if cfg.train.select_best == "val":

@@ -157,6 +157,7 @@ class Trainer:
             "num_cameras": self.data.num_cameras,
             "dataset": self.data.name,
             "dataset_fingerprint": self.fingerprint,
+            "modalities": self.model.modalities.to_dict(),
         }
 
     def save(self, name: str = "last.ckpt") -> Path | None:
@@ -290,7 +291,7 @@ class Trainer:
         return evaluate_model(
             self.model,
             self.cfg,
-            self.data.name,
+            self.cfg.data.dataset,  # a spec file's name is not registered: look it up by its path
             query,
             gallery,
             self.device,

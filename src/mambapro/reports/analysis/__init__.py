@@ -1,19 +1,20 @@
 """``mambapro analyze``: the paper's qualitative figures for one or more checkpoints, and a report.
 
 For a checkpoint (and the ``--compare`` checkpoints, which must be of the same dataset) on its
-test set (query and gallery, all three modalities present):
+test set (query and gallery, all of the model's modalities present; RGB, NI and TI in the
+paper, 2 to 4 in general):
 
-* **t-SNE** (paper Fig. 5) of the ``ori`` feature (the backbone's three cls tokens concatenated)
+* **t-SNE** (paper Fig. 5) of the ``ori`` feature (the backbone's cls tokens concatenated)
   and the ``fuse`` feature (the aggregator's) of ``ids`` test identities, drawn with a fixed seed
   from the test set, the same for every checkpoint: one panel per checkpoint and feature, colours
   by identity, markers by camera. Each test feature is taken as the model returns it at test
   time (before or after its head's BatchNorm, ``test.neck_feat``) and L2-normalised before
   scikit-learn's ``TSNE`` (the evaluation's distances are on L2-normalised features too).
 * **Modality alignment** (Fig. 6): per capture, the cosine similarity between two modalities'
-  features, for the pairs RGB-NI, RGB-TI and NI-TI, *before MA* (the backbone's cls tokens, the
-  chunks of ``ori``) and *after MA* (the mean of each modality's mixed patch tokens f_ir^M, which
-  the aggregator's readout consumes with the cls token; read from the aggregator's
-  ``mixed_taps``). Histograms per pair; in ``analysis.json`` per pair and stage the mean, the
+  features, for every pair of modalities (RGB-NI, RGB-TI and NI-TI), *before MA* (the backbone's
+  cls tokens, the chunks of ``ori``) and *after MA* (the mean of each modality's mixed patch
+  tokens f_ir^M, which the aggregator's readout consumes with the cls token; read from the
+  aggregator's ``mixed_taps``). Histograms per pair; in ``analysis.json`` per pair and stage the mean, the
   standard deviation and ``same_vs_other_overlap``, and per pair ``before_after_overlap`` (both
   defined in :data:`OVERLAP_DEFINITION`). The readout's per-modality outputs (the chunks of
   ``fuse``, f_final^M) are recorded as a third stage, ``readout``.
@@ -43,6 +44,7 @@ from mambapro.reports.analysis.alignment import (
     alignment_stats,
     histogram_intersection,
     joint_bins,
+    modality_pairs,
     pair_cosines,
 )
 from mambapro.reports.analysis.command import run_analyze
@@ -60,6 +62,7 @@ __all__ = [
     "extract_analysis_features",
     "joint_bins",
     "grad_cam_maps",
+    "modality_pairs",
     "histogram_intersection",
     "pair_cosines",
     "per_query_ap",

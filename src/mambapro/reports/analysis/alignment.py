@@ -1,10 +1,12 @@
 """The modality-alignment figure (paper Fig. 6): cosine similarity between two modalities'
 features of one capture before MA (cls tokens), after MA (mean mixed patch tokens) and after the
 readout, its statistics and overlap measures, the histograms, and the ``alignment`` section of
-the report."""
+the report; for every pair of the model's modalities (three pairs for RGB, NI, TI, one for two
+modalities, six for four)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mambapro.modalities import MODALITIES
+from mambapro.modalities import ModalitySet
 from mambapro.reports.analysis.context import Context, save_figure
 from mambapro.reports.analysis.features import AnalysisFeatures
 
@@ -25,13 +27,20 @@ __all__ = [
     "alignment_stats",
     "histogram_intersection",
     "joint_bins",
+    "modality_pairs",
     "other_capture_cosines",
     "pair_cosines",
     "plot_alignment",
 ]
 
-#: The modality pairs of the alignment figure, as index pairs into ``MODALITIES``.
-PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))
+
+def modality_pairs(n: int) -> tuple[tuple[int, int], ...]:
+    """Every pair of ``n`` modalities, as index pairs in set order: (0, 1), (0, 2), (1, 2), ..."""
+    return tuple(itertools.combinations(range(n), 2))
+
+
+#: The modality pairs of RGB, NI and TI: RGB-NI, RGB-TI, NI-TI.
+PAIRS: tuple[tuple[int, int], ...] = modality_pairs(3)
 #: Bins of the histograms of cosine similarity (figure and overlap measures), spread over the
 #: range of the values compared: a model's cosines often all lie within a few hundredths.
 NUM_BINS = 50
@@ -88,18 +97,18 @@ def histogram_intersection(x: np.ndarray, y: np.ndarray, bins: np.ndarray | None
     return float(np.minimum(p / p.sum(), q / q.sum()).sum())
 
 
-def _pair_name(i: int, j: int) -> str:
-    return f"{MODALITIES[i]}-{MODALITIES[j]}"
+def _pair_name(modalities: ModalitySet, i: int, j: int) -> str:
+    return f"{modalities.keys[i]}-{modalities.keys[j]}"
 
 
 def alignment_stats(feats: AnalysisFeatures) -> dict[str, dict[str, Any]]:
-    """Per pair (``RGB-NI``, ``RGB-TI``, ``NI-TI``): per stage (``before``, ``after``,
+    """Per pair of ``feats.modalities`` (``RGB-NI``, ``RGB-TI``, ``NI-TI``): per stage (``before``, ``after``,
     ``readout`` where the model has them) the mean and standard deviation of the same-capture
     cosine similarity and ``same_vs_other_overlap``, and ``before_after_overlap`` (see
     :data:`OVERLAP_DEFINITION`)."""
     stages = {"before": feats.before, "after": feats.after, "readout": feats.readout}
     out: dict[str, dict[str, Any]] = {}
-    for i, j in PAIRS:
+    for i, j in modality_pairs(len(feats.modalities)):
         entry: dict[str, Any] = {}
         same = {}
         for stage, arr in stages.items():
@@ -114,19 +123,21 @@ def alignment_stats(feats: AnalysisFeatures) -> dict[str, dict[str, Any]]:
             }
         if "after" in same:
             entry["before_after_overlap"] = histogram_intersection(same["before"], same["after"])
-        out[_pair_name(i, j)] = entry
+        out[_pair_name(feats.modalities, i, j)] = entry
     return out
 
 
 def plot_alignment(path: Path, per_checkpoint: dict[str, AnalysisFeatures]) -> Path:
     """Histograms of same-capture cosine similarity, before and after MA: one row per checkpoint,
-    one column per modality pair; each panel's bins span its values."""
+    one column per modality pair; each panel's bins span its values. The checkpoints share
+    their modalities (those of one dataset)."""
     labels = list(per_checkpoint)
-    fig = Figure(figsize=(13, 3.1 * len(labels)))
-    axes = fig.subplots(len(labels), len(PAIRS), squeeze=False)
+    pairs = modality_pairs(len(per_checkpoint[labels[0]].modalities))
+    fig = Figure(figsize=(13 * max(len(pairs), 2) / 3, 3.1 * len(labels)))
+    axes = fig.subplots(len(labels), len(pairs), squeeze=False)
     for r, label in enumerate(labels):
         f = per_checkpoint[label]
-        for c, (i, j) in enumerate(PAIRS):
+        for c, (i, j) in enumerate(pairs):
             ax = axes[r][c]
             stages = [("before MA", f.before, "#888888"), ("after MA", f.after, "#d62728")]
             cosines = [
@@ -137,7 +148,7 @@ def plot_alignment(path: Path, per_checkpoint: dict[str, AnalysisFeatures]) -> P
             bins = joint_bins(*(cos for _, cos, _ in cosines))
             for name, cos, colour in cosines:
                 ax.hist(cos, bins=bins, alpha=0.6, color=colour, label=f"{name} (mean {cos.mean():.4f})")
-            ax.set_title(f"{label}: {_pair_name(i, j)}", fontsize=9)
+            ax.set_title(f"{label}: {_pair_name(f.modalities, i, j)}", fontsize=9)
             ax.set_xlabel("cosine similarity (same capture)", fontsize=8)
             ax.set_ylabel("captures", fontsize=8)
             ax.tick_params(labelsize=7)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mambapro.data import dataset_from_config, dataset_spec
+from mambapro.data import dataset_from_config
 from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat, evaluate_features, format_table
 from mambapro.options import check_analyze_options
@@ -112,6 +112,7 @@ def run_analyze(
             "num_gallery": len(ds.gallery),
             "num_captures": len(samples),
         },
+        modalities=runs[0].model.modalities.to_dict(),
         checkpoints=[_summary(r) for r in runs],
         metrics={r.label: r.result.to_json() for r in runs},
     )
@@ -162,14 +163,14 @@ def _load_runs(paths: list[Path], overrides: list[str] | None, extra: dict | Non
 
 def _extract_and_evaluate(ctx: Context, samples: list) -> None:
     """Features of every capture, metrics and per-query AP, per checkpoint."""
-    name = ctx.ds.name
-    use_scenes = dataset_spec(name).has_scenes
+    spec = ctx.ds.spec  # a spec file's dataset has no registered name to look up
+    use_scenes = spec.has_scenes
     row_of = {s.paths: i for i, s in enumerate(samples)}
     q_rows = [row_of[s.paths] for s in ctx.ds.query]
     g_rows = [row_of[s.paths] for s in ctx.ds.gallery]
     for r in ctx.runs:
         device = next(r.model.parameters()).device
-        loader = eval_loader(r.cfg, samples, name)
+        loader = eval_loader(r.cfg, samples, spec)
         r.feats = extract_analysis_features(
             r.model, loader, device, eval_amp(r.cfg, device), ctx.quiet, f"{r.label} features"
         )

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mambapro.modalities import MODALITIES
+from mambapro.modalities import ModalitySet
 from mambapro.retrieval.features import FeatureSet, eval_pass
 
 __all__ = ["AnalysisFeatures", "extract_analysis_features", "mixed_taps"]
@@ -23,10 +23,11 @@ class AnalysisFeatures:
     """Everything ``analyze`` reads from one pass of a model over samples.
 
     ``test`` (N, F) is the model's test feature (what ``model(batch)`` returns in eval mode);
-    ``ori`` (N, 3C) and ``fuse`` (N, F') the two heads' pre-BN features (``fuse`` None without an
-    aggregator); ``before`` (3, N, C) the modalities' cls tokens (``ori``'s chunks), ``after``
-    (3, N, C) the mean of their mixed patch tokens and ``readout`` (3, N, C) the readout's
-    per-modality outputs (``fuse``'s chunks), both None without a mixing aggregator.
+    ``ori`` (N, M·C) and ``fuse`` (N, F') the two heads' pre-BN features (``fuse`` None without
+    an aggregator); ``before`` (M, N, C) the modalities' cls tokens (``ori``'s chunks), ``after``
+    (M, N, C) the mean of their mixed patch tokens and ``readout`` (M, N, C) the readout's
+    per-modality outputs (``fuse``'s chunks), both None without a mixing aggregator; M is the
+    number of the model's ``modalities`` (3 for RGB, NI, TI), in their order.
     ``ori_test`` / ``fuse_test`` are the heads' features at test time (after their BatchNorm
     when ``test.neck_feat=after``).
     """
@@ -43,6 +44,7 @@ class AnalysisFeatures:
     camids: np.ndarray
     sceneids: np.ndarray
     paths: list[str]
+    modalities: ModalitySet
 
     def subset(self, rows: Sequence[int] | np.ndarray) -> AnalysisFeatures:
         rows = np.asarray(rows, dtype=np.int64)
@@ -63,6 +65,7 @@ class AnalysisFeatures:
             camids=take(self.camids),
             sceneids=take(self.sceneids),
             paths=[self.paths[i] for i in rows],
+            modalities=self.modalities,
         )
 
     def feature_set(self) -> FeatureSet:
@@ -73,7 +76,7 @@ class AnalysisFeatures:
 def mixed_taps(model: nn.Module) -> nn.ModuleList | None:
     """The aggregator's per-modality ``mixed_taps`` (None: the model mixes no patch tokens)."""
     taps = getattr(model.aggregator, "mixed_taps", None) if model.aggregator is not None else None
-    return taps if taps is not None and len(taps) == len(MODALITIES) else None
+    return taps if taps is not None and len(taps) == len(model.modalities) else None
 
 
 def extract_analysis_features(
@@ -85,8 +88,10 @@ def extract_analysis_features(
     desc: str = "features",
 ) -> AnalysisFeatures:
     """One eval pass of ``model`` over ``loader`` collecting :class:`AnalysisFeatures`."""
+    modalities: ModalitySet = model.modalities
+    m = len(modalities)
     taps = mixed_taps(model)
-    pooled: list[Tensor | None] = [None] * len(MODALITIES)
+    pooled: list[Tensor | None] = [None] * m
     handles = []
     if taps is not None:
         for k, tap in enumerate(taps):
@@ -97,7 +102,7 @@ def extract_analysis_features(
             handles.append(tap.register_forward_hook(hook))
 
     def step(inputs: dict[str, Any]) -> dict[str, Tensor]:
-        pooled[:] = [None] * len(MODALITIES)
+        pooled[:] = [None] * m
         feats = model.features(inputs)
         ori_t = model.test_time("ori", feats["ori"])
         out = {"ori": feats["ori"], "ori_t": ori_t}
@@ -105,7 +110,7 @@ def extract_analysis_features(
             out.update(fuse=feats["fuse"], fuse_t=model.test_time("fuse", feats["fuse"]))
         out["test"] = out["ori_t"] if model.test_feature == "ori" else out["fuse_t"]
         if taps is not None and all(p is not None for p in pooled):
-            out["after"] = torch.stack(pooled, dim=1)  # (B, 3, C)
+            out["after"] = torch.stack(pooled, dim=1)  # (B, M, C)
         return out
 
     try:
@@ -116,12 +121,12 @@ def extract_analysis_features(
 
     ori = cols["ori"]
     fuse = cols.get("fuse")
-    c = ori.shape[1] // len(MODALITIES)
-    before = np.stack([ori[:, k * c : (k + 1) * c] for k in range(len(MODALITIES))])
-    after = np.ascontiguousarray(cols["after"].transpose(1, 0, 2)) if "after" in cols else None  # (3, N, C)
+    c = ori.shape[1] // m
+    before = np.stack([ori[:, k * c : (k + 1) * c] for k in range(m)])
+    after = np.ascontiguousarray(cols["after"].transpose(1, 0, 2)) if "after" in cols else None  # (M, N, C)
     readout = None
-    if after is not None and fuse is not None and fuse.shape[1] == len(MODALITIES) * c:
-        readout = np.stack([fuse[:, k * c : (k + 1) * c] for k in range(len(MODALITIES))])
+    if after is not None and fuse is not None and fuse.shape[1] == m * c:
+        readout = np.stack([fuse[:, k * c : (k + 1) * c] for k in range(m)])
     return AnalysisFeatures(
         test=cols["test"],
         ori=ori,
@@ -135,4 +140,5 @@ def extract_analysis_features(
         camids=labelled.camids,
         sceneids=labelled.sceneids,
         paths=labelled.paths,
+        modalities=modalities,
     )

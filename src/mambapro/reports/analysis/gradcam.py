@@ -16,7 +16,6 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import Tensor, nn
 
 from mambapro.config import Config
-from mambapro.modalities import MODALITIES
 from mambapro.reports.analysis.context import Context, save_figure
 from mambapro.reports.analysis.features import mixed_taps
 from mambapro.retrieval.features import eval_loader
@@ -35,9 +34,10 @@ def _token_grid_transform(grid: tuple[int, int]) -> Callable[[Tensor], Tensor]:
 
 
 class _StackedInput(nn.Module):
-    """The model as ``pytorch-grad-cam`` calls it: one (B, 9, H, W) tensor, the RGB, NI and TI
-    images stacked on channels, to the three modalities' features after MA, (B, 3·C): the means
-    of their mixed patch tokens, read from the aggregator's ``mixed_taps``."""
+    """The model as ``pytorch-grad-cam`` calls it: one (B, 3·M, H, W) tensor, the images of the
+    model's M modalities (RGB, NI and TI: 9 channels) stacked on channels, to the modalities'
+    features after MA, (B, M·C): the means of their mixed patch tokens, read from the
+    aggregator's ``mixed_taps``."""
 
     def __init__(self, model: nn.Module, camids: Tensor | None) -> None:
         super().__init__()
@@ -45,8 +45,9 @@ class _StackedInput(nn.Module):
         self.camids = camids
 
     def forward(self, x: Tensor) -> Tensor:
-        images = dict(zip(MODALITIES, x.chunk(len(MODALITIES), dim=1)))
-        mixed: list[Tensor | None] = [None] * len(MODALITIES)
+        keys = self.model.modalities.keys
+        images = dict(zip(keys, x.chunk(len(keys), dim=1)))
+        mixed: list[Tensor | None] = [None] * len(keys)
 
         def keep(k: int) -> Callable[..., None]:
             def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
@@ -64,7 +65,7 @@ class _StackedInput(nn.Module):
 
 
 class _ModalityNorm:
-    """Grad-CAM target: the L2 norm of modality ``k``'s feature after MA, a (3·C,) row's chunk."""
+    """Grad-CAM target: the L2 norm of modality ``k``'s feature after MA, a (M·C,) row's chunk."""
 
     def __init__(self, k: int, dim: int) -> None:
         self.k, self.dim = k, dim
@@ -88,9 +89,10 @@ def grad_cam_maps(model: nn.Module, batch: dict[str, Any], modality: str) -> np.
     taps = mixed_taps(model)
     if taps is None:
         raise ValueError("Grad-CAM after MA needs a mixing aggregator (model.aggregator with a readout)")
-    k = MODALITIES.index(modality)
+    keys = model.modalities.keys
+    k = keys.index(modality)
     device = next(model.parameters()).device
-    x = torch.cat([batch[m].to(device) for m in MODALITIES], dim=1)
+    x = torch.cat([batch[m].to(device) for m in keys], dim=1)
     camids = batch.get("camids")
     wrapper = _StackedInput(model, camids.to(device) if torch.is_tensor(camids) else None)
     was_training = model.training
@@ -113,14 +115,18 @@ def _denormalise(img: Tensor, cfg: Config) -> np.ndarray:
 def plot_grad_cam(
     path: Path, images: dict[str, Tensor], maps: dict[str, np.ndarray], row_labels: list[str], cfg: Config
 ) -> Path:
-    """Rows: queries; columns: RGB, NI, TI, each image with its Grad-CAM overlaid."""
+    """Rows: queries; columns: the modalities of ``images`` in its order (RGB, NI, TI), each image
+    with its Grad-CAM overlaid."""
     n = len(row_labels)
-    h, w = images[MODALITIES[0]].shape[-2:]
+    keys = list(images)
+    h, w = images[keys[0]].shape[-2:]
     cell = 1.9
-    fig = Figure(figsize=(3 * cell * w / max(h, w) * 1.6 + 2.2, n * cell * h / max(h, w) * 1.15 + 0.4))
-    axes = fig.subplots(n, len(MODALITIES), squeeze=False)
+    fig = Figure(
+        figsize=(len(keys) * cell * w / max(h, w) * 1.6 + 2.2, n * cell * h / max(h, w) * 1.15 + 0.4)
+    )
+    axes = fig.subplots(n, len(keys), squeeze=False)
     for r in range(n):
-        for c, m in enumerate(MODALITIES):
+        for c, m in enumerate(keys):
             ax = axes[r][c]
             overlay = show_cam_on_image(_denormalise(images[m][r], cfg), maps[m][r], use_rgb=True)
             ax.imshow(overlay, interpolation="nearest")
@@ -151,10 +157,11 @@ def grad_cam_section(ctx: Context, best: list[int], worst: list[int]) -> None:
         if mixed_taps(r.model) is None:
             ctx.report["grad_cam"][r.label] = None
             continue
-        batch = _one_batch(eval_loader(r.cfg, q_samples, ctx.ds.name))
-        maps = {m: grad_cam_maps(r.model, batch, m) for m in MODALITIES}
+        batch = _one_batch(eval_loader(r.cfg, q_samples, ctx.ds.spec))
+        keys = r.model.modalities.keys
+        maps = {m: grad_cam_maps(r.model, batch, m) for m in keys}
         file = f"gradcam-{r.label}.png"
-        plot_grad_cam(ctx.out / file, {m: batch[m] for m in MODALITIES}, maps, row_labels, r.cfg)
+        plot_grad_cam(ctx.out / file, {m: batch[m] for m in keys}, maps, row_labels, r.cfg)
         ctx.report["grad_cam"][r.label] = file
         ctx.figure(
             file,

@@ -4,7 +4,6 @@ modality setting (``missing_modality.txt`` and the ``missing`` section of the re
 from __future__ import annotations
 
 from mambapro.evaluation import EvalResult, missing_modality_table
-from mambapro.modalities import MISSING_SETTINGS
 from mambapro.reports.analysis.context import Checkpoint, Context
 from mambapro.retrieval.testing import evaluate_model
 from mambapro.runtime import eval_amp
@@ -13,7 +12,8 @@ __all__ = ["missing_section"]
 
 
 def missing_section(ctx: Context) -> list[str]:
-    """The missing-modality table per checkpoint (its full row is the metrics above)."""
+    """The missing-modality table per checkpoint (its full row is the metrics above): one row per
+    setting of the model's modalities (3 for two modalities, 7 for three, 15 for four)."""
     ctx.report["missing"] = {}
     tables = []
     for r in ctx.runs:
@@ -25,11 +25,13 @@ def missing_section(ctx: Context) -> list[str]:
                 return r.result
             ds = ctx.ds
             return evaluate_model(
-                r.model, r.cfg, ds.name, ds.query, ds.gallery, device, amp, ctx.quiet, setting, rerank=False
+                r.model, r.cfg, ds.spec, ds.query, ds.gallery, device, amp, ctx.quiet, setting, rerank=False
             )
 
         rows, table = missing_modality_table(
-            evaluate_setting, settings=MISSING_SETTINGS, title=f"{ctx.ds.name}, missing modalities: {r.label}"
+            evaluate_setting,
+            modalities=r.model.modalities,
+            title=f"{ctx.ds.name}, missing modalities: {r.label}",
         )
         tables.append(table)
         ctx.report["missing"][r.label] = {k: v.to_json() for k, v in rows.items()}

@@ -17,7 +17,7 @@ def rank_list_section(ctx: Context, worst: list[int], k: int) -> None:
         for i in worst:
             matches = rank_gallery(r.dist[i], r.query.paths[i], int(r.query.pids[i]), r.gallery, k)
             file = f"ranklist-{r.label}-q{i}.png"
-            draw_rank_list(r.query.paths[i], matches, ctx.ds.name, ctx.out / file)
+            draw_rank_list(r.query.paths[i], matches, ctx.ds.spec, ctx.out / file, r.model.modalities)
             files.append(file)
             ctx.figure(
                 file,
