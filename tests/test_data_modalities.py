@@ -267,7 +267,7 @@ def test_generator_checks_the_names_parse_back() -> None:
     broken = dataclasses.replace(DUO, synth_name="{pid:04d}_c{cam}_{shot:02d}.jpg")  # camera_base 1
     with pytest.raises(ConfigError, match="does not parse back"):
         synth.check_params(broken, synth.SynthParams())
-    with pytest.raises(ConfigError, match="not an image file name"):
+    with pytest.raises(ConfigError, match=r"a file name must end in \.jpg, \.jpeg, \.png or \.bmp"):
         synth.check_params(
             dataclasses.replace(DUO, synth_name="{pid:04d}_c{cam1}_{shot:02d}.tif"), synth.SynthParams()
         )

@@ -15,13 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
 from conftest import FAST
 from mambapro.config import load_config
 from mambapro.data.spec_file import FIELDS, load_spec_file
 from mambapro.data.specs import dataset_spec
+from mambapro.deploy.serve import SearchService, create_app
 from mambapro.errors import ConfigError
 from mambapro.modalities import ModalitySet
+from mambapro.retrieval.index import GalleryIndex
+from mambapro.train.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "dual_spectrum.yaml"
@@ -390,3 +394,31 @@ def test_yaml_dataset_end_to_end(tmp_path: Path, cli) -> None:
         assert label in done.stdout and label in table
     assert "-N" not in table and "-RT" not in table  # two modalities: three settings
     assert json.loads((tmp_path / "t" / "results.json").read_text())
+
+    # extract, search, index + serve and analyze read the dataset from the run's stored config.
+    ckpt = str(run / "last.ckpt")
+    feats = tmp_path / "gallery.npz"
+    done = cli(["extract", "-q", "--checkpoint", ckpt, "--data-root", str(root), "--split", "gallery",
+                "--out", str(feats)], cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    query = sorted((root / "dual/query/visible").iterdir())[0]
+    ranks = tmp_path / "ranks.png"
+    done = cli(["search", "-q", "--checkpoint", ckpt, "--query", str(query), "--gallery", str(feats),
+                "-k", "3", "--out", str(ranks)], cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rankings = json.loads(ranks.with_suffix(".json").read_text())["queries"]  # query path -> matches
+    assert ranks.is_file() and [len(m) for m in rankings.values()] == [3]
+    index = tmp_path / "gallery.index"
+    done = cli(["index", "build", "--features", str(feats), "--out", str(index)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    model, cfg, _ = load_model(ckpt)
+    client = TestClient(create_app(SearchService(model, cfg, GalleryIndex.load(index), root)))
+    answer = client.post("/search", files={"TI": query.read_bytes()}, data={"k": "2"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["query"]["missing"] == "-R" and len(answer.json()["matches"]) == 2
+    assert client.post("/search", files={"NI": query.read_bytes()}).status_code == 400
+    analysis = tmp_path / "an"
+    done = cli(["analyze", "-q", "--checkpoint", ckpt, "--data-root", str(root), "--output", str(analysis),
+                "--queries", "2"], cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (analysis / "report.html").is_file()

@@ -12,15 +12,14 @@ new dataset needs no generator code.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
 from .io import DatasetRef, spec_of
-from .layout_parsers import IMAGE_SUFFIXES
 from .spec_file import is_spec_file
 from .specs import DATASETS, DatasetSpec, dataset_spec
+from .synth_names import synth_name_problem
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -82,28 +81,15 @@ def _check_names(spec: DatasetSpec, p: SynthParams, prefix: str) -> None:
             f"{prefix}the {spec.layout} layout has no synth_name: give its spec a file-name template "
             "of synthetic captures that its name_pattern reads back"
         )
-    for pid, cam, shot in ((1, 0, 0), (p.ids, p.cameras - 1, p.shots - 1)):
-        scene = shot % p.scenes
-        name = spec.synth_name.format(
-            pid=pid, cam=cam, cam1=cam + 1, scene=scene, scene1=scene + 1, shot=shot
+    # The first and the last capture of these parameters, by the same check as spec files use.
+    captures = [(1, 0, 0, 0), (p.ids, p.cameras - 1, p.shots - 1, (p.shots - 1) % p.scenes)]
+    geometry = dict(camera_base=spec.camera_base, max_cameras=spec.max_cameras, has_scenes=spec.has_scenes)
+    problem = synth_name_problem(spec.synth_name, spec.name_pattern, captures=captures, **geometry)
+    if problem:
+        raise ConfigError(
+            f"{prefix}the {spec.layout} layout's synth_name {spec.synth_name!r} {problem} "
+            f"(name_pattern {spec.name_pattern!r}; cameras count from {spec.camera_base} in names)"
         )
-        m = re.search(spec.name_pattern, name)
-        try:
-            ok = m is not None and int(m["pid"]) == pid and int(m["cam"]) - spec.camera_base == cam
-            ok = ok and (not spec.has_scenes or int(m["scene"]) >= 0)
-        except (ValueError, TypeError):
-            ok = False
-        if not ok:
-            raise ConfigError(
-                f"{prefix}the {spec.layout} layout names capture (pid {pid}, camera {cam}) {name!r} "
-                f"(synth_name {spec.synth_name!r}), which its name_pattern {spec.name_pattern!r} "
-                f"does not parse back (cameras count from {spec.camera_base} in names)"
-            )
-        if not name.lower().endswith(IMAGE_SUFFIXES):
-            raise ConfigError(
-                f"{prefix}the {spec.layout} layout's synth_name {spec.synth_name!r} makes {name!r}, "
-                f"not an image file name ({', '.join(IMAGE_SUFFIXES)})"
-            )
 
 
 def check_params(layout: DatasetRef, p: SynthParams, prefix: str = "synth: ") -> None:

@@ -52,11 +52,10 @@ from PIL import Image, UnidentifiedImageError
 from mambapro.data import DatasetError, apply_missing, build_test_transform, read_triplet, triplet_paths
 from mambapro.data.io import tiny_image_note
 from mambapro.deploy.gallery_root import default_root, gallery_root_warning, inside, resolved_captures
-from mambapro.deploy.page import upload_page
+from mambapro.deploy.serve_app import ServeMissingError, create_app, web_modules
 from mambapro.deploy.serve_options import MAX_K, ServeOptions
-from mambapro.deploy.validation import RequestError, parse_camid, parse_k, validation_detail
+from mambapro.deploy.validation import RequestError, parse_camid, parse_k
 from mambapro.errors import UserError
-from mambapro.extras import import_extra
 from mambapro.options import check_serve_options
 from mambapro.retrieval.identity import check_same_model, model_identity, model_modalities
 from mambapro.retrieval.index import GalleryIndex
@@ -75,16 +74,6 @@ __all__ = [
 
 #: Decoded size limit of one upload (a small PNG can decode to gigabytes).
 MAX_PIXELS = 40_000_000
-_FIELDS = ("k", "camid")
-
-
-class ServeMissingError(UserError, ImportError):
-    """fastapi or uvicorn is not installed."""
-
-
-def _web() -> tuple[Any, Any]:
-    fastapi, uvicorn = import_extra("fastapi", "uvicorn", error=ServeMissingError)
-    return fastapi, uvicorn
 
 
 @dataclass(eq=False)
@@ -370,101 +359,6 @@ class SearchService:
         }
 
 
-# ---------------------------------------------------------------------- HTTP
-
-
-def create_app(service: SearchService) -> Any:
-    """The FastAPI application of ``service`` (see the module docstring for the routes)."""
-    fastapi, _ = _web()
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException
-
-    app = fastapi.FastAPI(title="mambapro search", version="1", docs_url=None, redoc_url=None)
-    keys = service.modalities.keys  # the upload fields
-    # One image per modality and two short fields, with room for the multipart framing.
-    body_limit = len(keys) * service.options.max_upload_bytes + 64 * 1024
-
-    def refuse(status: int, detail: str) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status)
-
-    # Every route's parameter errors (a row that is not an integer, ...) as one line, not
-    # FastAPI's list of pydantic records.
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Any, exc: Any) -> JSONResponse:
-        return refuse(422, validation_detail(exc.errors()))
-
-    @app.get("/", response_class=HTMLResponse)
-    def page() -> HTMLResponse:
-        return HTMLResponse(upload_page(service))
-
-    @app.get("/health")
-    def health() -> dict:
-        return service.health()
-
-    # A plain Starlette route: the form is parsed here, under the limits above, rather than by
-    # FastAPI's parameter validation (whose errors would name pydantic types, not our fields).
-    async def search(request: Any) -> Any:
-        if request.query_params:  # k and camid are form fields: a k in the URL would be ignored
-            key = next(iter(request.query_params))
-            return refuse(
-                400,
-                f"query parameter {key!r} is not read: send {', '.join((*keys, *_FIELDS))} "
-                "as multipart form fields",
-            )
-        ctype = request.headers.get("content-type", "")
-        if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            return refuse(415, f"send multipart/form-data with the file fields {', '.join(keys)}")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > body_limit:
-            return refuse(413, f"the request has {length} bytes, more than the limit of {body_limit}")
-        try:
-            async with request.form(max_files=len(keys), max_fields=len(_FIELDS)) as form:
-                uploads: dict[str, bytes] = {}
-                fields: dict[str, str] = {}
-                for key, value in form.multi_items():
-                    if key in uploads or key in fields:
-                        return refuse(400, f"field {key!r} is given twice")
-                    if isinstance(value, UploadFile):
-                        if value.size is not None and value.size > service.options.max_upload_bytes:
-                            return refuse(
-                                413,
-                                f"{key}: the upload has {value.size} bytes, more than the limit of "
-                                f"{service.options.max_upload_bytes}",
-                            )
-                        data = await value.read(service.options.max_upload_bytes + 1)
-                        if key not in keys:
-                            return refuse(400, f"unknown file field {key!r}: send {', '.join(keys)}")
-                        uploads[key] = data
-                    elif key in _FIELDS:
-                        fields[key] = value
-                    elif key in keys:
-                        return refuse(400, f"{key}: send the image as a file, not as a text field")
-                    else:
-                        return refuse(400, f"unknown field {key!r}: send {', '.join((*keys, *_FIELDS))}")
-        except MultiPartException as err:
-            return refuse(400, f"malformed multipart body: {err.message}")
-        try:
-            answer = await run_in_threadpool(service.search, uploads, fields.get("k"), fields.get("camid"))
-        except RequestError as err:
-            return refuse(err.status, err.detail)
-        return JSONResponse(answer)
-
-    app.add_route("/search", search, methods=["POST"])
-
-    @app.get("/gallery/{row}/{modality}")
-    def gallery(row: int, modality: str) -> Response:
-        try:
-            data = service.gallery_image(row, modality)
-        except RequestError as err:
-            return refuse(err.status, err.detail)
-        return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
-
-    return app
-
-
 # ---------------------------------------------------------------------- command
 
 
@@ -492,7 +386,7 @@ def run_serve(
 ) -> None:
     """The ``serve`` command: load the checkpoint and the index, then serve until interrupted."""
     options = options or ServeOptions()
-    _, uvicorn = _web()
+    _, uvicorn = web_modules()
     check_serve_options(checkpoint, index, gallery_root)
     gallery_index = GalleryIndex.load(index)  # a bad index is refused before the model loads
     _check_port_free(options.host, options.port)
