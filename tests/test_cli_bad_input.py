@@ -56,6 +56,8 @@ SMALL_SYNTH = ["--ids", "4", "--test-ids", "2", "--cameras", "2", "--shots", "2"
 CKPT = "{s}/run/last.ckpt"
 TRAIN = ["train", "--config", "demo", "-q", *FAST]
 SWEEP = ["sweep", "--config", "demo", "-q", *FAST, "--data-root", "{s}/tree"]
+# The demo with the DINOv2 ViT-B/14 encoder, at a size of multiples of its patch of 14.
+DINOV2 = [*TRAIN, "model.backbone=dinov2_vitb14", "data.img_size=[56,28]"]
 
 # (id, argv with {s} = shared inputs, {w} = the row's own folder, {q} = a query file;
 #  pattern the error line must match; setup of the row's folder: None, or "run" to copy the
@@ -456,6 +458,27 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         "train-weights-not-weights",
         [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run", "model.weights={s}/photo.jpg"],
         r"{s}/photo.jpg: not a",
+        None,
+    ),
+    # a checkpoint of another architecture for a DINO encoder: the backbone, the file, the key
+    (
+        "train-dinov2-weights-clip-layout",
+        [*DINOV2, "--data-root", "{s}/tree", "--output", "{w}/run", "model.weights={s}/clip_layout.pt"],
+        r"model\.backbone=dinov2_vitb14: {s}/clip_layout.pt: no DINOv2 encoder weights found "
+        r".*first keys: positional_embedding",
+        None,
+    ),
+    (
+        "train-dinov2-weights-patch-16",
+        [*DINOV2, "--data-root", "{s}/tree", "--output", "{w}/run", "model.weights={s}/dinov3_layout.pt"],
+        r"model\.backbone=dinov2_vitb14: {s}/dinov3_layout.pt: 'conv1\.weight' has shape \(768, 3, 16, 16\) "
+        r"in the file but the encoder expects \(768, 3, 14, 14\)",
+        None,
+    ),
+    (
+        "train-dinov2-weights-not-weights",
+        [*DINOV2, "--data-root", "{s}/tree", "--output", "{w}/run", "model.weights={s}/photo.jpg"],
+        r"model\.backbone=dinov2_vitb14: {s}/photo.jpg: not a",
         None,
     ),
     (
@@ -1110,6 +1133,56 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         r"'--dataset' = 'RGBNT999' is not one of: RGBNT201, RGBNT100, MSVR310",
         None,
     ),
+    # test-time precision (docs/deploy.md, Precision)
+    (
+        "extract-precision-int4",
+        [
+            "extract",
+            "--checkpoint",
+            CKPT,
+            "--data-root",
+            "{s}/tree",
+            "--split",
+            "query",
+            "--out",
+            "{w}/f.npz",
+            "--precision",
+            "int4",
+        ],  # fmt: skip
+        r"argument --precision: invalid choice: 'int4' \(choose from '?fp32'?, '?bf16'?, '?int8'?\)",
+        None,
+    ),
+    (
+        "search-index-of-another-precision",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--index",
+            "{s}/g.index",
+            "--out",
+            "{w}/r.png",
+            "--precision",
+            "int8",
+        ],  # fmt: skip
+        r"--index {s}/g.index holds embeddings made at fp32 and --checkpoint {s}/run/last.ckpt with these "
+        r"test.\* settings at int8 \(--precision\): .* or pass --allow-precision-mismatch",
+        None,
+    ),
+    (
+        "export-bf16-as-onnx",
+        ["export", "--checkpoint", CKPT, "--out", "{w}/m.onnx", "--precision", "bf16"],
+        r"--precision bf16 --format onnx: onnxruntime's CPU provider has no bf16 matrix kernels",
+        None,
+    ),
+    (
+        "export-min-cosine-above-one",
+        ["export", "--checkpoint", CKPT, "--out", "{w}/m.pt2", "--precision", "int8", "--min-cosine", "1.5"],
+        r"--min-cosine 1\.5: must be in \(0, 1\]",
+        None,
+    ),
 ]
 if not torch.cuda.is_available():
     ROWS.append(
@@ -1216,6 +1289,17 @@ def shared(tmp_path_factory: pytest.TempPathFactory, tiny_run: TinyRun) -> Path:
     (s / "secret.yaml").chmod(0)
     (s / "ro").mkdir()
     (s / "ro").chmod(0o555)
+    # Checkpoints of another architecture for the DINO rows, small: the first keys of OpenAI's
+    # CLIP layout, and the embedding of timm's DINOv3 ViT-B/16 (patch 16, not DINOv2's 14).
+    clip = {"positional_embedding": torch.zeros(77, 8), "text_projection": torch.zeros(8, 8)}
+    clip["visual.conv1.weight"] = torch.zeros(768, 3, 16, 16)
+    torch.save(clip, s / "clip_layout.pt")
+    dinov3 = {"cls_token": torch.zeros(1, 1, 768), "reg_token": torch.zeros(1, 4, 768)}
+    dinov3 |= {
+        "patch_embed.proj.weight": torch.zeros(768, 3, 16, 16),
+        "patch_embed.proj.bias": torch.zeros(768),
+    }
+    torch.save(dinov3, s / "dinov3_layout.pt")
     _deployment_files(s)
     return s
 

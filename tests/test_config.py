@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mambapro.cli import main
-from mambapro.config import PRESETS_DIR, ConfigError, load_config
+from mambapro.config import PRESETS_DIR, ConfigError, load_config, nearest_multiple
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,3 +119,31 @@ def test_presets_resolve_by_name() -> None:
     assert load_config("rgbnt100").img_size() == (128, 256)
     with pytest.raises(ConfigError, match="presets: .*demo"):
         load_config("no_such_preset")
+
+
+@pytest.mark.parametrize(
+    ("size", "patch", "expected"),
+    [(256, 14, 252), (128, 14, 126), (256, 16, 256), (7, 14, 14), (21, 14, 28), (20, 14, 14)],
+)
+def test_nearest_multiple_of_the_patch(size: int, patch: int, expected: int) -> None:
+    # 256 / 14 = 18.3 -> 18 patches; 21 / 14 = 1.5 -> ties go up; never below one patch.
+    assert nearest_multiple(size, patch) == expected
+
+
+def test_the_image_size_follows_the_backbones_patch() -> None:
+    assert load_config(None, ["model.backbone=tiny"]).img_size() == (256, 128)
+    assert load_config(None, ["model.backbone=tiny_dinov2"]).img_size() == (252, 126)
+    assert load_config(None, ["model.backbone=tiny_dinov2", "data.dataset=RGBNT100"]).img_size() == (126, 252)
+    # An explicit size is used as given, and must fit the patch.
+    assert load_config(None, ["model.backbone=tiny_dinov2", "data.img_size=[140,70]"]).img_size() == (140, 70)
+    with pytest.raises(ConfigError, match=r"positive multiples of the patch size 14"):
+        load_config(None, ["model.backbone=tiny_dinov2", "data.img_size=[256,128]"])
+
+
+def test_normalisation_takes_one_value_or_three() -> None:
+    cfg = load_config(None, ["data.mean=[0.485,0.456,0.406]", "data.std=0.25"])
+    assert cfg.data.mean == [0.485, 0.456, 0.406] and cfg.data.std == 0.25
+    with pytest.raises(ConfigError, match=r"'data.mean' = \[0.1, 0.2\] must be one number or three"):
+        load_config(None, ["data.mean=[0.1,0.2]"])
+    with pytest.raises(ConfigError, match=r"'data.std' = \[0.2, 0.0, 0.2\] \(item 0.0\) must be > 0"):
+        load_config(None, ["data.std=[0.2,0.0,0.2]"])

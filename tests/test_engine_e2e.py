@@ -295,6 +295,15 @@ def _imagenet_vit(d: int, layers: int, tokens: int) -> int:
     return 3 * 16 * 16 * d + d + d + tokens * d + layers * _vit_block(d) + 2 * d
 
 
+def _dino_vit(d: int, layers: int, patch: int, tokens: int, registers: int = 0, qkv_bias: bool = True) -> int:
+    """DINOv2 / DINOv3 encoder: patch conv with bias, cls, register tokens, a positional table
+    over ``tokens`` (cls + patches; 0 for DINOv3's rotary positions), pre-norm blocks with
+    LayerScale on both branches (2D) and, for DINOv3, no bias in the attention's input projection
+    (3D fewer), final norm; no projection."""
+    block = _vit_block(d) + 2 * d - (0 if qkv_bias else 3 * d)
+    return 3 * patch * patch * d + d + d + registers * d + tokens * d + layers * block + 2 * d
+
+
 def _mlp(d: int, hidden: int) -> int:
     """Linear(d -> hidden) -> act -> Linear(hidden -> d), both with biases."""
     return d * hidden + hidden + hidden * d + d
@@ -371,6 +380,22 @@ VIT = _imagenet_vit(D, 12, TOKENS)
 VIT_PARTS = dict(
     adapters=PFA, prompts=SRP, aggregator=_aggregator("ma", D, dt_rank=48), heads=2 * _head(3 * D, IDS)
 )
+# The DINO presets: frozen ViT-B at D = C = 768 (no projection), so the aggregator and the heads
+# work at 768 and MA's dt_rank is the release's ceil(768 / 16) = 48, as for Table 9's ViT.
+# DINOv2 (patch 14) at 252x126 or 126x252: 18x9 patches + cls = 163 positions; DINOv3 (patch 16):
+# rotary positions, four registers, no bias in the attention's input projection.
+DINOV2 = _dino_vit(D, 12, 14, tokens=163)
+DINOV3 = _dino_vit(D, 12, 16, tokens=0, registers=4, qkv_bias=False)
+DINO_MA = _aggregator("ma", D, dt_rank=48)
+DINO_ROWS = {
+    "rgbnt201": _parts(adapters=PFA, prompts=SRP, aggregator=DINO_MA, heads=2 * _head(3 * D, IDS)),
+    "rgbnt100": _parts(
+        adapters=PFA, prompts=SRP, camera=8 * D, aggregator=DINO_MA, heads=_head(D, 50) + _head(3 * D, 50)
+    ),
+    "msvr310": _parts(
+        adapters=PFA, prompts=SRP, camera=8 * D, aggregator=DINO_MA, heads=_head(D, 155) + _head(3 * D, 155)
+    ),
+}
 EXPECTED_TRAINABLE = {
     "rgbnt201.yaml": _parts(**FULL, aggregator=MA),
     "rgbnt100.yaml": _parts(  # 50 ids, 8 cameras; one shared 512-wide head per modality (ori_head)
@@ -446,7 +471,18 @@ EXPECTED_TRAINABLE.update(
         for base in ("demo", "rgbnt201", "rgbnt100", "msvr310")
     }
 )
-ENCODERS = {"clip_vit_b16": CLIP_F, "vit_b16_imagenet": VIT, "tiny": _clip_vit(192, 4, 33, 128)}
+# Beyond the paper: the dataset presets with a DINOv2 or DINOv3 encoder (same trainable parts at
+# D = C = 768 whichever of the two).
+EXPECTED_TRAINABLE.update(
+    {f"{base}_{dino}.yaml": row for base, row in DINO_ROWS.items() for dino in ("dinov2", "dinov3")}
+)
+ENCODERS = {
+    "clip_vit_b16": CLIP_F,
+    "vit_b16_imagenet": VIT,
+    "tiny": _clip_vit(192, 4, 33, 128),
+    "dinov2_vitb14": DINOV2,
+    "dinov3_vitb16": DINOV3,
+}
 
 
 def test_hand_counts_reproduce_spec_numbers() -> None:
@@ -474,6 +510,10 @@ def test_hand_counts_reproduce_spec_numbers() -> None:
     assert round(_aggregator("concat", C, depth=1) / 1e6, 2) == 2.37  # the paper's Concat row
     # timm's vit_base_patch16_224 without classifier has 85,798,656 parameters at 197 tokens.
     assert _imagenet_vit(D, 12, 197) == 85_798_656
+    # timm: vit_base_patch14_dinov2 86,579,712 at its 37x37 grid + cls (1,370 positions);
+    # vit_base_patch16_dinov3 85,641,216 at any size.
+    assert _dino_vit(D, 12, 14, tokens=1370) == 86_579_712
+    assert DINOV3 == 85_641_216
 
 
 def test_every_preset_is_listed() -> None:

@@ -282,9 +282,16 @@ def _forced_cpu(
     return [t.as_subclass(torch.Tensor) for t in (out if isinstance(out, (tuple, list)) else [out])]
 
 
-@pytest.mark.parametrize("independent", [True, False])
-def test_device_augmentation_equals_cpu_transform_under_forced_draws(independent: bool) -> None:
-    cfg = _cfg(erase_prob=0.7, padding=5, independent_aug=independent, mean=0.45, std=0.27)
+@pytest.mark.parametrize(
+    ("independent", "mean", "std"),
+    [
+        (True, 0.45, 0.27),
+        (False, 0.45, 0.27),
+        (True, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),  # per channel (DINO's ImageNet stats)
+    ],
+)
+def test_device_augmentation_equals_cpu_transform_under_forced_draws(independent: bool, mean, std) -> None:
+    cfg = _cfg(erase_prob=0.7, padding=5, independent_aug=independent, mean=mean, std=std)
     b, size = 12, (32, 16)
     g = torch.Generator().manual_seed(0)
     imgs = torch.randint(0, 256, (3, b, 3, *size), dtype=torch.uint8, generator=g)

@@ -30,6 +30,11 @@ EXPECTED = {
     ("backbones", "clip_vit_b16"): backbone.clip_vit_b16,
     ("backbones", "vit_b16_imagenet"): backbone.vit_b16_imagenet,
     ("backbones", "tiny"): backbone.tiny,
+    ("backbones", "dinov2_vitb14"): backbone.dinov2_vitb14,
+    ("backbones", "dinov2_vitb14_reg4"): backbone.dinov2_vitb14_reg4,
+    ("backbones", "dinov3_vitb16"): backbone.dinov3_vitb16,
+    ("backbones", "tiny_dinov2"): backbone.tiny_dinov2,
+    ("backbones", "tiny_dinov3"): backbone.tiny_dinov3,
     ("adapters", "none"): adapters.no_adapter,
     ("adapters", "pfa"): adapters.pfa,
     ("adapters", "bna"): adapters.bna,
@@ -108,8 +113,8 @@ def test_the_torch_packages_re_export_the_same_registries() -> None:
 @pytest.mark.parametrize("name", parts.BACKBONES.names())
 def test_backbone_info_is_what_the_constructor_builds(name: str) -> None:
     info = parts.BACKBONES.info(name)
-    with torch.device("meta"):
-        encoder = parts.BACKBONES.build(name, (64, 32), None)
+    with torch.device("meta"):  # a 4 x 2 grid of the backbone's patches
+        encoder = parts.BACKBONES.build(name, (4 * info.patch_size, 2 * info.patch_size), None)
     assert (encoder.num_layers, encoder.patch_size) == (info.layers, info.patch_size)
 
 

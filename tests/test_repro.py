@@ -109,6 +109,9 @@ def test_a_run_records_the_fingerprint_and_the_machine(tiny_run: TinyRun) -> Non
     assert f"file list sha256 {expected['sha256'][:16]}" in (tiny_run.run / "report.txt").read_text()
     ckpt = torch.load(tiny_run.checkpoint, weights_only=True)
     assert ckpt["dataset_fingerprint"] == expected
+    # What every image was resized to, and the modalities the model was built for.
+    assert ckpt["img_size"] == [32, 32]  # FAST's data.img_size
+    assert ckpt["modalities"]["keys"] == ["RGB", "NI", "TI"]
 
 
 def _test(checkpoint: Path, root: Path, out: Path) -> tuple[dict, str]:

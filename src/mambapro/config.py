@@ -72,7 +72,8 @@ class DataConfig:
     # Generate the embedded synthetic dataset under ``root`` when it is absent.
     synthetic: bool = False
     synth: SynthConfig = field(default_factory=SynthConfig)
-    # (H, W) per modality; null takes the dataset's geometry.
+    # (H, W) per modality; null takes the dataset's geometry, each side rounded to the nearest
+    # multiple of the backbone's patch size (Config.img_size).
     img_size: list[int] | None = None
     batch_size: int = range_field(64, ge=1)  # P x K with K = num_instances
     num_instances: int = range_field(4, ge=1)
@@ -97,8 +98,10 @@ class DataConfig:
     erase_prob: float = range_field(0.5, ge=0, le=1)
     # Test-time resize filter (the release: PIL bilinear); training always resizes bicubic.
     test_interpolation: str = choice_field("bilinear", "bicubic", default="bilinear")
-    mean: float = 0.5
-    std: float = range_field(0.5, gt=0)
+    # Input normalisation: one value for the three channels, or [R, G, B] (DINO's ImageNet
+    # statistics); every modality's image is normalised the same way.
+    mean: float | list[float] = 0.5
+    std: float | list[float] = range_field(0.5, gt=0)
     # Decode every image once before training (progress bar); a broken file is an error naming
     # all of them, or with skip_broken a counted warning (`mambapro check-data` does the same).
     verify: bool = False
@@ -237,14 +240,25 @@ class Config:
     test: TestConfig = field(default_factory=TestConfig)
 
     def img_size(self) -> tuple[int, int]:
-        """The resolved (H, W) per modality."""
+        """The resolved (H, W) per modality: ``data.img_size``, or the dataset's size with each
+        side rounded to the nearest multiple of the backbone's patch size (256 x 128 is 252 x 126
+        for a patch of 14; unchanged for 16). Every image is resized to it (training, testing,
+        export, serve), and checkpoints store the config it is resolved from."""
         if self.data.img_size is not None:
             return (int(self.data.img_size[0]), int(self.data.img_size[1]))
-        return dataset_spec(self.data.dataset).img_size
+        info = parts.BACKBONES.info(self.model.backbone)
+        patch = info.patch_size if info is not None else 1
+        h, w = dataset_spec(self.data.dataset).img_size
+        return (nearest_multiple(h, patch), nearest_multiple(w, patch))
 
     def modalities(self) -> ModalitySet:
         """The dataset's modalities, in batch order."""
         return dataset_spec(self.data.dataset).modalities
+
+
+def nearest_multiple(size: int, patch: int) -> int:
+    """The multiple of ``patch`` nearest to ``size`` (ties go up; never below one patch)."""
+    return max(patch, patch * int(size / patch + 0.5))
 
 
 def choices(key: str) -> tuple[Any, ...] | None:
@@ -374,6 +388,10 @@ def _check(cfg: Config) -> None:
     """Cross-field checks that a single type or range cannot express."""
     d, m, t = cfg.data, cfg.model, cfg.train
     d.dataset = check_dataset(d.dataset)
+    for key in ("mean", "std"):
+        value = getattr(d, key)
+        if isinstance(value, list) and len(value) != 3:
+            raise ConfigError(f"'data.{key}' = {value} must be one number or three (R, G, B)")
     try:
         cfg.test.missing = cfg.modalities().parse_missing(cfg.test.missing)
     except ConfigError as err:

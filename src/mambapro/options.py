@@ -16,14 +16,19 @@ from mambapro.data.spec_type import DatasetSpec
 from mambapro.data.specs import dataset_spec
 from mambapro.errors import UserError, check_output_dir
 from mambapro.files import check_output, npz_path
+from mambapro.machine import cpu_info
 
 __all__ = [
+    "BF16_FLAGS",
     "EXPORT_FORMATS",
     "EXPORT_SUFFIXES",
+    "PRECISIONS",
     "check_analyze_options",
     "check_export_options",
     "check_extract_options",
     "check_index_options",
+    "check_min_cosine",
+    "check_precision",
     "check_search_options",
     "check_compare_options",
     "check_dataset_option",
@@ -32,6 +37,7 @@ __all__ = [
     "check_test_options",
     "check_tolerance",
     "export_format",
+    "precision_support_error",
     "require_file",
 ]
 
@@ -39,6 +45,43 @@ __all__ = [
 EXPORT_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
 #: The export formats, ``export --format``.
 EXPORT_FORMATS = tuple(EXPORT_SUFFIXES.values())
+
+
+#: Test-time precisions, ``--precision`` (:mod:`mambapro.models.precision`).
+PRECISIONS = ("fp32", "bf16", "int8")
+#: CPU flags of native bf16 arithmetic, any one suffices: x86's AVX-512-BF16 and AMX-BF16, and
+#: Arm's BF16 extension (``bf16`` in /proc/cpuinfo's Features).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """``--precision``: one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: must be one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def precision_support_error(precision: str, cpu: tuple[str | None, set[str]] | None = None) -> str | None:
+    """Why this CPU (``cpu``: its model and flags, default :func:`~mambapro.machine.cpu_info`)
+    cannot run ``precision`` natively, or None. Only bf16 needs a CPU feature; a CPU whose flags
+    are unknown (no /proc/cpuinfo) is given the benefit of the doubt."""
+    if precision != "bf16":
+        return None
+    model, flags = cpu_info() if cpu is None else cpu
+    if not flags or flags & set(BF16_FLAGS):
+        return None
+    return (
+        f"--precision bf16: this CPU ({model or 'unknown model'}) has no native bf16 (none of the flags "
+        f"{', '.join(BF16_FLAGS[:2])}); torch would emulate it, slower than fp32: use --precision int8 "
+        "or fp32"
+    )
+
+
+def check_min_cosine(min_cosine: float) -> float:
+    """``export --min-cosine``: the smallest feature cosine against fp32 accepted, in (0, 1]."""
+    if not 0 < min_cosine <= 1:
+        raise UserError(f"--min-cosine {min_cosine}: must be in (0, 1]")
+    return min_cosine
 
 
 def require_file(path: str | Path, option: str) -> Path:
@@ -137,11 +180,29 @@ def check_tolerance(tolerance: float) -> float:
     return tolerance
 
 
-def check_export_options(checkpoint: str | Path, out: str | Path, fmt: str | None, tolerance: float) -> str:
-    """Check ``mambapro export``'s options; returns the format."""
+def check_export_options(
+    checkpoint: str | Path,
+    out: str | Path,
+    fmt: str | None,
+    tolerance: float,
+    precision: str = "fp32",
+    min_cosine: float = 0.99,
+) -> str:
+    """Check ``mambapro export``'s options; returns the format. The export runs on the CPU, so a
+    bf16 export on a CPU without native bf16 is refused here."""
     require_file(checkpoint, "--checkpoint")
     fmt = export_format(out, fmt)
     check_tolerance(tolerance)
+    check_precision(precision)
+    if precision == "bf16" and fmt == "onnx":
+        raise UserError(
+            "--precision bf16 --format onnx: onnxruntime's CPU provider has no bf16 matrix kernels; "
+            "export bf16 as pt2, or int8 as onnx"
+        )
+    problem = precision_support_error(precision)
+    if problem is not None:
+        raise UserError(problem)
+    check_min_cosine(min_cosine)
     check_output(out, "--out", fmt, inputs=[("--checkpoint", checkpoint)])
     return fmt
 

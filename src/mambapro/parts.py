@@ -68,6 +68,23 @@ BACKBONES.register_lazy(
     "vit_b16_imagenet", "mambapro.models.backbone:vit_b16_imagenet", info=BackboneInfo(layers=12)
 )
 BACKBONES.register_lazy("tiny", "mambapro.models.backbone:tiny", info=BackboneInfo(layers=4))
+BACKBONES.register_lazy(
+    "dinov2_vitb14", "mambapro.models.backbone:dinov2_vitb14", info=BackboneInfo(layers=12, patch_size=14)
+)
+BACKBONES.register_lazy(
+    "dinov2_vitb14_reg4",
+    "mambapro.models.backbone:dinov2_vitb14_reg4",
+    info=BackboneInfo(layers=12, patch_size=14),
+)
+BACKBONES.register_lazy(
+    "dinov3_vitb16", "mambapro.models.backbone:dinov3_vitb16", info=BackboneInfo(layers=12, patch_size=16)
+)
+BACKBONES.register_lazy(
+    "tiny_dinov2", "mambapro.models.backbone:tiny_dinov2", info=BackboneInfo(layers=4, patch_size=14)
+)
+BACKBONES.register_lazy(
+    "tiny_dinov3", "mambapro.models.backbone:tiny_dinov3", info=BackboneInfo(layers=4, patch_size=16)
+)
 
 #: ``model.freeze``: train only adapters, prompts and camera (CLIP(L)) or everything (CLIP(F)).
 FREEZE_MODES = ("frozen", "finetune")

@@ -167,7 +167,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    fmt = check_export_options(args.checkpoint, args.out, args.format, args.tolerance)
+    fmt = check_export_options(
+        args.checkpoint, args.out, args.format, args.tolerance, args.precision, args.min_cosine
+    )
     _forward("mambapro.deploy.export:run_export", args, fmt=fmt, camids=not args.no_camids)
     return 0
 

@@ -11,7 +11,7 @@ from mambapro.cli.commands import COMMANDS
 from mambapro.config import SynthConfig
 from mambapro.data.synth import LAYOUTS
 from mambapro.deploy.serve_options import MAX_K, ServeOptions
-from mambapro.options import EXPORT_FORMATS
+from mambapro.options import EXPORT_FORMATS, PRECISIONS
 from mambapro.parts import EXPORT_FORMS
 
 __all__ = ["build_parser"]
@@ -34,6 +34,22 @@ def _data_root_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 def _checkpoint_arg(p: argparse.ArgumentParser, help_: str) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help=help_)
+
+
+def _precision_arg(p: argparse.ArgumentParser, mismatch: bool = False) -> None:
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="test-time precision: fp32; bf16 (CPUs with avx512_bf16/amx_bf16); int8 (quantized linear "
+        "layers; docs/deploy.md, Precision)",
+    )
+    if mismatch:
+        p.add_argument(
+            "--allow-precision-mismatch",
+            action="store_true",
+            help="search a gallery made at another --precision than the queries",
+        )
 
 
 def _add_old_out(p: argparse.ArgumentParser) -> None:
@@ -134,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "side, joined by '+' (e.g. TI:RGB+NI: a thermal-only query against an RGB+NIR gallery)",
     )
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    _precision_arg(p)
     p.add_argument(
         "--output",
         "-o",
@@ -177,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, required=True, help="the features file to write (.npz appended if missing)"
     )
+    _precision_arg(p)
     _add_config_args(p)
 
     p = add("search", "rank a gallery for a query triplet")
@@ -188,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=Path("ranklist.png"), help="the rank-list image (and its .json rankings)"
     )
+    _precision_arg(p, mismatch=True)
     _add_config_args(p)
 
     p = add("index", "build or extend a FAISS gallery index of features .npz files (extra: deploy)")
@@ -221,7 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-camids", action="store_true", help="no camera-id input (unknown cameras)")
     p.add_argument(
-        "--tolerance", type=float, default=1e-4, help="largest relative feature difference accepted"
+        "--tolerance", type=float, default=1e-4, help="largest relative feature difference accepted (fp32)"
+    )
+    _precision_arg(p)
+    p.add_argument(
+        "--min-cosine",
+        type=float,
+        default=0.99,
+        help="bf16/int8: smallest feature cosine against the fp32 model accepted on synthetic triplets",
     )
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (test.* keys)")
 
@@ -264,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=serve_defaults.max_batch,
         help="most concurrent queries embedded in one model call",
     )
+    _precision_arg(p, mismatch=True)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (test.* keys)")
 
     p = add("params", "trainable and total parameters per part")

@@ -33,6 +33,7 @@ accelerator, so the noise values also differ between device types).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ import torch
 
 from ..modalities import ModalitySet
 from .io import spec_of
+from .transforms import channel_stats
 
 if TYPE_CHECKING:  # the config imports the data package (dataset specs), not the reverse
     from ..config import DataConfig
@@ -147,13 +149,17 @@ def _index(a: np.ndarray, dev: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(dev, non_blocking=True)
 
 
-def normalise_table(mean: float, std: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(256,) float32: ``Normalize(ToDtype(v, scale=True))`` of every uint8 value ``v``, computed
-    with torchvision's operations, so a table look-up equals the two steps bit for bit."""
-    v = torch.arange(256, dtype=torch.float32, device=device).mul_(1.0 / 255)
-    mean_t = torch.tensor([mean], dtype=torch.float32, device=device)
-    std_t = torch.tensor([std], dtype=torch.float32, device=device)
-    return v.sub_(mean_t).div_(std_t)
+def normalise_table(
+    mean: float | Sequence[float], std: float | Sequence[float], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(3, 256) float32: row c is ``Normalize(ToDtype(v, scale=True))`` of every uint8 value ``v``
+    in channel c (``mean``/``std``: one value for all channels or one per channel), computed with
+    torchvision's operations, so a table look-up equals the two steps bit for bit."""
+    means, stds = channel_stats(mean, std)
+    v = torch.arange(256, dtype=torch.float32, device=device).mul_(1.0 / 255).expand(3, 256)
+    mean_t = torch.tensor(means, dtype=torch.float32, device=device)[:, None]
+    std_t = torch.tensor(stds, dtype=torch.float32, device=device)[:, None]
+    return v.sub(mean_t).div_(std_t)
 
 
 def _fill(count: int, noise_seed: int, dev: torch.device) -> torch.Tensor:
@@ -169,8 +175,8 @@ def apply_params(
     images: torch.Tensor | list[torch.Tensor],
     p: AugParams,
     padding: int,
-    mean: float,
-    std: float,
+    mean: float | Sequence[float],
+    std: float | Sequence[float],
     noise: torch.Tensor | None = None,
     noise_seed: int = 0,
     keep: torch.Tensor | None = None,
@@ -227,7 +233,8 @@ def apply_params(
         )
         idx = torch.arange(n, device=dev)
         crop = xp[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (n, H, W, C)
-        y = lut[crop.permute(0, 3, 1, 2).contiguous().long()]
+        channel = torch.arange(c_, device=dev)[None, :, None, None]
+        y = lut[channel, crop.permute(0, 3, 1, 2).contiguous().long()]
         if erase.any():
             ti, tj, th, tw = (_index(a, dev) for a in (ei, ej, eh, ew))
             r_in = (ar_h[None, :] >= ti[:, None]) & (ar_h[None, :] < (ti + th)[:, None])
@@ -248,10 +255,11 @@ def apply_params(
             xs, xe = max(c0, 0), min(c0 + w, w)
             dst = out[k]
             if ys > r0 or ye < r0 + h or xs > c0 or xe < c0 + w:
-                dst.fill(table[0])  # the zero padding, normalised
-            view = img[:, ys:ye, xs:xe]
-            target = dst[:, ys - r0 : ye - r0, xs - c0 : xe - c0]
-            np.take(table, view, out=target, mode="wrap")
+                dst[:] = table[:, :1, None]  # the zero padding, normalised
+            for c in range(c_):
+                view = img[c, ys:ye, xs:xe]
+                target = dst[c, ys - r0 : ye - r0, xs - c0 : xe - c0]
+                np.take(table[c], view, out=target, mode="wrap")
             if flip[k]:
                 dst[:] = dst[:, :, ::-1]
         if erase.any():
@@ -285,8 +293,7 @@ class DeviceAugment:
         self.padding = int(data_cfg.padding)
         self.erase_prob = float(data_cfg.erase_prob)
         self.independent = bool(data_cfg.independent_aug)
-        self.mean = float(data_cfg.mean)
-        self.std = float(data_cfg.std)
+        self.mean, self.std = channel_stats(data_cfg.mean, data_cfg.std)
 
     def params(self, seeds: np.ndarray | list[int]) -> AugParams:
         return draw_params(

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the config imports the data package (dataset specs), not th
     from ..config import DataConfig
 
 __all__ = [
+    "channel_stats",
     "MODALITIES",
     "TripletTransform",
     "apply_missing",
@@ -89,11 +90,21 @@ class TripletTransform:
         return f"TripletTransform(independent={self.independent}, {self.transform!r})"
 
 
+def channel_stats(
+    mean: float | Sequence[float], std: float | Sequence[float]
+) -> tuple[list[float], list[float]]:
+    """``data.mean``/``data.std`` (one value for the three channels, or one per channel) as two
+    3-lists."""
+
+    def three(value: float | Sequence[float]) -> list[float]:
+        return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+
+    return three(mean), three(std)
+
+
 def _normalise(data_cfg: DataConfig) -> list[v2.Transform]:
-    return [
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=[data_cfg.mean] * 3, std=[data_cfg.std] * 3),
-    ]
+    mean, std = channel_stats(data_cfg.mean, data_cfg.std)
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=mean, std=std)]
 
 
 def _resize(img_size: tuple[int, int], interpolation: str = "bicubic") -> v2.Transform:

@@ -16,6 +16,13 @@ The selective scan is written in standard operators for export (``--scan``; see
 inputs at two batch sizes and compared with the PyTorch model (its own scan backend); a file
 whose features differ by more than ``tolerance`` relative to the largest feature value is not
 written.
+
+``precision`` (:mod:`mambapro.models.precision`) exports the model at bf16 or int8: bf16 as
+pt2 only (the graph runs under autocast; onnxruntime's CPU provider has no bf16 matrix kernels),
+int8 in both formats with the portable kernel (``torch._int_mm``, written as ONNX
+``MatMulInteger``). There the check is the feature cosine against the fp32 PyTorch model on the
+same synthetic triplets, refused below ``min_cosine``; the file records its precision and the
+cosine (``precision``, ``feature_cosine_vs_fp32``).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from mambapro.errors import UserError
 from mambapro.extras import import_extra
 from mambapro.files import atomic_write
 from mambapro.modalities import ModalitySet
+from mambapro.models.precision import apply_precision, autocast_dtype, check_precision_supported
 from mambapro.ops.scan_export import EXPORT_FORMS
 from mambapro.options import EXPORT_FORMATS, check_export_options
 from mambapro.retrieval.identity import model_modalities
@@ -59,6 +67,7 @@ __all__ = [
 
 DEFAULT_SCAN = "parallel"
 TOLERANCE = 1e-4
+MIN_COSINE = 0.99
 METADATA_KEY = "mambapro"
 PT2_EXTRA = "mambapro.json"
 CHECK_BATCHES = (3, 1)  # not the tracing batch (2): a file that fixed its batch size fails here
@@ -113,6 +122,8 @@ class TestTimeModel(nn.Module):
         super().__init__()
         self.model = model
         self.takes_camids = camids
+        # A bf16 model runs under autocast (its weights are bf16): recorded in the exported graph.
+        self.amp = autocast_dtype(model)
         self.modalities = model_modalities(model)
         self.input_names = (*input_names(self.modalities), *(["camids"] if camids else []))
         # The set's input names as the signature of this instance's forward (inspect, and with it
@@ -137,7 +148,10 @@ class TestTimeModel(nn.Module):
         batch: dict[str, Tensor | None] = dict(zip(self.modalities, inputs[:n]))
         if self.takes_camids:
             batch["camids"] = inputs[n] if len(inputs) > n else None
-        return self.model(batch)
+        if self.amp is None:
+            return self.model(batch)
+        with torch.autocast("cpu", dtype=self.amp):
+            return self.model(batch).float()
 
 
 def _uses_cameras(model: nn.Module) -> bool:
@@ -158,7 +172,14 @@ def _example(
 
 
 def _metadata(
-    cfg: Any, ckpt: dict, checkpoint: Path, fmt: str, scan: str, wrapper: TestTimeModel, dim: int
+    cfg: Any,
+    ckpt: dict,
+    checkpoint: Path,
+    fmt: str,
+    scan: str,
+    wrapper: TestTimeModel,
+    dim: int,
+    precision: dict,
 ) -> dict:
     return {
         "format": "mambapro-export",
@@ -178,6 +199,7 @@ def _metadata(
         "feature_dim": dim,
         "feature": f"{cfg.test.feature} ({cfg.test.neck_feat} the BNNeck)",
         "scan": scan,
+        **precision,
     }
 
 
@@ -246,6 +268,12 @@ def _to_bytes_pt2(program: torch.export.ExportedProgram, metadata: dict) -> byte
 def _to_bytes_onnx(wrapper: TestTimeModel, example: tuple[Tensor, ...], metadata: dict) -> bytes:
     batch = torch.export.Dim("batch", min=1, max=4096)
     names = list(wrapper.input_names)
+    (onnxscript,) = import_extra("onnxscript", error=ExportMissingError, why="ONNX export needs onnxscript")
+    opset = onnxscript.opset18
+
+    def int_mm(a: Any, b: Any) -> Any:  # the int8 layers' product: int8 x int8 -> int32
+        return opset.MatMulInteger(a, b)
+
     # The exporter reports each step with print() and warns about its internals: neither is ours.
     with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")
@@ -257,6 +285,7 @@ def _to_bytes_onnx(wrapper: TestTimeModel, example: tuple[Tensor, ...], metadata
             dynamic_shapes={n: {0: batch} for n in names},
             dynamo=True,
             verbose=False,
+            custom_translation_table={torch.ops.aten._int_mm.default: int_mm},
         )
     proto = program.model_proto
     entry = proto.metadata_props.add()
@@ -280,6 +309,16 @@ class _quiet_loggers:
             lg.setLevel(level)
 
 
+def _onnx_metadata(data: bytes, metadata: dict) -> bytes:
+    """An ONNX file's bytes with its ``mambapro`` metadata property replaced by ``metadata``."""
+    onnx, _ = _onnx_modules()
+    proto = onnx.load_from_string(data)
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            entry.value = json.dumps(metadata)
+    return proto.SerializeToString()
+
+
 def _runner(fmt: str, data: bytes) -> Any:
     if fmt == "onnx":
         return _onnx_session(data, "the exported ONNX model")
@@ -293,12 +332,23 @@ def export_model(
     camids: bool = True,
     tolerance: float = TOLERANCE,
     overrides: list[str] | None = None,
+    precision: str = "fp32",
+    min_cosine: float = MIN_COSINE,
 ) -> tuple[bytes, dict, float]:
-    """Export a checkpoint's test-time model; returns (file bytes, metadata, max relative error).
+    """Export a checkpoint's test-time model at ``precision``; returns (file bytes, metadata,
+    max relative difference to the fp32 PyTorch model).
 
     The bytes are checked (run and compared) before they are returned; raises :class:`ExportError`
-    when the relative error exceeds ``tolerance``.
+    when, in fp32, the relative difference exceeds ``tolerance``, or, in bf16 or int8, the
+    smallest feature cosine against the fp32 model is below ``min_cosine`` (recorded in the
+    metadata as ``feature_cosine_vs_fp32``).
     """
+    if precision == "bf16" and fmt == "onnx":
+        raise ExportError(
+            "--precision bf16 --format onnx: onnxruntime's CPU provider has no bf16 matrix kernels; "
+            "export bf16 as pt2, or int8 as onnx"
+        )
+    check_precision_supported(precision)
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"--format {fmt!r} is not one of: {', '.join(EXPORT_FORMATS)}")
     if scan not in EXPORT_FORMS:
@@ -316,18 +366,28 @@ def export_model(
     model, _, _ = load_model(
         checkpoint, overrides=[*(overrides or []), f"model.scan_backend={scan}"], device=cpu
     )
+    # The portable int8 kernel: torch.export records torch._int_mm, oneDNN's packed weights not.
+    model = apply_precision(model, precision, kernel="int_mm")
     takes = camids and _uses_cameras(model)
     wrapper = TestTimeModel(model, takes).eval()
     ref_wrapper = TestTimeModel(reference, takes).eval()
     num_cameras = int(ckpt["num_cameras"])
     modalities = wrapper.modalities
     example = _example(cfg, 2, num_cameras, takes, 0, modalities)
+    checks = [_example(cfg, b, num_cameras, takes, 1 + i, modalities) for i, b in enumerate(CHECK_BATCHES)]
     with torch.no_grad():
         dim = int(ref_wrapper(*example).shape[1])
-    metadata = _metadata(cfg, ckpt, checkpoint, fmt, scan, wrapper, dim)
+        wants = [ref_wrapper(*inputs).numpy() for inputs in checks]
+        if precision != "fp32":
+            # The PyTorch model at this precision first: seconds, where the export takes minutes.
+            eager = [wrapper(*inputs).numpy() for inputs in checks]
+            _check_cosine(min(map(_min_cosine, eager, wants)), min_cosine, f"{precision} PyTorch")
+    metadata = _metadata(cfg, ckpt, checkpoint, fmt, scan, wrapper, dim, {"precision": precision})
+    program = None
     try:
         if fmt == "pt2":
-            data = _to_bytes_pt2(_export_program(wrapper, example), metadata)
+            program = _export_program(wrapper, example)
+            data = _to_bytes_pt2(program, metadata)
         else:
             data = _to_bytes_onnx(wrapper, example, metadata)
     except UserError:
@@ -336,11 +396,8 @@ def export_model(
         raise ExportError(f"{checkpoint}: {fmt} export failed: {type(err).__name__}: {err}") from err
     runner = _runner(fmt, data)
     exported = ExportedFile(Path("<memory>"), fmt, metadata, runner)
-    worst = 0.0
-    for i, b in enumerate(CHECK_BATCHES):
-        inputs = _example(cfg, b, num_cameras, takes, 1 + i, modalities)
-        with torch.no_grad():
-            want = ref_wrapper(*inputs).numpy()
+    worst, cosine = 0.0, 1.0
+    for b, inputs, want in zip(CHECK_BATCHES, checks, wants):
         got = exported.run(tuple(x.numpy() for x in inputs))
         if got.shape != want.shape:
             raise ExportError(
@@ -348,12 +405,34 @@ def export_model(
             )
         rel = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
         worst = max(worst, rel)
-    if not worst <= tolerance:
+        cosine = min(cosine, _min_cosine(got, want))
+    if precision != "fp32":
+        _check_cosine(cosine, min_cosine, f"exported {precision} {fmt}")
+        # The file records what its check measured.
+        metadata = {**metadata, "feature_cosine_vs_fp32": cosine, "min_cosine": min_cosine}
+        data = _to_bytes_pt2(program, metadata) if program is not None else _onnx_metadata(data, metadata)
+    elif not worst <= tolerance:
         raise ExportError(
             f"the exported {fmt} model differs from the PyTorch model by {worst:.2e} (relative), "
             f"above the tolerance {tolerance:.0e}; nothing written"
         )
     return data, metadata, worst
+
+
+def _check_cosine(cosine: float, bound: float, what: str) -> None:
+    if not cosine >= bound:
+        raise ExportError(
+            f"the {what} model's features have a cosine of {cosine:.4f} with the fp32 model's on "
+            f"synthetic triplets, below --min-cosine {bound}; nothing written"
+        )
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest row-wise cosine of two (B, F) feature arrays."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    dots = (a * b).sum(axis=1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.min(dots / np.maximum(norms, 1e-300)))
 
 
 def run_export(
@@ -365,10 +444,14 @@ def run_export(
     tolerance: float = TOLERANCE,
     overrides: list[str] | None = None,
     quiet: bool = False,
+    precision: str = "fp32",
+    min_cosine: float = MIN_COSINE,
 ) -> Path:
     """Export, check and write ``out`` atomically (the ``mambapro export`` command)."""
-    check_export_options(checkpoint, out, fmt, tolerance)
-    data, metadata, worst = export_model(checkpoint, fmt, scan, camids, tolerance, overrides)
+    check_export_options(checkpoint, out, fmt, tolerance, precision, min_cosine)
+    data, metadata, worst = export_model(
+        checkpoint, fmt, scan, camids, tolerance, overrides, precision, min_cosine
+    )
     out = Path(out)
     with atomic_write(out) as fh:
         fh.write(data)
@@ -381,8 +464,15 @@ def run_export(
             f"{', camids (B,) int64' if 'camids' in metadata['inputs'] else ''}; "
             f"output features (B, {metadata['feature_dim']})"
         )
-        print(
-            f"checked against the PyTorch model at batch sizes {list(CHECK_BATCHES)}: "
-            f"max relative difference {worst:.2e}"
-        )
+        if precision == "fp32":
+            print(
+                f"checked against the PyTorch model at batch sizes {list(CHECK_BATCHES)}: "
+                f"max relative difference {worst:.2e}"
+            )
+        else:
+            print(
+                f"{precision}: checked against the fp32 PyTorch model on {sum(CHECK_BATCHES)} synthetic "
+                f"triplets: feature cosine >= {metadata['feature_cosine_vs_fp32']:.4f} (bound "
+                f"{min_cosine}), max relative difference {worst:.2e}"
+            )
     return out

@@ -56,8 +56,9 @@ from mambapro.deploy.serve_app import ServeMissingError, create_app, web_modules
 from mambapro.deploy.serve_options import MAX_K, ServeOptions
 from mambapro.deploy.validation import RequestError, parse_camid, parse_k
 from mambapro.errors import UserError
-from mambapro.options import check_serve_options
-from mambapro.retrieval.identity import check_same_model, model_identity, model_modalities
+from mambapro.models.precision import apply_precision, autocast_dtype
+from mambapro.options import check_precision, check_serve_options
+from mambapro.retrieval.identity import PRECISION_REMEDY, check_same_model, model_identity, model_modalities
 from mambapro.retrieval.index import GalleryIndex
 from mambapro.runtime import eval_amp
 from mambapro.train.checkpoint import load_model
@@ -103,6 +104,10 @@ class SearchService:
             forward pass serves several requests (``benchmarks/bench_serve.py`` measures it);
             ``max_batch=1`` serialises them. Host and port are :func:`run_serve`'s.
         checkpoint: the checkpoint's path, reported by ``/health``.
+        precision: the model's test-time precision (``fp32``, ``bf16``, ``int8``;
+            :mod:`mambapro.models.precision`): the service converts the fp32 ``model`` after
+            taking its identity. An index made at another precision is refused unless
+            ``allow_precision_mismatch``.
 
     The upload fields, the missing-modality settings and the gallery images follow the model's
     modality set (the attribute ``modalities``).
@@ -116,17 +121,29 @@ class SearchService:
         gallery_root: str | Path | None = None,
         options: ServeOptions | None = None,
         checkpoint: str | Path | None = None,
+        precision: str = "fp32",
+        allow_precision_mismatch: bool = False,
     ) -> None:
         self.options = options or ServeOptions()  # validated when it was built
-        self.model = model.eval()
         self.modalities = model_modalities(model)
         self.cfg = cfg
         self.index = index
         self.dataset = cfg.data.dataset
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
-        self.device = next(model.parameters()).device
-        self.amp = eval_amp(cfg, self.device)
         self.img_size = tuple(int(x) for x in cfg.img_size())
+        served = checkpoint or "the served model"
+        check_same_model(
+            index.identity,
+            f"--index {index.source}" if index.source is not None else "the index",
+            model_identity(model.eval(), self.img_size, served, precision=precision),
+            f"--checkpoint {checkpoint} with these test.* settings",
+            allow_precision_mismatch=allow_precision_mismatch,
+            precision_remedy=PRECISION_REMEDY,
+        )
+        self.precision = precision
+        self.model = apply_precision(model, precision)
+        self.device = next(model.parameters()).device
+        self.amp = autocast_dtype(self.model, eval_amp(cfg, self.device))
         self.transform = build_test_transform(cfg.data, self.img_size)
         backbone = model.backbone
         self.num_cameras = backbone.num_cameras if backbone.camera_embedding is not None else None
@@ -149,12 +166,6 @@ class SearchService:
         # Blank stand-ins for the modalities a query leaves out (zeroed after normalisation, so
         # only their size matters); never modified, so shared by every request.
         self._blanks = {m: Image.new("RGB", (w, h)) for m in self.modalities}
-        check_same_model(
-            index.identity,
-            f"--index {index.source}" if index.source is not None else "the index",
-            model_identity(model, self.img_size, checkpoint or "the served model"),
-            f"--checkpoint {checkpoint} with these test.* settings",
-        )
         dim = self.embed(self._tensors(self._blanks, "full"), None).shape[0]
         if dim != index.dim:
             where = f" {index.source}" if index.source is not None else ""
@@ -340,6 +351,7 @@ class SearchService:
             "checkpoint": self.checkpoint,
             "dataset": self.dataset,
             "device": str(self.device),
+            "precision": self.precision,
             "image_size": list(self.img_size),
             "modalities": list(self.modalities.keys),
             "distance": self.cfg.test.distance,
@@ -383,15 +395,21 @@ def run_serve(
     options: ServeOptions | None = None,
     overrides: list[str] | None = None,
     quiet: bool = False,
+    precision: str = "fp32",
+    allow_precision_mismatch: bool = False,
 ) -> None:
-    """The ``serve`` command: load the checkpoint and the index, then serve until interrupted."""
+    """The ``serve`` command: load the checkpoint and the index, then serve until interrupted
+    (the queries embedded at ``precision``)."""
     options = options or ServeOptions()
     _, uvicorn = web_modules()
     check_serve_options(checkpoint, index, gallery_root)
+    check_precision(precision)
     gallery_index = GalleryIndex.load(index)  # a bad index is refused before the model loads
     _check_port_free(options.host, options.port)
     model, cfg, _ = load_model(checkpoint, None, overrides)
-    service = SearchService(model, cfg, gallery_index, gallery_root, options, checkpoint=checkpoint)
+    service = SearchService(
+        model, cfg, gallery_index, gallery_root, options, checkpoint, precision, allow_precision_mismatch
+    )
     app = create_app(service)
     if not options.is_loopback:
         print(

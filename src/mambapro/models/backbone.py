@@ -35,10 +35,12 @@ import torch
 from torch import Tensor, nn
 
 from mambapro.config import ModelConfig
+from mambapro.errors import WeightsError
 from mambapro.modalities import MODALITIES, RGB_NI_TI, ModalitySet
 from mambapro.models.adapters import ADAPTERS
 from mambapro.models.clip_vit import VisionTransformer
 from mambapro.models.prompts import PROMPTS, MultiModalPrompts
+from mambapro.models.vit_dino import dinov2_vit, dinov3_vit, load_dinov2_state_dict, load_dinov3_state_dict
 from mambapro.models.vit_imagenet import imagenet_vit, load_timm_vit_state_dict
 from mambapro.models.weights import load_clip_state_dict, load_encoder_state_dict
 from mambapro.parts import BACKBONES, CAMERA_TOKENS, FREEZE_MODES
@@ -50,7 +52,12 @@ __all__ = [
     "build_backbone",
     "clip_image_encoder",
     "clip_vit_b16",
+    "dinov2_vitb14",
+    "dinov2_vitb14_reg4",
+    "dinov3_vitb16",
     "tiny",
+    "tiny_dinov2",
+    "tiny_dinov3",
     "vit_b16_imagenet",
 ]
 
@@ -63,6 +70,7 @@ EncoderFactory = Callable[[tuple[int, int], "str | Path | None"], VisionTransfor
 
 
 def _build(
+    name: str,
     make: Callable[[], VisionTransformer],
     weights: str | Path | None,
     reader: Callable[..., dict[str, Tensor]],
@@ -73,7 +81,12 @@ def _build(
     # 86M parameters that would be overwritten anyway.
     with torch.device("meta"):
         encoder = make()
-    load_encoder_state_dict(encoder, reader(weights, grid=encoder.grid), weights)
+    try:
+        load_encoder_state_dict(encoder, reader(weights, grid=encoder.grid), weights)
+    except WeightsError as err:
+        # The messages name the file and the key; a file meant for another backbone reads
+        # plainly with the backbone it was given to.
+        raise WeightsError(f"model.backbone={name}: {err}") from err
     return encoder
 
 
@@ -82,6 +95,7 @@ def _clip_vit(
 ) -> VisionTransformer:
     info = BACKBONES.info(name)
     return _build(
+        name,
         lambda: VisionTransformer(
             img_size, info.patch_size, width=width, layers=info.layers, heads=heads, output_dim=output_dim
         ),
@@ -99,6 +113,7 @@ def vit_b16_imagenet(img_size: tuple[int, int], weights: str | Path | None = Non
     """ImageNet ViT-B/16 (Table 9) from a timm checkpoint; no projection, so C = D = 768."""
     info = BACKBONES.info("vit_b16_imagenet")
     return _build(
+        "vit_b16_imagenet",
         lambda: imagenet_vit(img_size, layers=info.layers, patch_size=info.patch_size),
         weights,
         load_timm_vit_state_dict,
@@ -110,10 +125,65 @@ def tiny(img_size: tuple[int, int], weights: str | Path | None = None) -> Vision
     return _clip_vit("tiny", img_size, weights, width=192, heads=3, output_dim=128)
 
 
+def _dinov2(
+    name: str, img_size: tuple[int, int], weights: str | Path | None, **options: object
+) -> VisionTransformer:
+    info = BACKBONES.info(name)
+    return _build(
+        name,
+        lambda: dinov2_vit(img_size, layers=info.layers, patch_size=info.patch_size, **options),
+        weights,
+        load_dinov2_state_dict,
+    )
+
+
+def _dinov3(
+    name: str, img_size: tuple[int, int], weights: str | Path | None, **options: object
+) -> VisionTransformer:
+    info = BACKBONES.info(name)
+    return _build(
+        name,
+        lambda: dinov3_vit(img_size, layers=info.layers, patch_size=info.patch_size, **options),
+        weights,
+        load_dinov3_state_dict,
+    )
+
+
+def dinov2_vitb14(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
+    """DINOv2 ViT-B/14 (timm's ``vit_base_patch14_dinov2``, Meta's ``dinov2_vitb14``); C = D = 768."""
+    return _dinov2("dinov2_vitb14", img_size, weights)
+
+
+def dinov2_vitb14_reg4(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
+    """DINOv2 ViT-B/14 with 4 registers (timm's ``vit_base_patch14_reg4_dinov2``); C = D = 768."""
+    return _dinov2("dinov2_vitb14_reg4", img_size, weights, registers=4)
+
+
+def dinov3_vitb16(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
+    """DINOv3 ViT-B/16 (timm's ``vit_base_patch16_dinov3``, Meta's ``dinov3_vitb16``); C = D = 768."""
+    return _dinov3("dinov3_vitb16", img_size, weights)
+
+
+# The tiny DINO encoders train from scratch in demos and tests: LayerScale starts at 1 rather
+# than DINO's 1e-5, with which a random encoder's blocks would hardly change their input.
+_TINY = {"width": 192, "heads": 3, "layer_scale": 1.0}
+
+
+def tiny_dinov2(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
+    """DINOv2-style tiny encoder for CPU demos and tests: D = C = 192, 4 layers, 3 heads, patch 14."""
+    return _dinov2("tiny_dinov2", img_size, weights, **_TINY)
+
+
+def tiny_dinov3(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
+    """DINOv3-style tiny encoder for CPU demos and tests: D = C = 192, 4 layers, 3 heads, patch
+    16, 4 storage tokens, rotary position embedding."""
+    return _dinov3("tiny_dinov3", img_size, weights, **_TINY)
+
+
 def _announce_random_init(name: str) -> None:
-    # The tiny preset is meant to train from scratch; for pre-trained presets a random encoder
+    # The tiny presets are meant to train from scratch; for pre-trained presets a random encoder
     # is almost always a forgotten ``model.weights``, so it is a warning there.
-    level = logging.INFO if name == "tiny" else logging.WARNING
+    level = logging.INFO if name == "tiny" or name.startswith("tiny_") else logging.WARNING
     logger.log(level, "model.backbone=%s: no model.weights given, the encoder is randomly initialised", name)
 
 
@@ -153,7 +223,7 @@ class MultiModalBackbone(nn.Module):
         modalities: the modalities, in batch order (the paper's RGB, NI, TI by default); the
             prompts must have been built for as many.
 
-    Attributes: ``out_dim`` (C), ``grid`` ((H/16, W/16)), ``num_layers``, ``img_size``,
+    Attributes: ``out_dim`` (C), ``grid`` ((H/p, W/p), p the patch size), ``num_layers``, ``img_size``,
     ``modalities``, ``unseen_cameras`` (``error``: a camid >= ``num_cameras`` is refused;
     ``mean``: it gets the mean of the learned camera embeddings).
     """
@@ -257,8 +327,8 @@ class MultiModalBackbone(nn.Module):
             camids: ``(B,)`` 0-based camera ids; None: no camera term (unknown cameras).
 
         Returns:
-            modality key -> ``(B, 1 + H/16 * W/16, C)``: ``ln_post`` then ``proj`` of
-            every token, cls first, prompt tokens removed.
+            modality key -> ``(B, 1 + H/p * W/p, C)``: ``ln_post`` then ``proj`` of
+            every token, cls first, prompt and register tokens removed.
         """
         batch = self._check_inputs(images, camids)
         keys, m = self.modalities.keys, len(self.modalities)
@@ -266,7 +336,7 @@ class MultiModalBackbone(nn.Module):
         camera = None
         if self.camera_embedding is not None and camids is not None:
             camera = (self.camera_coef * self.camera_rows(camids)).repeat(m, 1)
-        x = self.encoder.embed(x, camera, self.camera_tokens)  # (M·B, 1 + HW, D)
+        x = self.encoder.embed(x, camera, self.camera_tokens)  # (M·B, 1 + R + HW, D), R register tokens
 
         previous: Tensor | None = None
         for index, block in enumerate(self.encoder.blocks):
@@ -281,7 +351,7 @@ class MultiModalBackbone(nn.Module):
             previous = x[:, -n:].reshape(groups.shape)
             x = x[:, :-n]
 
-        tokens = self.encoder.project(x)  # (M·B, 1 + HW, C)
+        tokens = self.encoder.project(x)  # (M·B, 1 + HW, C): registers dropped
         # unflatten, not chunk: chunk makes torch.export guard on the batch size.
         return dict(zip(keys, tokens.unflatten(0, (m, -1)).unbind(0)))
 

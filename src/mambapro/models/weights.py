@@ -17,8 +17,11 @@ Formats (detected from the file's content, not its name):
 Key layouts: OpenAI's (``visual.conv1.weight``, ...; also open_clip's, which is the same), the
 visual tower alone (``conv1.weight``, ...), and timm's ViT layout (``patch_embed.proj.weight``,
 ``blocks.{i}.attn.qkv``, ...), converted to OpenAI names. Tensors are cast to fp32 (OpenAI stores
-fp16). The positional grid is resized to the input grid with bilinear interpolation,
-``align_corners=False`` and no antialiasing, as the authors' release does.
+fp16). The CLIP positional grid is resized to the input grid with bilinear interpolation,
+``align_corners=False`` and no antialiasing, as the authors' release does
+(:func:`resize_pos_embed`); DINOv2's with timm's ``resample_abs_pos_embed`` (bicubic, antialiased),
+as timm resamples pre-trained weights for a model made at another image size
+(:func:`resample_pos_embed_bicubic`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from mambapro.errors import WeightsError
@@ -43,6 +47,7 @@ __all__ = [
     "load_encoder_state_dict",
     "read_checkpoint",
     "read_torchscript_tensors",
+    "resample_pos_embed_bicubic",
     "resize_pos_embed",
     "timm_to_openai_layout",
 ]
@@ -251,6 +256,8 @@ def timm_to_openai_layout(sd: Mapping[str, Tensor], keep_head: bool) -> dict[str
 
     ``keep_head=True`` turns timm's bias-free ``head.weight`` ``(C, D)`` into ``proj`` ``(D, C)``
     (timm's OpenAI-CLIP models); ``keep_head=False`` drops the classifier (ImageNet models).
+    LayerScale (``ls1.gamma``; ``gamma_1`` in timm's Eva) becomes ``ls_1.gamma``, the register
+    tokens ``reg_token`` ``(1, R, D)`` become ``register_tokens`` ``(R, D)``.
     """
     out: dict[str, Tensor] = {}
     block_names = {
@@ -258,9 +265,13 @@ def timm_to_openai_layout(sd: Mapping[str, Tensor], keep_head: bool) -> dict[str
         "attn.qkv.weight": "attn.in_proj_weight",
         "attn.qkv.bias": "attn.in_proj_bias",
         "attn.proj": "attn.out_proj",
+        "ls1": "ls_1",
+        "gamma_1": "ls_1.gamma",
         "norm2": "ln_2",
         "mlp.fc1": "mlp.c_fc",
         "mlp.fc2": "mlp.c_proj",
+        "ls2": "ls_2",
+        "gamma_2": "ls_2.gamma",
     }
     top_names = {
         "patch_embed.proj": "conv1",
@@ -270,6 +281,8 @@ def timm_to_openai_layout(sd: Mapping[str, Tensor], keep_head: bool) -> dict[str
     for key, value in sd.items():
         if key == "cls_token":
             out["class_embedding"] = value.reshape(-1)
+        elif key == "reg_token":
+            out["register_tokens"] = value.reshape(-1, value.shape[-1])
         elif key == "pos_embed":
             out["positional_embedding"] = value.reshape(-1, value.shape[-1])
         elif key.startswith("head."):
@@ -358,6 +371,33 @@ def resize_pos_embed(
     return torch.cat([pos[:1], g], dim=0)
 
 
+def resample_pos_embed_bicubic(
+    sd: Mapping[str, Tensor], grid: tuple[int, int], path: str | Path = "<state dict>"
+) -> Tensor:
+    """``sd['positional_embedding']`` ``(1 + N, D)`` resampled to ``(1 + rows*cols, D)`` by timm's
+    ``resample_abs_pos_embed`` with its defaults (bicubic, antialiased, the cls row kept): what timm
+    does to DINOv2's pre-trained table when a model is made at another image size. A table that
+    already has ``rows*cols`` grid positions is returned unchanged (taken to be of that grid)."""
+    key = "positional_embedding"
+    if key not in sd:
+        raise WeightsError(f"{path}: missing '{key}'")
+    pos = sd[key]
+    rows, cols = grid
+    if pos.ndim != 2:
+        raise WeightsError(f"{path}: '{key}' has shape {tuple(pos.shape)}, expected (1 + N, D)")
+    if pos.shape[0] == 1 + rows * cols:
+        return pos
+    n = pos.shape[0] - 1
+    side = math.isqrt(n)
+    if side * side != n:
+        raise WeightsError(
+            f"{path}: '{key}' holds {n} grid positions, which is neither a square grid nor the "
+            f"input grid {rows}x{cols}"
+        )
+    out = resample_abs_pos_embed(pos[None], new_size=[rows, cols], old_size=[side, side], num_prefix_tokens=1)
+    return out[0]
+
+
 def load_encoder_state_dict(module: nn.Module, sd: Mapping[str, Tensor], path: str | Path) -> None:
     """Load ``sd`` into ``module`` strictly; errors name ``path`` and the first offending key."""
     expected = module.state_dict()
@@ -379,3 +419,9 @@ def load_encoder_state_dict(module: nn.Module, sd: Mapping[str, Tensor], path: s
     # A module built on the meta device (no memory, no random init) takes the tensors as they are.
     assign = any(p.is_meta for p in module.parameters())
     module.load_state_dict(sd, strict=True, assign=assign)
+    if assign:
+        # Buffers that are not saved (a rotary table) are still on the meta device: compute them.
+        for sub in module.modules():
+            init = getattr(sub, "init_non_persistent_buffers", None)
+            if callable(init):
+                init()

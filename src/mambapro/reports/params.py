@@ -1,25 +1,56 @@
-"""``mambapro params``: trainable and total parameters per part, and aggregator MACs.
+"""``mambapro params``: trainable and total parameters per part, the backbone's MACs and the
+aggregators' MACs.
 
 The model counted is the one the config describes for its dataset's modalities (``ori`` and the
-aggregator grow with their number)."""
+aggregator grow with their number), at its resolved image size (``Config.img_size``: 252x126 for
+a patch-14 encoder on RGBNT201). Both counts build the model on the meta device: no weights are
+allocated or read, so they take a second for any backbone."""
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from mambapro.aggregation import aggregator_flops_table
+from mambapro.aggregation.flops import count_macs
 from mambapro.config import Config
 from mambapro.data.specs import dataset_spec
 from mambapro.modalities import RGB_NI_TI
-from mambapro.models import build_model
+from mambapro.models import build_backbone, build_model
 
-__all__ = ["parameter_report", "format_parameter_report", "flops_report"]
+__all__ = [
+    "backbone_macs",
+    "flops_report",
+    "format_backbone_macs",
+    "format_parameter_report",
+    "parameter_report",
+]
 
 PART_ORDER = ("backbone", "adapters", "prompts", "camera", "aggregator", "heads", "missing")
+
+
+@contextmanager
+def _counting(cfg: Config) -> Iterator[None]:
+    """Build on the meta device, without ``model.weights`` (counting needs no weights: do not
+    read a large file) and without the "randomly initialised" notice, which means nothing here."""
+    weights = cfg.model.weights
+    cfg.model.weights = None
+    models_log = logging.getLogger("mambapro.models")
+    level = models_log.level
+    models_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        cfg.model.weights = weights
+        models_log.setLevel(level)
 
 
 def _count(params: list[torch.nn.Parameter]) -> dict[str, int]:
@@ -39,19 +70,8 @@ def parameter_report(
     """
     # The published dataset's sizes: the classifier width and the camera table depend on them.
     classes, cams = dataset_spec(cfg.data.dataset).published
-    weights = cfg.model.weights
-    cfg.model.weights = None  # counting needs no weights: do not read a large file
-    # The "randomly initialised" notice (a log record) means nothing when only counting.
-    models_log = logging.getLogger("mambapro.models")
-    level = models_log.level
-    models_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")
-            model = build_model(cfg, num_classes or classes, num_cameras or cams)
-    finally:
-        cfg.model.weights = weights
-        models_log.setLevel(level)
+    with _counting(cfg):
+        model = build_model(cfg, num_classes or classes, num_cameras or cams)
     parts = model.parameter_parts()
     # "missing" (learned missing-modality tokens) exists only in models that have them.
     report = {"parts": {name: _count(parts[name]) for name in PART_ORDER if name in parts}}
@@ -81,6 +101,94 @@ def format_parameter_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Module names (torch's ModuleTracker, dotted from the root) whose MACs are the adapters' and
+#: the prompt layers'; a parent's count includes its children's, so only these roots are summed.
+_ADAPTER_MODULE = re.compile(r"\.\d+\.adapter$")  # an encoder block's adapter
+_PROMPT_MODULE = re.compile(r"\.prompts\.layers\.[^.]+$")
+
+
+def backbone_macs(cfg: Config) -> dict[str, Any]:
+    """Forward MACs per sample (all modalities of the dataset) of the backbone ``cfg`` describes:
+    the shared encoder with its adapters and prompts, at ``cfg.img_size()``, without camera
+    term (one addition, not a MAC). Counted by :func:`mambapro.aggregation.flops.count_macs` on
+    the meta device (no weights read).
+
+    Returns a dict with ``backbone``, ``img_size`` (H, W), ``grid`` (patch rows, columns),
+    ``tokens`` (per image into the first block: cls, registers, patches), ``registers``,
+    ``prompt_tokens`` (appended to each image's sequence in a prompted layer), ``prompt_layers``,
+    ``modalities``, and the MACs ``encoder`` (its own layers, attention over the prompt tokens
+    included), ``adapters``, ``prompts`` (the prompt layers' blocks) and ``total``.
+    """
+    modalities = cfg.modalities()
+    h, w = cfg.img_size()
+    with _counting(cfg):
+        backbone = build_backbone(cfg.model, (h, w), num_cameras=1, modalities=modalities)
+        images = {key: torch.empty(1, 3, h, w) for key in modalities.keys}
+        tokens = backbone.encoder.embed(images[modalities.keys[0]]).shape[1]
+    # Forward only: nothing needs gradients, and ModuleTracker's backward hooks would insist on
+    # them for parameters passed as inputs (the prompt tokens).
+    backbone.eval().requires_grad_(False)
+    counts = count_macs(_ByKey(backbone, modalities.keys), [torch.stack(list(images.values()), dim=1)])
+    adapters = sum(n for name, n in counts.items() if _ADAPTER_MODULE.search(name))
+    prompts = sum(n for name, n in counts.items() if _PROMPT_MODULE.search(name))
+    layers = list(backbone.prompts.layers.values()) if backbone.prompts is not None else []
+    per_layer = 0
+    if layers:
+        with torch.device("meta"):
+            groups = layers[0](1, None)  # (M, B, G, N, D)
+        per_layer = groups.shape[2] * groups.shape[3]
+    gh, gw = backbone.grid
+    return {
+        "backbone": cfg.model.backbone,
+        "img_size": [h, w],
+        "grid": [gh, gw],
+        "tokens": tokens,
+        "registers": tokens - 1 - gh * gw,
+        "prompt_tokens": per_layer,
+        "prompt_layers": len(layers),
+        "modalities": list(modalities.keys),
+        "encoder": counts["total"] - adapters - prompts,
+        "adapters": adapters,
+        "prompts": prompts,
+        "total": counts["total"],
+    }
+
+
+class _ByKey(torch.nn.Module):
+    """The backbone called with one stacked ``(B, M, 3, H, W)`` tensor (count_macs passes
+    positional tensors and reads the batch size from dim 0 of the first)."""
+
+    def __init__(self, backbone: torch.nn.Module, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.keys = keys
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.backbone(dict(zip(self.keys, images.unbind(1))))
+
+
+def format_backbone_macs(macs: dict[str, Any]) -> str:
+    """The text table of :func:`backbone_macs`."""
+    h, w = macs["img_size"]
+    gh, gw = macs["grid"]
+    regs = f" + {macs['registers']} registers" if macs["registers"] else ""
+    prompts = (
+        f", + {macs['prompt_tokens']} prompt tokens in {macs['prompt_layers']} layers"
+        if macs["prompt_layers"]
+        else ""
+    )
+    m = len(macs["modalities"])
+    lines = [
+        f"backbone {macs['backbone']} at {h}x{w}: {m} modalities x {macs['tokens']} tokens "
+        f"(cls{regs} + {gh}x{gw} patches){prompts}; forward MACs per sample",
+        f"{'part':<12}{'GMACs':>10}{'per image':>11}",
+    ]
+    for part in ("encoder", "adapters", "prompts", "total"):
+        lines.append(f"{part:<12}{macs[part] / 1e9:>10.3f}{macs[part] / m / 1e9:>11.3f}")
+    return "\n".join(lines)
+
+
 def flops_report(cfg: Config) -> str:
-    """Per-sample MACs of the aggregators at the paper's sizes (3 x 128 tokens, C = 512)."""
-    return aggregator_flops_table(dim=512, grid=(16, 8))
+    """The backbone's forward MACs per sample as ``cfg`` describes it (:func:`backbone_macs`),
+    then the aggregators' at the paper's sizes (3 x 128 tokens, C = 512)."""
+    return format_backbone_macs(backbone_macs(cfg)) + "\n\n" + aggregator_flops_table(dim=512, grid=(16, 8))

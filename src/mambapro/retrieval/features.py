@@ -23,7 +23,8 @@ from mambapro.config import Config
 from mambapro.data import build_test_loader, check_cameras, dataset_from_config
 from mambapro.errors import UserError, short_reason
 from mambapro.files import atomic_write
-from mambapro.options import check_extract_options
+from mambapro.models.precision import apply_precision, autocast_dtype
+from mambapro.options import check_extract_options, check_precision
 from mambapro.retrieval.gallery import LABELS, GalleryLabels
 from mambapro.retrieval.identity import model_identity, stored_identity
 from mambapro.runtime import eval_amp
@@ -240,9 +241,11 @@ def run_extract(
     config: str | Path | None = None,
     overrides: list[str] | None = None,
     quiet: bool = False,
+    precision: str = "fp32",
 ) -> FeatureSet | None:
     """The ``mambapro extract`` command: features of one split to an .npz file (``out`` gets the
-    ``.npz`` suffix when it lacks it, as NumPy would add it).
+    ``.npz`` suffix when it lacks it, as NumPy would add it), computed at ``precision``
+    (:mod:`mambapro.models.precision`; the file records it).
 
     Under torchrun the ranks share the split (:func:`shard_rows`) and rank 0 writes the file
     that one process would write, byte for byte where the device computes deterministically
@@ -251,12 +254,14 @@ def run_extract(
     rank refuses before any work.
     """
     out = check_extract_options(checkpoint, out)
+    check_precision(precision)
     info = init_distributed()
     try:
         same_on_all_ranks(
             str(out.resolve()), info, "--out", "give every rank the same file (rank 0 alone writes it)"
         )
-        return _extract(checkpoint, data_root, split, out, config, overrides, quiet or not info.is_main, info)
+        quiet = quiet or not info.is_main
+        return _extract(checkpoint, data_root, split, out, config, overrides, quiet, info, precision)
     finally:
         cleanup(info)
 
@@ -270,10 +275,13 @@ def _extract(
     overrides: list[str] | None,
     quiet: bool,
     info: DistInfo,
+    precision: str,
 ) -> FeatureSet | None:
     model, cfg, _ = load_model(
         checkpoint, config, overrides, extra={"data": {"root": str(data_root)}}, device=rank_device(info)
     )
+    identity = model_identity(model, cfg.img_size(), checkpoint, precision=precision)
+    model = apply_precision(model, precision)
     device = next(model.parameters()).device
     ds = dataset_from_config(cfg.data, generate=False)
     samples = {"query": ds.query, "gallery": ds.gallery, "train": ds.train}[split]
@@ -282,13 +290,15 @@ def _extract(
     shard: Shard = (rows, None)
     if rows:
         loader = eval_loader(cfg, [samples[i] for i in rows], ds.spec)
-        mine = extract_features(model, loader, device, eval_amp(cfg, device), quiet, split)
+        amp = autocast_dtype(model, eval_amp(cfg, device))
+        mine = extract_features(model, loader, device, amp, quiet, split)
         shard = (rows, (mine.feats, mine.pids, mine.camids, mine.sceneids, mine.paths))
     shards = gather_to_main(shard, info)
     if shards is None:  # not rank 0
         return None
     feats = merge_shards(shards, len(samples))
-    feats.identity = model_identity(model, cfg.img_size(), checkpoint)
+    feats.identity = identity
     feats.save(out)
-    print(f"{len(feats.paths)} {split} features of dimension {feats.feats.shape[1]} written to {out}")
+    at = "" if precision == "fp32" else f" at {precision}"
+    print(f"{len(feats.paths)} {split} features of dimension {feats.feats.shape[1]}{at} written to {out}")
     return feats

@@ -30,10 +30,11 @@ from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat
 from mambapro.files import RANK_LIST_TAG, atomic_write, check_output
 from mambapro.modalities import RGB_NI_TI, ModalitySet
-from mambapro.options import check_search_options
+from mambapro.models.precision import apply_precision, autocast_dtype
+from mambapro.options import check_precision, check_search_options
 from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, extract_features
 from mambapro.retrieval.gallery import Match
-from mambapro.retrieval.identity import check_same_model, model_identity, model_modalities
+from mambapro.retrieval.identity import PRECISION_REMEDY, check_same_model, model_identity, model_modalities
 from mambapro.retrieval.index import GalleryIndex
 from mambapro.runtime import eval_amp
 from mambapro.train.checkpoint import load_model
@@ -177,10 +178,16 @@ def run_search(
     overrides: list[str] | None = None,
     quiet: bool = False,
     index: str | Path | None = None,
+    precision: str = "fp32",
+    allow_precision_mismatch: bool = False,
 ) -> dict[str, list[Match]]:
     """The ``search`` command: queries against a ``gallery`` (a split folder or features
-    ``.npz``) or a FAISS ``index`` (``mambapro index build``); returns ``{query path: matches}``."""
+    ``.npz``) or a FAISS ``index`` (``mambapro index build``); returns ``{query path: matches}``.
+
+    The queries (and a gallery folder) are embedded at ``precision``; a features file or index
+    made at another precision is refused unless ``allow_precision_mismatch``."""
     inputs = check_search_options(checkpoint, query, gallery, index, k, out)
+    check_precision(precision)
     out = Path(out)
     gallery_index = gallery_feats = None
     if index is not None:
@@ -193,16 +200,19 @@ def run_search(
     if not Path(query).exists():
         raise UserError(f"--query {query} does not exist: give a triplet's file or a split folder")
     model, cfg, _ = load_model(checkpoint, config, overrides)
-    identity = model_identity(model, cfg.img_size(), checkpoint)
+    identity = model_identity(model, cfg.img_size(), checkpoint, precision=precision)
     stored = gallery_index.identity if gallery_index is not None else getattr(gallery_feats, "identity", None)
     check_same_model(
         stored,
         f"--{'index' if index is not None else 'gallery'} {index or gallery}",
         identity,
         f"--checkpoint {checkpoint} with these test.* settings",
+        allow_precision_mismatch=allow_precision_mismatch,
+        precision_remedy=PRECISION_REMEDY,
     )
+    model = apply_precision(model, precision)
     device = next(model.parameters()).device
-    amp = eval_amp(cfg, device)
+    amp = autocast_dtype(model, eval_amp(cfg, device))
     name = cfg.data.dataset
     q_samples = samples_at(query, name, skip_broken=cfg.data.skip_broken)
     check_model_cameras(model, q_samples, f"query {query}")

@@ -31,7 +31,8 @@ from mambapro.evaluation import (
     save_results_json,
 )
 from mambapro.modalities import RGB_NI_TI, ModalitySet
-from mambapro.options import check_test_options
+from mambapro.models.precision import apply_precision, autocast_dtype, check_precision_supported
+from mambapro.options import check_precision, check_test_options
 from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, extract_features
 from mambapro.runtime import eval_amp
 from mambapro.train.checkpoint import checkpoint_modalities, load_checkpoint, load_model
@@ -184,6 +185,7 @@ def run_test(
     output: str | Path | None = None,
     quiet: bool = False,
     dataset: str | Path | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The ``mambapro test`` command: the result table, and with ``missing`` (see
     :meth:`~mambapro.modalities.ModalitySet.parse_request`, of the model's modalities) the
@@ -193,8 +195,14 @@ def run_test(
     ``dataset`` (a registered name or a dataset spec file) tests the checkpoint on another
     dataset with the same modalities, found under ``data.root``: the model keeps its image size,
     a camera it never saw gets the mean of its learned camera embeddings, and the reports say
-    "trained on A, tested on B"."""
+    "trained on A, tested on B".
+
+    ``precision`` (``bf16``, ``int8``: :mod:`mambapro.models.precision`) evaluates the model at
+    that precision and, first, the same main row (the requested setting or pair; ``full`` for
+    ``cross``) in fp32: the difference is printed, noted in report.txt and recorded in
+    results.json (``precision``, ``fp32_reference``)."""
     out = check_test_options(checkpoint, output, missing, dataset)
+    check_precision(precision)
     if dataset is not None:
         extra = _cross_dataset_extra(checkpoint, dataset, extra)
     model, cfg, ckpt = load_model(checkpoint, config, overrides, extra)
@@ -205,6 +213,7 @@ def run_test(
         cfg.test.rerank = True
     device = next(model.parameters()).device
     amp = eval_amp(cfg, device)
+    check_precision_supported(precision, device)  # before the fp32 reference pass
     ds = dataset_from_config(cfg.data, generate=False)
     reranked = " (re-ranked)" if cfg.test.rerank else ""
     trained_on = _trained_on(ckpt)
@@ -228,12 +237,25 @@ def run_test(
         "trained_on": trained_on,
         "tested_on": ds.name,
         "modalities": modalities.to_dict(),
+        "precision": precision,
     }
 
     def evaluate_setting(setting: str, gallery_setting: str | None = None) -> EvalResult:
         return evaluate_model(
             model, cfg, ds.spec, ds.query, ds.gallery, device, amp, quiet, setting, None, gallery_setting
         )
+
+    if precision != "fp32":
+        # The fp32 result of the main row, before the model is converted (in place).
+        main = ("full", "full") if request == "cross" else request
+        if not isinstance(main, tuple):
+            main = (cfg.test.missing if main == "all" else main, None)
+        reference = evaluate_model(
+            model, cfg, ds.spec, ds.query, ds.gallery, device, None, quiet, main[0], None, main[1]
+        )
+        apply_precision(model, precision)
+        amp = autocast_dtype(model, amp)
+        dataset_info["fp32_reference"] = _reference_record(reference, main, modalities)
 
     if request == "cross":
         titles = (scope, heading, reranked)
@@ -247,6 +269,7 @@ def run_test(
         setting = cfg.test.missing if request == "all" else request
         label = modalities.missing_label(setting)
         res = evaluate_setting(setting)
+    check = _with_precision_note(check, res, dataset_info)
     table = write_report(out, {label: res}, title=f"{scope}{reranked}", extra=dataset_info, notes=check)
     print(table)
     result: dict[str, Any] = {"result": res, "table": table, **dataset_info}
@@ -263,6 +286,31 @@ def run_test(
         result["missing"] = rows
     print(f"results written to {out}")
     return result
+
+
+def _reference_record(res: EvalResult, main: tuple[str, str | None], modalities: ModalitySet) -> dict:
+    """The fp32 result of the main row as results.json records it."""
+    query, gallery = main
+    if gallery is None:
+        row = modalities.missing_label(query)
+    else:
+        row = f"{modalities.present_label(query)}:{modalities.present_label(gallery)}"
+    return {"row": row, "mAP": res.mAP, "Rank-1": res.rank(1)}
+
+
+def _with_precision_note(check: str, res: EvalResult, info: dict[str, Any]) -> str:
+    """``check`` and, at a reduced precision, a line with the main row's mAP and Rank-1 against
+    fp32 (recorded in ``info`` as ``mAP_vs_fp32`` and ``rank1_vs_fp32``, in points)."""
+    ref = info.get("fp32_reference")
+    if ref is None:
+        return check
+    d_map, d_r1 = 100 * (res.mAP - ref["mAP"]), 100 * (res.rank(1) - ref["Rank-1"])
+    info["mAP_vs_fp32"], info["rank1_vs_fp32"] = d_map, d_r1
+    return (
+        f"{check}\nprecision {info['precision']} ({ref['row']}): mAP {100 * res.mAP:.2f} against "
+        f"{100 * ref['mAP']:.2f} in fp32 ({d_map:+.2f}), Rank-1 {100 * res.rank(1):.2f} against "
+        f"{100 * ref['Rank-1']:.2f} ({d_r1:+.2f})"
+    )
 
 
 def _trained_on(ckpt: dict[str, Any]) -> str:
@@ -313,6 +361,7 @@ def _run_cross(
     modalities: ModalitySet = model.modalities
     matrix = cross_missing_matrix(model, cfg, ds.spec, ds.query, ds.gallery, device, amp, quiet)
     full = matrix[("full", "full")]
+    check = _with_precision_note(check, full, dataset)
     table = write_report(out, {"full": full}, title=f"{scope}{reranked}", notes=check)
     settings = list(modalities.settings)
     labels = [modalities.present_label(s) for s in settings]

@@ -158,6 +158,7 @@ class Trainer:
             "dataset": self.data.name,
             "dataset_fingerprint": self.fingerprint,
             "modalities": self.model.modalities.to_dict(),
+            "img_size": list(self.cfg.img_size()),  # what every image is resized to
         }
 
     def save(self, name: str = "last.ckpt") -> Path | None:

@@ -16,6 +16,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import Tensor, nn
 
 from mambapro.config import Config
+from mambapro.data.transforms import channel_stats
 from mambapro.reports.analysis.context import Context, save_figure
 from mambapro.reports.analysis.features import mixed_taps
 from mambapro.retrieval.features import eval_loader
@@ -108,7 +109,8 @@ def grad_cam_maps(model: nn.Module, batch: dict[str, Any], modality: str) -> np.
 
 
 def _denormalise(img: Tensor, cfg: Config) -> np.ndarray:
-    arr = img.detach().float().cpu().numpy().transpose(1, 2, 0) * cfg.data.std + cfg.data.mean
+    mean, std = channel_stats(cfg.data.mean, cfg.data.std)
+    arr = img.detach().float().cpu().numpy().transpose(1, 2, 0) * np.array(std) + np.array(mean)
     return np.clip(arr, 0.0, 1.0).astype(np.float32)
 
 
