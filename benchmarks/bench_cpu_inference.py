@@ -1,13 +1,15 @@
 """Inference on the CPU at each test-time precision (``--precision fp32|bf16|int8``), in one run.
 
-Models (random weights, seed 0: speed does not depend on them): the ``demo`` preset (tiny
-backbone, 128x64) and the ``rgbnt201`` preset (CLIP ViT-B/16, 256x128, PFA + SRP + MA), each
-loaded from a saved checkpoint as every command loads it and converted with
+Models: the ``demo`` preset (tiny backbone, 128x64) trained ``--demo-epochs`` on the synthetic
+training split (a random tiny model's features are nearly collinear: its mAP says nothing), and
+the ``rgbnt201`` preset (CLIP ViT-B/16, 256x128, PFA + SRP + MA) with random weights (seed 0),
+each loaded from its checkpoint as every command loads it and converted with
 :func:`mambapro.models.precision.apply_precision`. Measured per model and precision, PyTorch
 eager, the fp32 baseline in the same run:
 
 * triplets per second at batch 1 and at batch 32 (median of ``--repeats`` timed calls after one
-  warm-up), and the speed-up over fp32;
+  warm-up), and the speed-up over fp32; at batch 1 also the milliseconds spent in the aggregator
+  (MA: its selective scan stays fp32 at every precision);
 * achieved GFLOP/s: the fp32 model's FLOPs per triplet (``FlopCounterMode``: matrix products,
   convolutions, attention, the selective scan; element-wise operators not counted) times the
   triplets per second, and its share of the peak of the units that precision runs on, computed
@@ -21,8 +23,12 @@ eager, the fp32 baseline in the same run:
   --precision`` reports the same on any dataset).
 
 The load average is read before and after: other processes on the machine slow every row, so
-only ratios within one run compare. Usage: ``python benchmarks/bench_cpu_inference.py [--models
-demo,rgbnt201] [--precisions fp32,bf16,int8] [--repeats 5]`` (writes
+only ratios within one run compare; the precisions are timed in turns so that a change of load
+falls on each alike. ``OMP_WAIT_POLICY`` is the environment's (the CLI sets PASSIVE, which costs
+the many short operators of the batch-1 selective scan; docs/deploy.md, Precision).
+
+Usage: ``python benchmarks/bench_cpu_inference.py [--models demo,rgbnt201] [--precisions
+fp32,bf16,int8] [--repeats 5] [--demo-epochs 4]`` (writes
 ``benchmarks/results/bench_cpu_inference.txt``)
 """
 
@@ -38,26 +44,22 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-# As the CLI does before torch loads: idle OpenMP workers sleep instead of spinning. On a shared
-# machine spinning workers made the demo model's batch-1 forward 2-5x slower and erratic.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count  # noqa: E402
-
-from _checkpoint import random_checkpoint  # noqa: E402
-from _machine import describe  # noqa: E402
-from mambapro.config import load_config  # noqa: E402
-from mambapro.data import build_dataset  # noqa: E402
-from mambapro.data.synth import generate  # noqa: E402
-from mambapro.evaluation import evaluate_features  # noqa: E402
-from mambapro.machine import cpu_info  # noqa: E402
-from mambapro.models.precision import apply_precision, autocast_dtype  # noqa: E402
-from mambapro.options import precision_support_error  # noqa: E402
-from mambapro.retrieval.features import eval_loader, extract_features  # noqa: E402
-from mambapro.train.checkpoint import load_model  # noqa: E402
-from mambapro.train.trainer import run_training  # noqa: E402
+from _checkpoint import random_checkpoint
+from _machine import describe
+from mambapro.config import load_config
+from mambapro.data import build_dataset
+from mambapro.data.synth import generate
+from mambapro.evaluation import evaluate_features
+from mambapro.machine import cpu_info
+from mambapro.models.precision import apply_precision, autocast_dtype
+from mambapro.options import precision_support_error
+from mambapro.retrieval.features import eval_loader, extract_features
+from mambapro.train.checkpoint import load_model
+from mambapro.train.trainer import run_training
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = {"demo": ["model.backbone=tiny"], "rgbnt201": ["model.weights=null"]}
@@ -112,6 +114,18 @@ def _runner(model: torch.nn.Module, x: dict[str, torch.Tensor]) -> Callable[[], 
             return model(x).float()
 
     return run
+
+
+def _time_part(module: torch.nn.Module) -> list[float]:
+    """Seconds of each call of ``module``, appended to the returned list (forward hooks)."""
+    spent: list[float] = []
+    module.register_forward_pre_hook(lambda *_: spent.append(-time.perf_counter()))
+
+    def done(*_: object) -> None:
+        spent[-1] += time.perf_counter()
+
+    module.register_forward_hook(done)
+    return spent
 
 
 def _seconds(runs: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
@@ -176,11 +190,15 @@ def measure(
     img_size = tuple(cfg.img_size())
     flops = _flops_per_triplet(models["fp32"], img_size)
     speed: dict[str, dict[int, float]] = {p: {} for p in precisions}
+    parts = {p: _time_part(m.aggregator) for p, m in models.items()}
+    aggregator_ms = {}
     for batch in BATCHES:
         x = _inputs(img_size, batch, batch)
         seconds = _seconds({p: _runner(m, x) for p, m in models.items()}, repeats)
         for p in precisions:
             speed[p][batch] = batch / seconds[p]
+            if batch == 1:
+                aggregator_ms[p] = 1000 * statistics.median(parts[p][1:])  # the warm-up call left out
     x = _inputs(img_size, 32, 32)
     outs = {p: _runner(m, x)().numpy().astype(np.float64) for p, m in models.items()}
     rows = []
@@ -207,6 +225,7 @@ def measure(
                 "dmap": m_ap - (base or {"mAP": m_ap})["mAP"],
                 "drank1": rank1 - (base or {"rank1": rank1})["rank1"],
                 "trained": preset == "demo" and demo_epochs > 0,
+                "agg_ms": aggregator_ms[precision],
             }
         )
         r = rows[-1]
@@ -224,6 +243,7 @@ def format_rows(rows: list[dict], header: str) -> str:
         "precision",
         "b1 trip/s",
         "x fp32",
+        "b1 ms (MA)",
         "b32 trip/s",
         "x fp32",
         "GFLOP/s b1 / b32",
@@ -242,6 +262,7 @@ def format_rows(rows: list[dict], header: str) -> str:
                     r["precision"],
                     f"{r['b1']:.2f}",
                     f"{r['x1']:.2f}",
+                    f"{1000 / r['b1']:.0f} ({r['agg_ms']:.0f})",
                     f"{r['b32']:.2f}",
                     f"{r['x32']:.2f}",
                     f"{r['gflops']:.0f} / {r['gflops32']:.0f}",
@@ -277,7 +298,9 @@ def main() -> None:
     precisions = [p for p in args.precisions.split(",") if precision_support_error(p) is None]
     if precisions[0] != "fp32":
         raise SystemExit("--precisions must start with fp32 (the baseline)")
-    header = describe()
+    # The CLI makes idle OpenMP workers sleep (OMP_WAIT_POLICY=PASSIVE, for a machine shared with
+    # data-loader processes); here the environment decides, and the header says which.
+    header = describe(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp default)')}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"

@@ -29,6 +29,7 @@ from mambapro.models.precision import (
     check_precision_supported,
     model_precision,
 )
+from mambapro.models.prompts import PromptLayer
 from mambapro.options import check_export_options, precision_support_error
 from mambapro.retrieval.features import FeatureSet, eval_loader, extract_features, run_extract
 from mambapro.retrieval.identity import PrecisionMismatchError, check_same_model, model_identity
@@ -83,9 +84,12 @@ def test_int8_conversion_replaces_the_linear_layers_that_hold_the_flops(tiny_run
     assert block.mlp.c_fc.activation == "silu" and isinstance(block.mlp.gelu, nn.Identity)
     mixer = model.aggregator.blocks[0].parts[0]
     assert isinstance(mixer.in_proj[0], Int8Linear) and isinstance(mixer.out_proj, Int8Linear)
-    # The SSM's own projections feed the recurrence: they stay fp32, as the norms do.
+    # The SSM's own projections feed the recurrence, the prompt projections see a few tokens:
+    # they stay fp32, as the norms do.
     ssm = mixer.ssm[0].forward_ssm
     assert type(ssm.x_proj) is nn.Linear and ssm.x_proj.weight.dtype == torch.float32
+    layers = [m for p in model.modules() if isinstance(p, PromptLayer) for m in p.modules()]
+    assert any(type(m) is nn.Linear for m in layers) and not any(isinstance(m, Int8Linear) for m in layers)
     with pytest.raises(ValueError, match="needs the fp32 model"):
         model_identity(model, (32, 32), "c.ckpt")
     with pytest.raises(ValueError, match="already converted to int8"):

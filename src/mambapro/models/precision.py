@@ -4,27 +4,29 @@ CPUs near their hardware limit (``extract``, ``search``, ``serve``, ``export``, 
 
 * ``bf16``: the weights of the linear and convolution layers are cast to bf16 once, and the model
   runs under ``torch.autocast(dtype=torch.bfloat16)`` (:func:`autocast_dtype`): matrix products in
-  bf16 (AMX or AVX-512-BF16 kernels through oneDNN), norms accumulating in fp32, the selective
-  scan's state in fp32 (``ops/scan_torch.py`` casts its inputs up with autocast off). Casting the
-  weights ahead of time matters: autocast alone re-casts every weight on every call, which took a
-  third of a ViT-B forward at batch 1. Refused on a CPU without native bf16 (torch would emulate
-  it, slower than fp32).
+  bf16 (AMX or AVX-512-BF16 kernels through oneDNN), norms accumulating in fp32; the selective
+  SSM (its projections and the scan, whose state ``ops/scan_torch.py`` keeps in fp32 anyway) and
+  the readout run in fp32. Casting the weights ahead of time matters: autocast alone re-casts
+  every weight on every call, which took a third of a ViT-B forward at batch 1. Refused on a
+  CPU without native bf16 (torch would emulate it, slower than fp32).
 * ``int8``: the linear layers that hold the FLOPs (the encoder's attention and MLP projections,
-  the adapters, the prompt projections, MA's input and output projections, a Transformer
-  aggregator's projections) become :class:`Int8Linear`: weights int8 per output channel
-  (symmetric), activations quantized to int8 per call with one scale per tensor (symmetric,
-  dynamic: no calibration data), int32 accumulation, the output dequantized to fp32 with the
-  bias added. Everything else stays fp32: norms, attention's softmax, the depth-wise convs, the
-  selective scan and the SSM's own small projections (Δ, B, C feed the recurrence), the readout.
+  the adapters, MA's input and output projections, a Transformer aggregator's projections)
+  become :class:`Int8Linear`: weights int8 per output channel (symmetric), activations quantized
+  to int8 per call with one scale per tensor (symmetric, dynamic: no calibration data), int32
+  accumulation, the output dequantized to fp32 with the bias added. Everything else stays fp32:
+  norms, attention's softmax, the depth-wise convs, the selective scan and the SSM's own small
+  projections (Δ, B, C feed the recurrence), the prompt projections (a few rows each: int8 was
+  slower there), the readout and the heads.
 
 Why this int8 path. ``torch.ao.quantization.quantize_dynamic`` (fbgemm) is deprecated in this
 torch (it warns it will be removed) and ran a ViT-B projection at half the speed of the oneDNN
-kernel on an AMX CPU; torchao is its maintained successor but is built around ``torch.compile``
-(its eager CPU path quantizes activations in several Python-level passes). The kernels used here
-are core ATen operators on plain int8 tensors (no quantized tensor types, which are deprecated
-too): ``onednn::qlinear_pointwise`` (the operator Inductor's x86 int8 lowering emits; AMX-int8 or
-VNNI) where oneDNN is built in, else ``torch._int_mm``, which every CPU build has and
-``torch.export`` records (the pt2 export uses it).
+kernel on an AMX CPU; its maintained successor, torchao, is another package, built around
+``torch.compile``. The kernels used here are core ATen operators on plain int8 tensors (no
+quantized tensor types, which are deprecated too): ``onednn::qlinear_pointwise`` (the operator
+Inductor's x86 int8 lowering emits; AMX-INT8 or VNNI) where oneDNN is built in, else
+``torch._int_mm``, which every CPU build has and ``torch.export`` records (the pt2 and ONNX
+exports use it). A converted model's int8 layers share one scratch :class:`Workspace` per
+thread, so one model may serve several threads.
 
 The activation after an MLP's first projection is fused into the kernel: QuickGELU
 ``x·σ(1.702x)`` is ``silu(1.702x) / 1.702``, so the factor 1.702 is folded into the first
@@ -44,6 +46,8 @@ always names the checkpoint's weights and records the precision beside them).
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,6 +58,7 @@ from mambapro.errors import UserError
 from mambapro.models.adapters import MlpAdapter
 from mambapro.models.clip_vit import Attention, Mlp, QuickGELU
 from mambapro.models.mambapro import BNNeckHead
+from mambapro.models.prompts import PromptLayer
 from mambapro.options import PRECISIONS, check_precision, precision_support_error
 
 __all__ = [
@@ -61,6 +66,7 @@ __all__ = [
     "PRECISIONS",
     "Int8Linear",
     "ProjectedAttention",
+    "Workspace",
     "apply_precision",
     "autocast_dtype",
     "check_precision_supported",
@@ -76,8 +82,11 @@ INT8_KERNELS = ("auto", "onednn", "int_mm")
 #: QuickGELU's factor: ``x·σ(1.702x) = silu(1.702x) / 1.702``.
 _QUICK_GELU = 1.702
 #: Modules whose linear layers stay fp32 in int8: the SSM's projections produce the scan's Δ, B
-#: and C (the recurrence amplifies their errors), the readout and the heads are a few vectors.
-_KEEP_FP32 = (SelectiveSSM, ModalityReadout, BNNeckHead, nn.MultiheadAttention)
+#: and C (the recurrence amplifies their errors); the readout and the heads see one vector per
+#: sample, the prompt projections a few prompt tokens: at so few rows the per-call quantization
+#: costs more than the product saves (SRP's projections took twice their fp32 time in int8 at
+#: ViT-B's 4 prompt tokens).
+_KEEP_FP32 = (SelectiveSSM, ModalityReadout, BNNeckHead, PromptLayer, nn.MultiheadAttention)
 
 
 def check_precision_supported(precision: str, device: torch.device | str = "cpu") -> str:
@@ -111,19 +120,40 @@ def int8_kernel(kernel: str = "auto") -> str:
     return "onednn" if has_onednn else "int_mm"
 
 
-def _quantize_per_tensor(x: Tensor, portable: bool = False) -> tuple[Tensor, Tensor]:
-    """``x`` (M, K) float as int8 with one symmetric scale: ``(q, scale)``, ``x ≈ q · scale``.
-    ``portable``: the largest magnitude by ``abs().max()`` (one more pass than ``aminmax``, which
-    the ONNX exporter cannot convert)."""
-    if portable:
-        amax = x.abs().max()
-    else:
-        lo, hi = torch.aminmax(x)
-        amax = torch.maximum(-lo, hi)
+def _quantize_traceable(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` (M, K) float as int8 with one symmetric scale: ``(q, scale)``, ``x ≈ q · scale``, in
+    operators ``torch.export`` and the ONNX exporter record (``abs().max()``: the exporter cannot
+    convert ``aminmax``)."""
     # An all-zero input gets a tiny positive scale rather than 0 (whose inverse is inf, 0·inf NaN).
-    scale = amax.clamp_min(1e-30) / 127.0
+    scale = x.abs().max().clamp_min(1e-30) / 127.0
     # |x| / scale <= 127 by construction, so the conversion needs no clamp.
     return torch.mul(x, 1.0 / scale).round_().to(torch.int8), scale
+
+
+class Workspace(threading.local):
+    """Scratch buffers for quantizing activations, shared by the :class:`Int8Linear` layers of one
+    model (one per thread): allocating them per call cost a third of the quantization at batch
+    32, the fresh pages of large tensors being faulted in each time."""
+
+    def __init__(self) -> None:
+        self.floats = torch.empty(0)
+        self.ints = torch.empty(0, dtype=torch.int8)
+
+    def buffers(self, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        n = shape[0] * shape[1]
+        if self.floats.numel() < n:
+            self.floats, self.ints = torch.empty(n), torch.empty(n, dtype=torch.int8)
+        return self.floats[:n].view(shape), self.ints[:n].view(shape)
+
+
+def _quantize_eager(x: Tensor, workspace: Workspace) -> tuple[Tensor, float]:
+    """:func:`_quantize_traceable` in fewer passes for eager runs: one ``aminmax``, the scale as a
+    Python number, the quantized values in ``workspace`` (valid until the next call there)."""
+    lo, hi = torch.aminmax(x)
+    scale = max(-float(lo), float(hi), 1e-30) / 127.0
+    scaled, q = workspace.buffers(tuple(x.shape))
+    torch.mul(x, 1.0 / scale, out=scaled).round_()
+    return q.copy_(scaled), scale
 
 
 class Int8Linear(nn.Module):
@@ -135,13 +165,20 @@ class Int8Linear(nn.Module):
         bias: the fp32 bias ``(out,)`` or None.
         activation: ``None``, ``"silu"`` or ``"gelu"`` (exact), applied to the output.
         kernel: one of :data:`INT8_KERNELS`.
+        workspace: the oneDNN kernel's scratch buffers, shared by a model's layers (default: its
+            own).
 
     Buffers ``weight_int8`` ``(out, in)``, ``weight_scale`` ``(out,)`` and ``bias`` hold the layer;
     the oneDNN kernel also keeps its own packed copy of the weight (not saved).
     """
 
     def __init__(
-        self, weight: Tensor, bias: Tensor | None, activation: str | None = None, kernel: str = "auto"
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        activation: str | None = None,
+        kernel: str = "auto",
+        workspace: Workspace | None = None,
     ) -> None:
         super().__init__()
         if activation not in (None, "silu", "gelu"):
@@ -157,7 +194,8 @@ class Int8Linear(nn.Module):
         if self.kernel == "onednn":
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)
             self._zero_points = torch.zeros(self.out_features, dtype=torch.int64)
-            self._x_zero_point = torch.zeros((), dtype=torch.int64)
+            self._workspace = workspace or Workspace()
+            self._post_op = {None: ("none", ""), "silu": ("swish", ""), "gelu": ("gelu", "none")}[activation]
         else:
             self.register_buffer("_weight_t", self.weight_int8.t().contiguous(), persistent=False)
 
@@ -168,24 +206,22 @@ class Int8Linear(nn.Module):
         activation: str | None = None,
         scale: float = 1.0,
         kernel: str = "auto",
+        workspace: Workspace | None = None,
     ) -> Int8Linear:
         """The int8 layer of ``linear`` with its weight and bias multiplied by ``scale`` (a factor
         folded in from a neighbouring activation)."""
         bias = None if linear.bias is None else linear.bias * scale
-        return cls(linear.weight * scale, bias, activation, kernel)
+        return cls(linear.weight * scale, bias, activation, kernel, workspace)
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()
-        q, x_scale = _quantize_per_tensor(x2, portable=self.kernel == "int_mm")
         if self.kernel == "onednn":
-            post_op, algorithm = {None: ("none", ""), "silu": ("swish", ""), "gelu": ("gelu", "none")}[
-                self.activation
-            ]
-            y = torch.ops.onednn.qlinear_pointwise.tensor(
+            q, x_scale = _quantize_eager(x2, self._workspace)
+            y = torch.ops.onednn.qlinear_pointwise(
                 q,
                 x_scale,
-                self._x_zero_point,
+                0,
                 self._packed,
                 self.weight_scale,
                 self._zero_points,
@@ -193,11 +229,12 @@ class Int8Linear(nn.Module):
                 1.0,
                 0,
                 torch.float32,
-                post_op,
+                *self._post_op[:1],
                 [],
-                algorithm,
+                self._post_op[1],
             )
         else:
+            q, x_scale = _quantize_traceable(x2)
             acc = torch._int_mm(q, self._weight_t).float()
             scale = x_scale * self.weight_scale
             y = acc.mul_(scale) if self.bias is None else torch.addcmul(self.bias, acc, scale)
@@ -283,48 +320,74 @@ def _fused_activation(act: nn.Module) -> tuple[str, float] | None:
     return None
 
 
-def _fuse_mlps(root: nn.Module, kernel: str) -> None:
-    """Linear -> activation -> Linear blocks (the encoder's MLPs, PFA/BNA adapters, the prompt
-    projections) as two :class:`Int8Linear`, the activation inside the first."""
-    for module in root.modules():
-        if type(module) is Mlp:
-            names = ("c_fc", "gelu", "c_proj")
-        elif type(module) is MlpAdapter:
-            names = ("fc1", "act", "fc2")
-        else:
-            continue
-        first, act, second = (getattr(module, n) for n in names)
-        fused = _fused_activation(act)
-        if fused is None or type(first) is not nn.Linear or type(second) is not nn.Linear:
-            continue
-        activation, factor = fused
-        setattr(module, names[0], Int8Linear.from_linear(first, activation, factor, kernel))
-        setattr(module, names[1], nn.Identity())
-        setattr(module, names[2], Int8Linear.from_linear(second, None, 1.0 / factor, kernel))
+def _fuse_mlp(module: nn.Module, kernel: str, workspace: Workspace) -> None:
+    """A Linear -> activation -> Linear block (the encoder's MLP, a PFA/BNA adapter) as two
+    :class:`Int8Linear`, the activation inside the first; other modules are left alone."""
+    names = {Mlp: ("c_fc", "gelu", "c_proj"), MlpAdapter: ("fc1", "act", "fc2")}.get(type(module))
+    if names is None:
+        return
+    first, act, second = (getattr(module, n) for n in names)
+    fused = _fused_activation(act)
+    if fused is None or type(first) is not nn.Linear or type(second) is not nn.Linear:
+        return
+    activation, factor = fused
+    setattr(module, names[0], Int8Linear.from_linear(first, activation, factor, kernel, workspace))
+    setattr(module, names[1], nn.Identity())
+    setattr(module, names[2], Int8Linear.from_linear(second, None, 1.0 / factor, kernel, workspace))
 
 
-def _quantize_linears(module: nn.Module, kernel: str) -> None:
+def _quantize_linears(module: nn.Module, kernel: str, workspace: Workspace) -> None:
     for name, child in module.named_children():
         if isinstance(child, _KEEP_FP32):
             continue
         if type(child) is Attention:
             child = ProjectedAttention.convert(child)
         if type(child) is nn.Linear:
-            setattr(module, name, Int8Linear.from_linear(child, kernel=kernel))
+            setattr(module, name, Int8Linear.from_linear(child, kernel=kernel, workspace=workspace))
         else:
-            _quantize_linears(child, kernel)
+            _quantize_linears(child, kernel, workspace)
 
 
 def _to_int8(model: nn.Module, kernel: str) -> None:
-    # Fused MLPs first (outside the fp32 subtrees: none of them holds one), then every remaining
-    # plain nn.Linear outside those subtrees.
-    _fuse_mlps(model, kernel)
-    _quantize_linears(model, kernel)
+    # The MLPs outside the fp32 subtrees fused first, then every remaining plain nn.Linear
+    # outside them; one scratch workspace for all (a forward runs its layers one after another).
+    workspace = Workspace()
+    for module in _outside_fp32(model):
+        _fuse_mlp(module, kernel, workspace)
+    _quantize_linears(model, kernel, workspace)
+
+
+def _outside_fp32(module: nn.Module) -> list[nn.Module]:
+    """``module`` and its descendants that are not inside a :data:`_KEEP_FP32` module."""
+    if isinstance(module, _KEEP_FP32):
+        return []
+    return [module, *(m for child in module.children() for m in _outside_fp32(child))]
+
+
+def _run_in_fp32(module: nn.Module) -> None:
+    """Make ``module`` compute in fp32 under autocast: its floating inputs cast up, autocast off
+    inside (an instance attribute, so its class and its place in the model stay)."""
+    forward = module.forward
+
+    def fp32_forward(*args: object, **kwargs: object) -> object:
+        args = tuple(a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+        with torch.autocast(next(module.parameters()).device.type, enabled=False):
+            return forward(*args, **kwargs)
+
+    module.forward = fp32_forward
 
 
 def _to_bf16(model: nn.Module) -> None:
     # The matrix-product weights only: norms, embeddings, prompts and the SSM's A and D stay fp32
-    # (autocast runs norms in fp32 arithmetic; the scan casts its inputs up).
+    # (autocast runs norms in fp32 arithmetic; the scan casts its inputs up). The SSM and the
+    # readout run in fp32 as in int8: the SSM's Δ, B and C drive a recurrence over hundreds of
+    # steps, and the readout's output is the feature itself, whose per-identity differences are
+    # small beside its common part (bf16's 8-bit mantissa cost the trained demo model a cosine
+    # of 0.95 against fp32 on some test images; after the BNNeck's BatchNorm even more).
+    keep = [m for m in model.modules() if isinstance(m, (SelectiveSSM, ModalityReadout))]
+    kept = {id(p) for m in keep for p in m.parameters()}
+    for module in keep:
+        _run_in_fp32(module)
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             params = module._parameters.items()
@@ -333,7 +396,7 @@ def _to_bf16(model: nn.Module) -> None:
         else:
             continue
         for _, p in params:
-            if p is not None and p.is_floating_point():
+            if p is not None and p.is_floating_point() and id(p) not in kept:
                 p.data = p.data.to(torch.bfloat16)
 
 

@@ -247,9 +247,9 @@ def run_test(
 
     if precision != "fp32":
         # The fp32 result of the main row, before the model is converted (in place).
-        main = ("full", "full") if request == "cross" else request
+        main = request
         if not isinstance(main, tuple):
-            main = (cfg.test.missing if main == "all" else main, None)
+            main = ("full" if main == "cross" else cfg.test.missing if main == "all" else main, None)
         reference = evaluate_model(
             model, cfg, ds.spec, ds.query, ds.gallery, device, None, quiet, main[0], None, main[1]
         )
