@@ -83,7 +83,7 @@ class ReIDDataset:
 
     @property
     def spec(self) -> DatasetSpec:
-        return self.source_spec if self.source_spec is not None else _spec(self.name)
+        return self.source_spec if self.source_spec is not None else spec_of(self.name)
 
     @property
     def modalities(self) -> ModalitySet:
@@ -120,12 +120,6 @@ class ReIDDataset:
 
 
 # --------------------------------------------------------------------------- building a dataset
-
-
-def _spec(dataset: DatasetRef) -> DatasetSpec:
-    """The spec of ``dataset`` (a spec, a name in any case or a spec file), or a DatasetError
-    naming the choices."""
-    return spec_of(dataset)
 
 
 def _finalise(
@@ -181,7 +175,7 @@ def build_dataset(
     progress bar shows it); otherwise a truncated image raises
     :class:`~mambapro.data.io.ImageReadError` when it is loaded.
     """
-    spec = _spec(name)
+    spec = spec_of(name)
     base = require_dir(Path(root) / spec.folder, f"{spec.name} dataset folder")
     problems = Problems(spec.name, skip_broken)
     junk: list[tuple[str, str]] = []
@@ -208,7 +202,7 @@ def triplet_paths(file: str | Path, dataset_name: DatasetRef) -> tuple[str, ...]
     the files with the same NAME, one per modality; a side-by-side file (RGBNT100) is its own 1-tuple.
     Existence is not checked.
     """
-    spec = _spec(dataset_name)
+    spec = spec_of(dataset_name)
     file = Path(file)
     if spec.side_by_side:
         return (str(file),)
@@ -231,7 +225,7 @@ def samples_at(path: str | Path, dataset_name: DatasetRef, skip_broken: bool = F
     ``RGBNT100/rgbir/query``, ``msvr310/query3``) or one file of a capture (any modality). The
     pid, camera and scene come from the names, by the same rules as :func:`build_dataset`.
     """
-    spec = _spec(dataset_name)
+    spec = spec_of(dataset_name)
     path = Path(path)
     problems = Problems(spec.name, skip_broken)
     if path.is_dir():
