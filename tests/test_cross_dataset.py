@@ -83,12 +83,17 @@ def test_the_dataset_option_is_checked_before_torch(tmp_path: Path) -> None:
 
 def test_a_cross_dataset_test_keeps_the_training_image_size(tiny_run: TinyRun, tmp_path: Path) -> None:
     state = load_checkpoint(tiny_run.checkpoint)
-    extra = _cross_dataset_extra(tiny_run.checkpoint, "msvr310", {"data": {"root": "r"}})
+    extra = _cross_dataset_extra(tiny_run.checkpoint, state, "msvr310", {"data": {"root": "r"}})
     assert extra == {"data": {"root": "r", "dataset": "msvr310", "img_size": [32, 32], "synthetic": False}}
-    # A checkpoint trained at its dataset's default size: that size, not the tested dataset's.
+    # The size the checkpoint records is the one its images were resized to.
+    assert state["img_size"] == [32, 32]
+    state["img_size"] = [48, 24]
+    assert _cross_dataset_extra("c.ckpt", state, "MSVR310", None)["data"]["img_size"] == [48, 24]
+    # A checkpoint from before the record, trained at its dataset's default size: that size, not
+    # the tested dataset's.
+    del state["img_size"]
     state["config"]["data"]["img_size"] = None
-    save_checkpoint(state, tmp_path / "default_size.ckpt")
-    extra = _cross_dataset_extra(tmp_path / "default_size.ckpt", "MSVR310", None)
+    extra = _cross_dataset_extra("c.ckpt", state, "MSVR310", None)
     assert extra["data"]["img_size"] == [256, 128]  # RGBNT201's, where MSVR310's is 128 x 256
 
 

@@ -24,6 +24,7 @@ from mambapro.data import (
     split_validation,
     synth,
 )
+from mambapro.errors import ConfigError
 
 NAMES = {"rgbnt201": "RGBNT201", "rgbnt100": "RGBNT100", "msvr310": "MSVR310"}
 PARAMS = dict(seed=3, ids=6, test_ids=3, cameras=3, shots=2, scenes=2)
@@ -131,7 +132,7 @@ def test_rgbnt100_wrong_width(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset_name(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="'market'.*RGBNT201"):
+    with pytest.raises(ConfigError, match="'market'.*RGBNT201"):
         build_dataset("market", tmp_path)
 
 

@@ -26,8 +26,8 @@ from mambapro.data import (
     build_test_loader,
     build_train_loader,
     dataset_from_config,
+    dataset_spec,
     read_triplet,
-    spec_of,
     synth,
 )
 from mambapro.data.cache import build_cache, cache_key
@@ -291,14 +291,16 @@ def test_a_spec_file_path_names_the_dataset(
     monkeypatch.setattr(specs, "load_spec_file", load)
     path = tmp_path / "duo.yaml"
     path.write_text("name: DUO2\n")
-    assert spec_of(str(path)) is DUO and spec_of(path) is DUO and reads == [str(path), str(path)]
+    assert dataset_spec(str(path)) is DUO and dataset_spec(path) is DUO and reads == [str(path), str(path)]
     ds = build_dataset(str(path), root)
     assert ds.spec is DUO and ds.name == "DUO2"
     batch = next(iter(build_test_loader(_cfg(), ds.query, str(path), DUO.img_size, batch_size=2)))
     assert _keys(batch) == ["RGB", "TI"]
     assert synth.dataset_dir(str(path), tmp_path) == tmp_path / "duo2"
-    with pytest.raises(DatasetError, match="unknown dataset 'nope'; choose one of: RGBNT201"):
-        spec_of("nope")
+    with pytest.raises(
+        ConfigError, match=r"^unknown dataset 'nope'; choose one of: RGBNT201, .* \(or a dataset spec file"
+    ):
+        dataset_spec("nope")
 
 
 def test_the_paper_modalities_leave_the_metadata_as_it_was(tmp_path: Path) -> None:

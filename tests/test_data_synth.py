@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mambapro.config import SynthConfig
-from mambapro.data import DatasetError, build_dataset, read_triplet, synth, synth_write
+from mambapro.data import DatasetError, build_dataset, dataset_spec, read_triplet, synth, synth_write
 
 SMALL = dict(ids=4, test_ids=2, cameras=2, shots=2, scenes=2)
 
@@ -82,7 +82,7 @@ def test_defaults_have_one_home() -> None:
 
 
 def test_argument_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown synthetic layout 'market'"):
+    with pytest.raises(ValueError, match="unknown dataset 'market'"):
         synth.generate("market", tmp_path)
     with pytest.raises(ValueError, match="cameras = 9 must be in 2..8 for the rgbnt100 layout"):
         synth.generate("rgbnt100", tmp_path, cameras=9)
@@ -204,7 +204,7 @@ def default_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     params = dataclasses.asdict(load_config("demo").data.synth)  # the demo's
     real_render = synth_write.render_capture
-    h, w = synth.layout_spec("rgbnt201").img_size
+    h, w = dataset_spec("rgbnt201").img_size
     blank = np.zeros((h, w, 3), np.uint8)
 
     def render(ident: synth.Identity, layout: str, cam: int, shot: int, **kw):

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from conftest import FAST
 from mambapro.config import load_config
-from mambapro.data.spec_file import FIELDS, load_spec_file
+from mambapro.data.spec_file import FIELDS, adopt_spec_record, load_spec_file, spec_file_record
 from mambapro.data.specs import dataset_spec
 from mambapro.deploy.serve import SearchService, create_app
 from mambapro.errors import ConfigError
@@ -171,6 +171,32 @@ def test_loads_are_cached_until_the_file_changes(tmp_path: Path) -> None:
     write(tmp_path, GOOD)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 3_000_000_000))
     assert load_spec_file(path).max_cameras == 6
+
+
+def test_a_stored_copy_answers_only_while_the_file_is_absent(tmp_path: Path) -> None:
+    path = write(tmp_path, changed(max_cameras=5))
+    record = spec_file_record(path)
+    assert record == {"path": str(path.resolve()), "text": path.read_text()}
+    # The file exists: it is used as it is, whatever the copy says.
+    write(tmp_path, changed(max_cameras=7))
+    assert adopt_spec_record(record, "run/last.ckpt") is False
+    assert load_spec_file(path).max_cameras == 7
+    path.unlink()
+    with pytest.raises(ConfigError, match="not found"):
+        load_spec_file(path)
+    assert adopt_spec_record(record, "run/last.ckpt") is True
+    assert load_spec_file(path).max_cameras == 5 and load_spec_file(path).modalities.keys == ("RGB", "TI")
+    # A file that appears again wins over the copy.
+    write(tmp_path, changed(max_cameras=3))
+    assert load_spec_file(path).max_cameras == 3
+
+
+def test_a_damaged_stored_copy_names_the_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^run/last.ckpt: its stored dataset spec is damaged"):
+        adopt_spec_record({"text": "name: x"}, "run/last.ckpt")
+    bad = {"path": str(tmp_path / "gone.yaml"), "text": yaml.safe_dump(changed(max_cameras=0))}
+    with pytest.raises(ConfigError, match=r"gone.yaml \(the copy stored in run/last.ckpt\): max_cameras"):
+        adopt_spec_record(bad, "run/last.ckpt")
 
 
 # -------------------------------------------------------------------------------- bad files
@@ -422,3 +448,12 @@ def test_yaml_dataset_end_to_end(tmp_path: Path, cli) -> None:
                 "--queries", "2"], cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (analysis / "report.html").is_file()
+
+    # On a machine without the spec file the checkpoint's stored copy stands in for it.
+    spec.rename(tmp_path / "elsewhere.yaml")
+    moved = tmp_path / "ranks_moved.png"
+    done = cli(["search", "-q", "--checkpoint", ckpt, "--query", str(query), "--gallery", str(feats),
+                "-k", "3", "--out", str(moved)], cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{spec} is not on this machine; using the copy stored in the checkpoint" in done.stderr
+    assert json.loads(moved.with_suffix(".json").read_text())["queries"] == rankings

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mambapro import __version__
-from mambapro.errors import DatasetError, UserError, short_reason
+from mambapro.errors import ConfigError, DatasetError, UserError, short_reason
 from mambapro.machine import cpu_info
 
 __all__ = ["collect", "format_report", "run_doctor"]
@@ -312,11 +312,14 @@ def format_report(report: dict[str, Any]) -> str:
 def run_doctor(data_root: Path | None = None, dataset: str | None = None, as_json: bool = False) -> int:
     """Print the report; the exit status (see the module's docstring)."""
     if dataset is not None:
+        from mambapro.data.spec_file import is_spec_file
         from mambapro.data.specs import dataset_names, dataset_spec
 
         try:
             dataset_spec(dataset)
-        except KeyError:
+        except ConfigError:
+            if is_spec_file(dataset):
+                raise  # names the file and its field
             raise DatasetError(
                 f"--dataset {dataset!r} is not a registered dataset: {', '.join(dataset_names())} "
                 "(or a dataset spec file ending in .yaml or .yml)"

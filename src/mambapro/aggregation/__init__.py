@@ -25,7 +25,7 @@ from mambapro.aggregation.base import (
     check_grid,
     check_num_modalities,
 )
-from mambapro.aggregation.flops import PAPER_TABLE, aggregator_flops_table, count_macs
+from mambapro.aggregation.flops import PAPER_TABLE, aggregator_flops, aggregator_flops_table, count_macs
 from mambapro.aggregation.ma import (
     InterModalityMA,
     IntraModalityMA,
@@ -57,6 +57,7 @@ __all__ = [
     "SumAggregator",
     "TransformerAggregator",
     "TriModalReadout",
+    "aggregator_flops",
     "aggregator_flops_table",
     "build_aggregator",
     "concat_aggregator",

@@ -21,6 +21,7 @@ formulas for it through ``custom_mapping`` (no global registration).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -30,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 import mambapro.ops  # noqa: F401  (registers the selective scan's FLOP formula)
 from mambapro.parts import AGGREGATORS
 
-__all__ = ["PAPER_TABLE", "aggregator_flops_table", "count_macs"]
+__all__ = ["PAPER_TABLE", "aggregator_flops", "aggregator_flops_table", "count_macs"]
 
 #: The paper's Tables 6 and 11 (params in M, GFLOPs = G MACs) for the aggregators at C = 512,
 #: 3 × 128 tokens; the Mamba and attention rows are single blocks (depth 1).
@@ -93,11 +94,15 @@ def _table_rows() -> list[tuple[str, int]]:
     return rows
 
 
-def aggregator_flops_table(dim: int = 512, grid: tuple[int, int] = (16, 8)) -> str:
-    """A text table of every registered aggregator: parameters and G MACs per sample.
+def aggregator_flops(dim: int = 512, grid: tuple[int, int] = (16, 8)) -> list[dict[str, Any]]:
+    """Parameters and MACs per sample of every registered aggregator at width ``dim`` over
+    three modalities of ``grid`` patch tokens (plus the cls token), one dict per row:
+    ``aggregator``, ``depth`` (None where blocks do not stack), ``params``, ``macs`` and, at the
+    paper's sizes (C = 512, H·W = 128) for its single-block rows, ``paper_params_m`` and
+    ``paper_gflops`` (None elsewhere).
 
     The paper's rows are single blocks, so each stackable aggregator is shown at depth 1 (plus the
-    default 2-block MA); the paper's numbers are shown alongside when C = 512 and H·W = 128.
+    default 2-block MA).
     """
     from mambapro.aggregation import build_aggregator
 
@@ -105,6 +110,27 @@ def aggregator_flops_table(dim: int = 512, grid: tuple[int, int] = (16, 8)) -> s
     paper = dim == 512 and h * w == 128
     torch.manual_seed(0)
     tokens = [torch.randn(1, 1 + h * w, dim) for _ in range(3)]
+    rows = []
+    for name, depth in _table_rows():
+        module = build_aggregator(name, dim=dim, grid=grid, depth=depth).eval()
+        ref = PAPER_TABLE.get(name) if paper and depth == 1 else None
+        rows.append(
+            {
+                "aggregator": name,
+                "depth": None if name in _DEPTHLESS else depth,
+                "params": sum(p.numel() for p in module.parameters()),
+                "macs": count_macs(module, tokens)["total"],
+                "paper_params_m": ref[0] if ref else None,
+                "paper_gflops": ref[1] if ref else None,
+            }
+        )
+    return rows
+
+
+def aggregator_flops_table(dim: int = 512, grid: tuple[int, int] = (16, 8)) -> str:
+    """The text table of :func:`aggregator_flops`, the paper's numbers alongside at its sizes."""
+    h, w = grid
+    paper = dim == 512 and h * w == 128
     header = f"{'aggregator':<16}{'depth':>6}{'params':>14}{'GMACs':>9}"
     if paper:
         header += f"{'paper params':>14}{'paper GFLOPs':>14}"
@@ -114,14 +140,14 @@ def aggregator_flops_table(dim: int = 512, grid: tuple[int, int] = (16, 8)) -> s
         header,
         "-" * len(header),
     ]
-    for name, depth in _table_rows():
-        module = build_aggregator(name, dim=dim, grid=grid, depth=depth).eval()
-        params = sum(p.numel() for p in module.parameters())
-        gmacs = count_macs(module, tokens)["total"] / 1e9
-        shown_depth = "-" if name in _DEPTHLESS else str(depth)
-        line = f"{name:<16}{shown_depth:>6}{params:>14,}{gmacs:>9.3f}"
+    for row in aggregator_flops(dim, grid):
+        depth = "-" if row["depth"] is None else str(row["depth"])
+        line = f"{row['aggregator']:<16}{depth:>6}{row['params']:>14,}{row['macs'] / 1e9:>9.3f}"
         if paper:
-            ref = PAPER_TABLE.get(name) if depth == 1 else None
-            line += f"{ref[0]:>13.2f}M{ref[1]:>14.2f}" if ref else f"{'-':>14}{'-':>14}"
+            line += (
+                f"{row['paper_params_m']:>13.2f}M{row['paper_gflops']:>14.2f}"
+                if row["paper_params_m"] is not None
+                else f"{'-':>14}{'-':>14}"
+            )
         lines.append(line)
     return "\n".join(lines)

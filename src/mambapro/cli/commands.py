@@ -93,8 +93,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     params = import_module("mambapro.reports.params")
-    report = params.parameter_report(cfg)
-    print(json.dumps(report, indent=2) if args.json else params.format_parameter_report(report))
+    report = params.parameter_report(cfg, args.classes, args.cameras)
+    if args.json:
+        if args.flops:
+            report["flops"] = params.flops_data(cfg)
+        print(json.dumps(report, indent=2))
+        return 0
+    print(params.format_parameter_report(report))
     if args.flops:
         print(params.flops_report(cfg))
     return 0

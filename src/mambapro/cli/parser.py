@@ -17,6 +17,14 @@ from mambapro.parts import EXPORT_FORMS
 __all__ = ["build_parser"]
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse names the option and the value)."""
+    value = int(text)  # ValueError: argparse's "invalid positive_int value: 'x'"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", type=Path, default=None, help="YAML config file (may name a _base_)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -295,7 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("params", "trainable and total parameters per part")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--flops", action="store_true", help="also print per-sample MACs of the aggregators")
+    p.add_argument(
+        "--flops", action="store_true", help="also give per-sample MACs of the backbone and the aggregators"
+    )
+    p.add_argument(
+        "--classes",
+        type=positive_int,
+        metavar="N",
+        help="training identities (the classifiers' width; default: the dataset's published count)",
+    )
+    p.add_argument(
+        "--cameras",
+        type=positive_int,
+        metavar="N",
+        help="training cameras (the camera table; default: the dataset's published count)",
+    )
     _add_config_args(p)
 
     p = add("synth", "write the embedded synthetic dataset in a dataset's layout and modalities")

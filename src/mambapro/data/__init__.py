@@ -1,7 +1,7 @@
 """Data: one spec per benchmark (``specs.py``), their parsers, the embedded synthetic multi-modal
 dataset, joint transforms, the P x K identity sampler and the loaders (see docs/CONTRACTS.md for
 the batch format). A dataset's modalities (2 to 4) come from its spec; every function that takes
-a dataset accepts its spec, a registered name or a spec-file path (:func:`spec_of`).
+a dataset accepts its spec, a registered name or a spec-file path (:func:`dataset_spec`).
 
 The torch-based parts (loaders, sampler, transforms) load on first use, so that reading a
 dataset spec (as the config does for names and image sizes) does not import torch.
@@ -20,7 +20,7 @@ from .datasets import (
     split_validation,
     triplet_paths,
 )
-from .io import DatasetError, ImageReadError, Sample, read_image, read_triplet, spec_of
+from .io import DatasetError, ImageReadError, Sample, read_image, read_triplet
 from .specs import DatasetSpec, dataset_spec
 
 _LAZY = {
@@ -66,7 +66,6 @@ __all__ = [
     "read_image",
     "read_triplet",
     "samples_at",
-    "spec_of",
     "split_validation",
     "synth",
     "triplet_paths",

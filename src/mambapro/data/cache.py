@@ -49,8 +49,9 @@ from tqdm.auto import tqdm
 
 from ..errors import DatasetError, check_output_dir, short_reason
 from ..modalities import RGB_NI_TI
-from .io import DatasetRef, ImageReadError, Sample, panel_size, read_image, spec_of
+from .io import DatasetRef, ImageReadError, Sample, panel_size, read_image
 from .spec_file import is_spec_file
+from .specs import dataset_spec
 from .transforms import resize_transform
 
 __all__ = [
@@ -142,7 +143,7 @@ def decode_triplet(
 ) -> np.ndarray:
     """(M, 3, H, W) uint8: the sample's images of the dataset's M modalities (RGB, NI, TI),
     decoded and resized."""
-    spec = spec_of(dataset_name)
+    spec = dataset_spec(dataset_name)
     if spec.side_by_side:
         m = len(spec.modalities)
         whole = decode_file(sample.paths[0], decoder)
@@ -156,7 +157,7 @@ def decode_triplet(
 def _name(dataset: DatasetRef) -> str:
     """The dataset's name in cache keys and file names: a registered name as given, else the
     spec's name."""
-    return dataset if isinstance(dataset, str) and not is_spec_file(dataset) else spec_of(dataset).name
+    return dataset if isinstance(dataset, str) and not is_spec_file(dataset) else dataset_spec(dataset).name
 
 
 def cache_key(
@@ -168,7 +169,7 @@ def cache_key(
 ) -> str:
     """Hash of the file list (paths, sizes, mtimes) and everything that shapes the pixels; the
     modalities are part of it unless they are the paper's three (whose keys stay as they were)."""
-    modalities = spec_of(dataset_name).modalities
+    modalities = dataset_spec(dataset_name).modalities
     sensors = "" if modalities == RGB_NI_TI else f"|{modalities}"
     h = hashlib.sha256(
         f"v{CACHE_VERSION}|{_name(dataset_name)}|{size}|{interpolation}|{decoder}{sensors}".encode()
@@ -290,7 +291,7 @@ def build_cache(
     ``dataset_name``: the dataset (spec, registered name or spec-file path)."""
     if mode not in ("memory", "disk"):
         raise ValueError(f"cache mode {mode!r}: use memory or disk")
-    spec = spec_of(dataset_name)
+    spec = dataset_spec(dataset_name)
     m = len(spec.modalities)
     h, w = (int(x) for x in size)
     samples = list(samples)

@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..modalities import ModalitySet
-from .io import DatasetError, DatasetRef, Sample, spec_of
+from .io import DatasetError, DatasetRef, Sample
 from .layout_parsers import PARSERS, non_empty, require_dir
 from .sample_checks import Problems, check_cameras, verify_samples
-from .specs import DATASETS, DatasetSpec
+from .specs import DATASETS, DatasetSpec, dataset_spec
 from .splits import relabel, split_validation
 
 # The parsers, checks and splits live in their own modules; their public names stay importable
@@ -83,7 +83,7 @@ class ReIDDataset:
 
     @property
     def spec(self) -> DatasetSpec:
-        return self.source_spec if self.source_spec is not None else spec_of(self.name)
+        return self.source_spec if self.source_spec is not None else dataset_spec(self.name)
 
     @property
     def modalities(self) -> ModalitySet:
@@ -175,7 +175,7 @@ def build_dataset(
     progress bar shows it); otherwise a truncated image raises
     :class:`~mambapro.data.io.ImageReadError` when it is loaded.
     """
-    spec = spec_of(name)
+    spec = dataset_spec(name)
     base = require_dir(Path(root) / spec.folder, f"{spec.name} dataset folder")
     problems = Problems(spec.name, skip_broken)
     junk: list[tuple[str, str]] = []
@@ -202,7 +202,7 @@ def triplet_paths(file: str | Path, dataset_name: DatasetRef) -> tuple[str, ...]
     the files with the same NAME, one per modality; a side-by-side file (RGBNT100) is its own 1-tuple.
     Existence is not checked.
     """
-    spec = spec_of(dataset_name)
+    spec = dataset_spec(dataset_name)
     file = Path(file)
     if spec.side_by_side:
         return (str(file),)
@@ -225,7 +225,7 @@ def samples_at(path: str | Path, dataset_name: DatasetRef, skip_broken: bool = F
     ``RGBNT100/rgbir/query``, ``msvr310/query3``) or one file of a capture (any modality). The
     pid, camera and scene come from the names, by the same rules as :func:`build_dataset`.
     """
-    spec = spec_of(dataset_name)
+    spec = dataset_spec(dataset_name)
     path = Path(path)
     problems = Problems(spec.name, skip_broken)
     if path.is_dir():

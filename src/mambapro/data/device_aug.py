@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..modalities import ModalitySet
-from .io import spec_of
+from .specs import dataset_spec
 from .transforms import channel_stats
 
 if TYPE_CHECKING:  # the config imports the data package (dataset specs), not the reverse
@@ -287,7 +287,7 @@ class DeviceAugment:
     def __init__(
         self, data_cfg: DataConfig, img_size: tuple[int, int], modalities: ModalitySet | None = None
     ) -> None:
-        self.modalities = modalities if modalities is not None else spec_of(data_cfg.dataset).modalities
+        self.modalities = modalities if modalities is not None else dataset_spec(data_cfg.dataset).modalities
         self.size = (int(img_size[0]), int(img_size[1]))
         self.flip_prob = float(data_cfg.flip_prob)
         self.padding = int(data_cfg.padding)

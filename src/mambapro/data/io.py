@@ -11,7 +11,7 @@ raises on truncated JPEGs only when the data is actually decoded, so ``load()`` 
 instead of relying on the lazy decode in a later transform.
 
 Functions that take a dataset accept its :class:`~mambapro.data.specs.DatasetSpec`, a registered
-name (any case) or a spec-file path (:func:`spec_of`).
+name (any case) or a spec-file path (:func:`~mambapro.data.specs.dataset_spec`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from typing import NamedTuple
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DatasetError
-from .spec_file import is_spec_file
-from .specs import DATASETS, DatasetSpec, dataset_names, dataset_spec
+from .specs import DatasetSpec, dataset_spec
 
 __all__ = [
     "DatasetError",
@@ -36,7 +35,6 @@ __all__ = [
     "panel_size",
     "read_image",
     "read_triplet",
-    "spec_of",
     "split_panels",
 ]
 
@@ -84,25 +82,14 @@ def tiny_image_note(size: tuple[int, int], target: tuple[int, int]) -> str | Non
     return None
 
 
-def spec_of(dataset: DatasetRef) -> DatasetSpec:
-    """The :class:`DatasetSpec` of ``dataset``: a spec as it is, a registered name (any case), or
-    a spec file (``.yaml``/``.yml``, read once per path and modification time); an unknown name
-    is a :class:`DatasetError` naming the choices."""
-    if isinstance(dataset, DatasetSpec) or is_spec_file(dataset):
-        return dataset_spec(dataset)
-    if str(dataset).lower() not in DATASETS:
-        raise DatasetError(f"unknown dataset {str(dataset)!r}; choose one of: {', '.join(dataset_names())}")
-    return dataset_spec(str(dataset))
-
-
 def is_side_by_side(dataset: DatasetRef) -> bool:
     """Whether the dataset stores its modalities side by side in one file (its spec)."""
-    return spec_of(dataset).side_by_side
+    return dataset_spec(dataset).side_by_side
 
 
 def panel_count(dataset: DatasetRef) -> int:
     """The number of panels of the dataset's side-by-side images: one per modality."""
-    return len(spec_of(dataset).modalities)
+    return len(dataset_spec(dataset).modalities)
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -143,7 +130,7 @@ def read_triplet(sample: Sample | Sequence[str], dataset: DatasetRef) -> tuple[I
     ``sample`` is a :class:`Sample` or its ``paths``. For a side-by-side dataset (RGBNT100) the
     single file is cropped into one panel per modality; otherwise each modality is its own file.
     """
-    spec = spec_of(dataset)
+    spec = dataset_spec(dataset)
     keys = spec.modalities.keys
     paths = tuple(sample.paths if isinstance(sample, Sample) else sample)
     if spec.side_by_side:

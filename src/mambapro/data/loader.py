@@ -12,7 +12,7 @@ long, "camids": (B,) long, "sceneids": (B,) long, "paths": list[str]``; ``paths`
 sample's first file (the first modality's file, or RGBNT100's side-by-side file).
 
 Functions that take a dataset accept its spec, a registered name or a spec-file path
-(:func:`~mambapro.data.io.spec_of`).
+(:func:`~mambapro.data.specs.dataset_spec`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from ..modalities import RGB_NI_TI, ModalitySet
 from . import synth
 from .cache import DecodedCache, build_cache
 from .datasets import ReIDDataset, build_dataset
-from .io import DatasetError, DatasetRef, Sample, read_triplet, spec_of
+from .io import DatasetError, DatasetRef, Sample, read_triplet
 from .sampler import RandomIdentitySampler
+from .specs import dataset_spec
 from .transforms import apply_missing, build_resize_transform, build_test_transform, build_train_transform
 
 if TYPE_CHECKING:  # the config imports the data package (dataset specs), not the reverse
@@ -133,7 +134,7 @@ class TripletDataset(Dataset):
         raw: bool = False,
     ) -> None:
         self.samples = list(samples)
-        self.spec = spec_of(dataset_name)
+        self.spec = dataset_spec(dataset_name)
         self.dataset_name = self.spec.name
         self.modalities = self.spec.modalities
         self.transform = transform
@@ -271,7 +272,7 @@ def build_test_loader(
 ) -> DataLoader:
     """Loader over ``samples`` in order (resize + normalise), with ``missing`` modalities (a
     setting of the dataset's modalities) zeroed."""
-    spec = spec_of(dataset_name)
+    spec = dataset_spec(dataset_name)
     spec.modalities.missing(missing)  # fail here, naming the value, not inside a worker
     ds = TripletDataset(samples, spec, build_test_transform(data_cfg, img_size))
     return DataLoader(
@@ -294,7 +295,7 @@ def dataset_from_config(data_cfg: DataConfig, progress: bool = False, generate: 
     every image first (broken ones are an error, or skipped with ``data.skip_broken``).
     ``generate=False`` (evaluation commands) parses what is there and never writes.
     """
-    spec = spec_of(data_cfg.dataset)
+    spec = dataset_spec(data_cfg.dataset)
     if data_cfg.synthetic and generate:
         folder = synth.dataset_dir(spec, data_cfg.root)
         wanted = dataclasses.asdict(data_cfg.synth)

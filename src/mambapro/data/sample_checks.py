@@ -15,7 +15,8 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .io import DatasetError, ImageReadError, Sample, panel_count, panel_size, read_triplet, spec_of
+from .io import DatasetError, ImageReadError, Sample, panel_count, panel_size, read_triplet
+from .specs import dataset_spec
 
 __all__ = ["Problems", "check_cameras", "verify_samples"]
 
@@ -114,8 +115,9 @@ def verify_samples(
         good.append(s)
     if small:
         more = f" (and {len(small) - 1} more)" if len(small) > 1 else ""
+        name = dataset_spec(dataset_name).name
         warnings.warn(
-            f"{spec_of(dataset_name).name}: {len(small)} triplet(s) have a modality image far smaller than "
+            f"{name}: {len(small)} triplet(s) have a modality image far smaller than "
             f"its siblings, upscaled to the input size: {small[0]}{more}",
             stacklevel=3,
         )

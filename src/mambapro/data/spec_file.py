@@ -21,6 +21,10 @@ file instead of a registered benchmark; :func:`load_spec_file` reads it into a
 
 Every problem is a one-line :class:`~mambapro.errors.ConfigError` naming the file and the field.
 Loaded specs are cached per resolved path, size and modification time.
+
+A checkpoint trained on a spec file stores the file's text (:func:`spec_file_record`), so that
+the model still loads on a machine without that file: :func:`adopt_spec_record` makes the stored
+copy answer for the path while no file exists there (a file that exists always wins).
 """
 
 from __future__ import annotations
@@ -36,7 +40,16 @@ from ..modalities import KNOWN_MODALITIES, MAX_MODALITIES, MIN_MODALITIES, Modal
 from .spec_type import STRUCTURES, DatasetSpec
 from .synth_names import derive_synth_name, synth_file_name, synth_name_problem
 
-__all__ = ["FIELDS", "MODALITY_FIELDS", "PROTOCOLS", "SUBJECTS", "is_spec_file", "load_spec_file"]
+__all__ = [
+    "FIELDS",
+    "MODALITY_FIELDS",
+    "PROTOCOLS",
+    "SUBJECTS",
+    "adopt_spec_record",
+    "is_spec_file",
+    "load_spec_file",
+    "spec_file_record",
+]
 
 #: The fields of a spec file, in the order the documentation lists them: what each holds.
 FIELDS: dict[str, str] = {
@@ -76,6 +89,9 @@ SPLITS = ("train", "query", "gallery")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 _CACHE: dict[Path, tuple[int, int, DatasetSpec]] = {}
+#: Specs read from checkpoints' stored copies, by the path they were trained from: used only
+#: while no file exists at that path.
+_ADOPTED: dict[Path, DatasetSpec] = {}
 
 
 def is_spec_file(name: str | Path) -> bool:
@@ -94,6 +110,8 @@ def load_spec_file(path: str | Path) -> DatasetSpec:
     try:
         st = resolved.stat()
     except FileNotFoundError:
+        if resolved in _ADOPTED:
+            return _ADOPTED[resolved]
         raise ConfigError(f"dataset spec file not found: {shown} ({resolved})") from None
     except OSError as err:
         raise ConfigError(f"dataset spec file {shown}: cannot read it ({err.strerror})") from None
@@ -111,6 +129,31 @@ def load_spec_file(path: str | Path) -> DatasetSpec:
     spec = _Reader(shown, resolved).spec(_parse_yaml(text, shown))
     _CACHE[resolved] = (st.st_mtime_ns, st.st_size, spec)
     return spec
+
+
+def spec_file_record(path: str | Path) -> dict[str, str]:
+    """``{"path": absolute path, "text": the file's text}`` of a spec file, for a checkpoint to
+    store (plain strings: it loads with ``weights_only=True``)."""
+    resolved = Path(path).expanduser().resolve()
+    load_spec_file(resolved)  # the text stored is one that reads as a spec
+    return {"path": str(resolved), "text": resolved.read_text(encoding="utf-8")}
+
+
+def adopt_spec_record(record: dict[str, str], origin: str) -> bool:
+    """Let the spec text in ``record`` (from :func:`spec_file_record`, stored in ``origin``)
+    answer for its path while no file exists there; True when it was adopted (the file is
+    absent), False when the file exists and is used as it is. A stored text that no longer
+    reads as a spec is a :class:`~mambapro.errors.ConfigError` naming ``origin``."""
+    try:
+        resolved = Path(record["path"])
+        text = record["text"]
+    except (KeyError, TypeError):
+        raise ConfigError(f"{origin}: its stored dataset spec is damaged (no path or text)") from None
+    if resolved.exists():
+        return False
+    shown = f"{resolved} (the copy stored in {origin})"
+    _ADOPTED[resolved] = _Reader(shown, resolved).spec(_parse_yaml(text, shown))
+    return True
 
 
 def _parse_yaml(text: str, shown: str) -> dict[str, Any]:

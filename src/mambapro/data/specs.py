@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..modalities import ModalitySet
 from ..registry import Registry
 from .spec_file import is_spec_file, load_spec_file
@@ -206,12 +207,18 @@ RGBN300 = _register(
 
 def dataset_spec(name: str | Path | DatasetSpec) -> DatasetSpec:
     """The spec registered as ``name`` (any case), or the spec file at ``name`` (``.yaml`` /
-    ``.yml``: :func:`~mambapro.data.spec_file.load_spec_file`), or ``name`` itself when it is a
-    spec; ``KeyError`` naming the choices for an unknown name."""
+    ``.yml``, read once per path and modification time:
+    :func:`~mambapro.data.spec_file.load_spec_file`), or ``name`` itself when it is a spec. An
+    unknown name is a :class:`~mambapro.errors.ConfigError` naming the choices."""
     if isinstance(name, DatasetSpec):
         return name
     if is_spec_file(name):
         return load_spec_file(name)
+    if str(name).lower() not in DATASETS:
+        raise ConfigError(
+            f"unknown dataset {str(name)!r}; choose one of: {', '.join(dataset_names())} "
+            "(or a dataset spec file ending in .yaml or .yml)"
+        )
     return DATASETS.get(str(name))
 
 

@@ -102,6 +102,7 @@ from ..errors import DatasetError, check_output_dir
 from ..modalities import RGB_NI_TI
 from .datasets import build_dataset
 from .io import DatasetRef
+from .specs import dataset_spec
 from .synth_params import (
     GENERATOR_VERSION,
     LAYOUTS,
@@ -110,7 +111,6 @@ from .synth_params import (
     check_params,
     dataset_dir,
     layout_names,
-    layout_spec,
 )
 from .synth_plan import Capture, Identity, make_identities
 from .synth_render import render_capture
@@ -130,7 +130,6 @@ __all__ = [
     "describe_tree",
     "generate",
     "layout_names",
-    "layout_spec",
     "load_meta",
     "make_identities",
     "meta_modalities",
@@ -153,7 +152,7 @@ def generate(layout: DatasetRef, out: str | Path, *, progress: bool = False, **p
     left alone and is an error naming it. The tree is written under a temporary name next to
     its place and renamed at the end, so an interrupted run leaves no partial dataset.
     """
-    spec = layout_spec(layout)
+    spec = dataset_spec(layout)
     p = SynthParams(**params)
     check_params(spec, p)
     final = dataset_dir(spec, out)
@@ -195,7 +194,7 @@ def load_meta(layout: DatasetRef, out: str | Path) -> dict[str, Any]:
     """The ``synth_meta.json`` written by :func:`generate` (error if the tree is not synthetic)."""
     path = dataset_dir(layout, out) / META_FILE
     if not path.is_file():
-        name = layout if isinstance(layout, str) else layout_spec(layout).layout
+        name = layout if isinstance(layout, str) else dataset_spec(layout).layout
         raise FileNotFoundError(f"synth: {path} not found; run `mambapro synth --dataset {name}` first")
     return json.loads(path.read_text())
 
@@ -210,7 +209,7 @@ def summary(layout: DatasetRef, out: str | Path) -> str:
         for k in ("night", "glare", "low_thermal", "occluded")
     )
     p = meta["params"]
-    spec = layout_spec(layout)
+    spec = dataset_spec(layout)
     name = spec.name
     ds = build_dataset(spec, out)
     lines = [

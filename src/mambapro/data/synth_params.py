@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from .io import DatasetRef, spec_of
-from .spec_file import is_spec_file
+from .io import DatasetRef
 from .specs import DATASETS, DatasetSpec, dataset_spec
 from .synth_names import synth_name_problem
 
@@ -29,7 +28,6 @@ __all__ = [
     "check_params",
     "dataset_dir",
     "layout_names",
-    "layout_spec",
 ]
 
 #: Layouts the generator writes: every dataset registered in ``specs.py``, by its lower-case name
@@ -59,19 +57,7 @@ def layout_names() -> tuple[str, ...]:
 
 def dataset_dir(layout: DatasetRef, out: str | Path) -> Path:
     """The dataset folder that ``generate(layout, out)`` fills (``out/RGBNT201`` etc.)."""
-    return Path(out) / layout_spec(layout).folder
-
-
-def layout_spec(layout: DatasetRef) -> DatasetSpec:
-    """The dataset spec of a layout: a spec as it is, a registered name (``rgbnt201``, any case)
-    or a spec-file path."""
-    if isinstance(layout, DatasetSpec) or is_spec_file(layout):
-        return spec_of(layout)
-    if str(layout).lower() not in DATASETS:
-        raise ConfigError(
-            f"unknown synthetic layout {layout!r}; choose one of: {', '.join(DATASETS.names())}"
-        )
-    return dataset_spec(str(layout))
+    return Path(out) / dataset_spec(layout).folder
 
 
 def _check_names(spec: DatasetSpec, p: SynthParams, prefix: str) -> None:
@@ -97,7 +83,7 @@ def check_params(layout: DatasetRef, p: SynthParams, prefix: str = "synth: ") ->
 
     ``prefix`` names where the values came from (``data.synth.`` in a config).
     """
-    spec = layout_spec(layout)
+    spec = dataset_spec(layout)
 
     def bad(name: str, value: int, rule: str) -> ConfigError:
         return ConfigError(f"{prefix}{name} = {value} {rule}")

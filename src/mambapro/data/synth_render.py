@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .io import DatasetRef
-from .synth_params import SynthParams, layout_spec
+from .specs import dataset_spec
+from .synth_params import SynthParams
 from .synth_plan import (
     HEAT_LEVELS,
     NIR_LEVELS,
@@ -184,7 +185,7 @@ def render_capture(
     NI, TI and any other modality are grey in three channels, as the real datasets store them),
     then the capture's nuisance flags.
     """
-    spec = layout_spec(layout)
+    spec = dataset_spec(layout)
     person = spec.subject == "person"
     H, W = spec.img_size
     cp = camera_params(seed, cam)

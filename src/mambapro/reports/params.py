@@ -17,15 +17,17 @@ from typing import Any
 
 import torch
 
-from mambapro.aggregation import aggregator_flops_table
+from mambapro.aggregation import aggregator_flops, aggregator_flops_table
 from mambapro.aggregation.flops import count_macs
 from mambapro.config import Config
 from mambapro.data.specs import dataset_spec
+from mambapro.errors import ConfigError
 from mambapro.modalities import RGB_NI_TI
 from mambapro.models import build_backbone, build_model
 
 __all__ = [
     "backbone_macs",
+    "flops_data",
     "flops_report",
     "format_backbone_macs",
     "format_parameter_report",
@@ -66,10 +68,19 @@ def parameter_report(
     """Per-part parameter counts of the model ``cfg`` describes (built on the meta device), for
     the modalities of its dataset (``modalities`` in the report: their keys).
 
-    Without explicit sizes the published dataset's identities and cameras are used.
+    Without explicit sizes the published dataset's identities and cameras are used; a dataset
+    that publishes no identity count (``published`` 0) needs ``num_classes``, a
+    :class:`~mambapro.errors.ConfigError` says so.
     """
     # The published dataset's sizes: the classifier width and the camera table depend on them.
-    classes, cams = dataset_spec(cfg.data.dataset).published
+    spec = dataset_spec(cfg.data.dataset)
+    classes, cams = spec.published
+    if not num_classes and not classes:
+        raise ConfigError(
+            f"{spec.name} publishes no training identity count, which sets the classifiers' width: "
+            "give --classes N (the identities of your copy's train split, as `mambapro check-data` "
+            "counts them)"
+        )
     with _counting(cfg):
         model = build_model(cfg, num_classes or classes, num_cameras or cams)
     parts = model.parameter_parts()
@@ -188,7 +199,19 @@ def format_backbone_macs(macs: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The aggregators are compared at the paper's sizes (C = 512, 3 x 16x8 tokens), whatever the
+#: config's backbone: the numbers then sit beside the paper's Tables 6 and 11.
+PAPER_AGGREGATOR_SIZES = {"dim": 512, "grid": (16, 8)}
+
+
+def flops_data(cfg: Config) -> dict[str, Any]:
+    """``{"backbone": backbone_macs(cfg), "aggregators": aggregator_flops(...)}``: the backbone's
+    forward MACs per sample as ``cfg`` describes it and the aggregators' at the paper's sizes."""
+    return {"backbone": backbone_macs(cfg), "aggregators": aggregator_flops(**PAPER_AGGREGATOR_SIZES)}
+
+
 def flops_report(cfg: Config) -> str:
-    """The backbone's forward MACs per sample as ``cfg`` describes it (:func:`backbone_macs`),
-    then the aggregators' at the paper's sizes (3 x 128 tokens, C = 512)."""
-    return format_backbone_macs(backbone_macs(cfg)) + "\n\n" + aggregator_flops_table(dim=512, grid=(16, 8))
+    """The text of :func:`flops_data`: the backbone's MAC table, then the aggregators'."""
+    return (
+        format_backbone_macs(backbone_macs(cfg)) + "\n\n" + aggregator_flops_table(**PAPER_AGGREGATOR_SIZES)
+    )

@@ -62,21 +62,13 @@ def evaluate_model(
     missing = modalities.parse_missing(missing or cfg.test.missing)
     gallery_missing = missing if gallery_missing is None else modalities.parse_missing(gallery_missing)
     spec = dataset_spec(dataset_name)
-    _check_cameras(model, query, f"{spec.name} query")
-    _check_cameras(model, gallery, f"{spec.name} gallery")
+    check_model_cameras(model, query, f"{spec.name} query")
+    check_model_cameras(model, gallery, f"{spec.name} gallery")
     qf = extract_features(model, eval_loader(cfg, query, spec, missing), device, amp, quiet, "query")
     gf = extract_features(
         model, eval_loader(cfg, gallery, spec, gallery_missing), device, amp, quiet, "gallery"
     )
     return _metrics(cfg, spec, qf, gf, rerank)
-
-
-def _check_cameras(model: nn.Module, samples: list, what: str) -> None:
-    """Every camera id has a row in the model's camera embedding, unless the model gives cameras
-    it never saw the mean of the learned rows (``backbone.unseen_cameras = "mean"``: a
-    cross-dataset test)."""
-    if model.backbone.unseen_cameras != "mean":
-        check_model_cameras(model, samples, what)
 
 
 def _metrics(
@@ -121,8 +113,8 @@ def cross_missing_matrix(
     modalities: ModalitySet = model.modalities
     settings = modalities.settings if settings is None else tuple(map(modalities.parse_missing, settings))
     spec = dataset_spec(dataset_name)
-    _check_cameras(model, query, f"{spec.name} query")
-    _check_cameras(model, gallery, f"{spec.name} gallery")
+    check_model_cameras(model, query, f"{spec.name} query")
+    check_model_cameras(model, gallery, f"{spec.name} gallery")
 
     def features(samples: list, setting: str, what: str) -> FeatureSet:
         loader = eval_loader(cfg, samples, spec, setting)
@@ -203,9 +195,11 @@ def run_test(
     results.json (``precision``, ``fp32_reference``)."""
     out = check_test_options(checkpoint, output, missing, dataset)
     check_precision(precision)
+    state = None
     if dataset is not None:
-        extra = _cross_dataset_extra(checkpoint, dataset, extra)
-    model, cfg, ckpt = load_model(checkpoint, config, overrides, extra)
+        state = load_checkpoint(checkpoint)  # read once: for the checks here and for the model
+        extra = _cross_dataset_extra(checkpoint, state, dataset, extra)
+    model, cfg, ckpt = load_model(checkpoint, config, overrides, extra, state=state)
     modalities: ModalitySet = model.modalities
     # --missing names the model's modalities: checked once they are known, before any output.
     request = modalities.parse_request(missing) if missing is not None else cfg.test.missing
@@ -318,11 +312,12 @@ def _trained_on(ckpt: dict[str, Any]) -> str:
     return str(ckpt.get("dataset") or ckpt["config"]["data"]["dataset"])
 
 
-def _cross_dataset_extra(checkpoint: str | Path, dataset: str | Path, extra: dict | None) -> dict:
-    """``extra`` for testing ``checkpoint`` on ``dataset``: that dataset, the image size the model
-    was trained at, nothing generated; a dataset whose modalities are not the checkpoint's is
-    refused, naming both."""
-    ckpt = load_checkpoint(checkpoint)
+def _cross_dataset_extra(
+    checkpoint: str | Path, ckpt: dict[str, Any], dataset: str | Path, extra: dict | None
+) -> dict:
+    """``extra`` for testing ``checkpoint`` (loaded: ``ckpt``) on ``dataset``: that dataset, the
+    image size the model was trained at, nothing generated; a dataset whose modalities are not
+    the checkpoint's is refused, naming both."""
     spec = dataset_spec(dataset)
     trained = checkpoint_modalities(ckpt)
     if spec.modalities.keys != trained.keys:
@@ -331,7 +326,8 @@ def _cross_dataset_extra(checkpoint: str | Path, dataset: str | Path, extra: dic
             f"on {_trained_on(ckpt)} with {trained}: a cross-dataset test needs the same modalities"
         )
     data = ckpt["config"]["data"]
-    size = data.get("img_size") or dataset_spec(data["dataset"]).img_size
+    # Recorded since checkpoints have modalities; before, the training dataset's (or its setting).
+    size = ckpt.get("img_size") or data.get("img_size") or dataset_spec(data["dataset"]).img_size
     extra = dict(extra or {})
     extra["data"] = {
         **(extra.get("data") or {}),

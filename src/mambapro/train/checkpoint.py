@@ -7,11 +7,13 @@ interruption never leaves a partial checkpoint under the real name.
 
 A checkpoint records the modalities its model was built for (``modalities``; checkpoints
 written before it are RGB, NI, TI): the model is rebuilt for them, and a config whose dataset
-has other modalities is refused.
+has other modalities is refused. A checkpoint trained on a dataset spec file stores the file's
+text (``dataset_spec_file``), which stands in for the file where it is absent.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from mambapro.config import Config, config_diff, config_to_dict, load_config
+from mambapro.data.spec_file import adopt_spec_record
 from mambapro.errors import CheckpointError
 from mambapro.files import atomic_write
 from mambapro.modalities import RGB_NI_TI, ModalitySet
@@ -84,6 +87,7 @@ def load_model(
     overrides: list[str] | None = None,
     extra: dict | None = None,
     device: torch.device | None = None,
+    state: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, Config, dict[str, Any]]:
     """Rebuild a model from a checkpoint; its stored config is the base that ``config``'s keys,
     ``extra`` and ``overrides`` apply to.
@@ -93,10 +97,20 @@ def load_model(
     checkpoint's stored config lacks (added to mambapro after it was written) take their
     defaults, which keep the behaviour of the version that wrote it. The model is built for the
     checkpoint's modalities; a dataset (``data.dataset``) with other modalities is an error naming
-    both sets.
+    both sets. The text of a dataset spec file stored in the checkpoint stands in for the file
+    where the file is absent (a warning says so). ``state``: the checkpoint already loaded by
+    :func:`load_checkpoint` (it is not read again).
     """
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint) if state is None else state
     stored = ckpt["config"]
+    record = ckpt.get("dataset_spec_file")
+    if record is not None and adopt_spec_record(record, str(checkpoint)):
+        # A note, not an error: the stored copy is the spec the model was trained on.
+        warnings.warn(
+            f"{checkpoint}: dataset spec file {record['path']} is not on this machine; "
+            "using the copy stored in the checkpoint",
+            stacklevel=2,
+        )
     cfg = load_config(config, overrides, extra=extra, base=(stored, f"{checkpoint} (stored config)"))
     # Not compared: model.weights (the encoder comes from the checkpoint, not from that file)
     # and the scan backend (how the same weights are computed; see RUNTIME_MODEL_KEYS).

@@ -36,6 +36,7 @@ from mambapro.data import build_train_loader
 from mambapro.data.device_aug import DeviceAugment, OnDevice
 from mambapro.data.fingerprint import dataset_fingerprint
 from mambapro.data.fingerprint import describe as describe_fingerprint
+from mambapro.data.spec_file import is_spec_file, spec_file_record
 from mambapro.errors import TrainingError, UserError
 from mambapro.models import MambaPro, build_model
 from mambapro.retrieval.features import check_model_cameras
@@ -92,6 +93,9 @@ class Trainer:
         self.fingerprint = dataset_fingerprint(
             self.data.dataset, held_out=(self.data.val_query, self.data.val_gallery)
         )
+        # A spec file's text goes into every checkpoint: the model loads where the file is not.
+        dataset = cfg.data.dataset
+        self.spec_record = spec_file_record(dataset) if is_spec_file(dataset) else None
         # Before the model: a decoded cache (data.cache) names unreadable images, or refuses a
         # size that does not fit, before anything heavy is built. Draws nothing from the RNG.
         self.train_loader = build_train_loader(
@@ -159,6 +163,7 @@ class Trainer:
             "dataset_fingerprint": self.fingerprint,
             "modalities": self.model.modalities.to_dict(),
             "img_size": list(self.cfg.img_size()),  # what every image is resized to
+            **({"dataset_spec_file": self.spec_record} if self.spec_record else {}),
         }
 
     def save(self, name: str = "last.ckpt") -> Path | None:
