@@ -1171,6 +1171,81 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         r"test.\* settings at int8 \(--precision\): .* or pass --allow-precision-mismatch",
         None,
     ),
+    # one missing-modality setting for extract and search (docs/deploy.md, Missing modalities)
+    (
+        "extract-missing-all",
+        [
+            "extract",
+            "--checkpoint",
+            CKPT,
+            "--data-root",
+            "{s}/tree",
+            "--split",
+            "gallery",
+            "--out",
+            "{w}/f.npz",
+            "--missing",
+            "all",
+        ],  # fmt: skip
+        r"--missing 'all': give one setting, by the missing modalities' letters \(e\.g\. T\) or the "
+        r"modalities present \(e\.g\. RGB\+NI\); all, cross and QUERY:GALLERY are `mambapro test`'s",
+        None,
+    ),
+    (
+        "extract-missing-unknown-letter",
+        [
+            "extract",
+            "--checkpoint",
+            CKPT,
+            "--data-root",
+            "{s}/tree",
+            "--split",
+            "gallery",
+            "--out",
+            "{w}/f.npz",
+            "--missing",
+            "X",
+        ],  # fmt: skip
+        r"--missing: unknown missing-modality setting 'X'; choose one of: full, R, N, T, RN, RT, NT "
+        r"\(letters name .*\) or a subset by the modalities present \(e\.g\. NI\+TI\)",
+        None,
+    ),
+    (
+        "search-missing-every-modality",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--index",
+            "{s}/g.index",
+            "--out",
+            "{w}/r.png",
+            "--missing",
+            "RNT",
+        ],  # fmt: skip
+        r"--missing: unknown missing-modality setting 'RNT'; choose one of: full, R, N, T, RN, RT, NT",
+        None,
+    ),
+    (
+        "search-missing-pair",
+        [
+            "search",
+            "--checkpoint",
+            CKPT,
+            "--query",
+            "{q}",
+            "--index",
+            "{s}/g.index",
+            "--out",
+            "{w}/r.png",
+            "--missing",
+            "TI:RGB",
+        ],  # fmt: skip
+        r"--missing 'TI:RGB': give one setting",
+        None,
+    ),
     (
         "export-bf16-as-onnx",
         ["export", "--checkpoint", CKPT, "--out", "{w}/m.onnx", "--precision", "bf16"],

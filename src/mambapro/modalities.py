@@ -213,30 +213,50 @@ class ModalitySet:
                 raise ConfigError(f"modality pair {text!r}, the {side}: {err}") from None
         return settings[0], settings[1]
 
-    def parse_request(self, text: str) -> str | tuple[str, str]:
-        """``mambapro test --missing``: ``all`` (the table of every setting), ``cross`` (the
-        settings x settings any-to-any matrix), ``QUERY:GALLERY`` (one pair, by the modalities
-        present: a tuple of the two settings), or one setting for both sides, by the missing
-        letters (``RN``) or by the modalities present (``TI``, ``NI+TI``)."""
+    def parse_setting(self, text: str) -> str:
+        """One setting, by the missing letters (``RN``, ``-t``, ``full``) or by the modalities
+        present (``TI``, ``NI+TI``): its canonical form; :class:`ConfigError` naming both forms."""
         key = str(text).strip()
-        if key.lower() in ("all", "cross"):
-            return key.lower()
-        if ":" in key:
-            return self.parse_pair(key)
         if "+" in key or key.upper() in {k.upper() for k in self.keys}:
             return self.parse_present(key)
         try:
             return self.parse_missing(key)
         except ConfigError:
-            # parse_missing knows only the settings; --missing takes every form above too.
+            raise ConfigError(
+                f"{self._unknown_setting(text)} or a subset by the {self._present_example()}"
+            ) from None
+
+    def _unknown_setting(self, text: str) -> str:
+        return (
+            f"unknown missing-modality setting {text!r}; choose one of: {', '.join(self.settings)} "
+            f"(letters name the missing modalities: {self._legend()}; a leading '-' is allowed)"
+        )
+
+    def _present_example(self) -> str:
+        return f"modalities present (e.g. {'+'.join(self.keys[1:])})"
+
+    def parse_request(self, text: str) -> str | tuple[str, str]:
+        """``mambapro test --missing``: ``all`` (the table of every setting), ``cross`` (the
+        settings x settings any-to-any matrix), ``QUERY:GALLERY`` (one pair, by the modalities
+        present: a tuple of the two settings), or one setting for both sides
+        (:meth:`parse_setting`)."""
+        key = str(text).strip()
+        if key.lower() in ("all", "cross"):
+            return key.lower()
+        if ":" in key:
+            return self.parse_pair(key)
+        try:
+            return self.parse_setting(key)
+        except ConfigError as err:
+            if "+" in key:
+                raise  # names the subset's problem
+            # --missing takes the table, the matrix and pairs too.
             n = len(self.settings)
             raise ConfigError(
-                f"unknown missing-modality setting {text!r}; choose one of: {', '.join(self.settings)} "
-                f"(letters name the missing modalities: {self._legend()}; a leading '-' is allowed), "
-                f"all (the {n} settings), cross (the {n} x {n} any-to-any matrix), a subset by the "
-                f"modalities present (e.g. {'+'.join(self.keys[1:])}) "
+                f"{self._unknown_setting(text)}, all (the {n} settings), cross (the {n} x {n} "
+                f"any-to-any matrix), a subset by the {self._present_example()} "
                 f"or QUERY:GALLERY (e.g. {self._pair_example()})"
-            ) from None
+            ) from err
 
     def to_dict(self) -> dict[str, list[str]]:
         """``{"keys": [...], "letters": [...], "names": [...]}`` (checkpoints, results.json)."""

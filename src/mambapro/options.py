@@ -123,13 +123,15 @@ def check_search_options(
     index: str | Path | None,
     k: int,
     out: str | Path,
+    missing: str = "full",
 ) -> list[tuple[str, str | Path | None]]:
-    """Check ``mambapro search``'s options: the checkpoint, ``-k``, exactly one gallery source,
+    """Check ``mambapro search``'s options: the checkpoint, ``-k``, ``--missing``, exactly one gallery source,
     and the rank-list image ``out`` and its ``.json`` rankings as outputs; returns the inputs
     (option, path) that no output may replace."""
     require_file(checkpoint, "--checkpoint")
     if k < 1:
         raise UserError(f"-k {k}: must be at least 1")
+    check_one_setting(missing)
     if (gallery is None) == (index is None):
         raise UserError("give exactly one of --gallery (a split folder or features .npz) and --index")
     if index is not None:
@@ -140,11 +142,25 @@ def check_search_options(
     return inputs
 
 
-def check_extract_options(checkpoint: str | Path, out: str | Path) -> Path:
+def check_extract_options(checkpoint: str | Path, out: str | Path, missing: str = "full") -> Path:
     """Check ``mambapro extract``'s options; returns the features file (``.npz`` appended when
     missing, as NumPy would)."""
     require_file(checkpoint, "--checkpoint")
+    check_one_setting(missing)
     return check_output(npz_path(out), "--out", "features", inputs=[("--checkpoint", checkpoint)])
+
+
+def check_one_setting(missing: str) -> str:
+    """``--missing`` of ``extract`` and ``search``: one setting. The forms that name several
+    (``all``, ``cross``, ``QUERY:GALLERY``: ``test``'s) are refused here, before torch; the
+    setting itself is checked against the checkpoint's modalities once they are known."""
+    key = str(missing).strip()
+    if key.lower() in ("all", "cross") or ":" in key:
+        raise UserError(
+            f"--missing {missing!r}: give one setting, by the missing modalities' letters (e.g. T) or "
+            "the modalities present (e.g. RGB+NI); all, cross and QUERY:GALLERY are `mambapro test`'s"
+        )
+    return key
 
 
 def check_index_options(

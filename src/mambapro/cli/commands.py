@@ -154,13 +154,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    check_extract_options(args.checkpoint, args.out)
+    check_extract_options(args.checkpoint, args.out, args.missing)
     _forward("mambapro.retrieval.features:run_extract", args)
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    check_search_options(args.checkpoint, args.query, args.gallery, args.index, args.k, args.out)
+    check_search_options(
+        args.checkpoint, args.query, args.gallery, args.index, args.k, args.out, args.missing
+    )
     _forward("mambapro.retrieval.search:run_search", args)
     return 0
 

@@ -60,6 +60,16 @@ def _precision_arg(p: argparse.ArgumentParser, mismatch: bool = False) -> None:
         )
 
 
+def _missing_arg(p: argparse.ArgumentParser, whose: str) -> None:
+    p.add_argument(
+        "--missing",
+        default="full",
+        metavar="SETTING",
+        help=f"modalities {whose} without, zeroed as `test --missing` zeroes them: the missing ones' "
+        "letters (T, RN) or the modalities present (RGB+NI); default full",
+    )
+
+
 def _add_old_out(p: argparse.ArgumentParser) -> None:
     # Output folders are --output everywhere; the old spelling gets a line naming the new one
     # (argparse would otherwise take --out as an abbreviation of --output).
@@ -203,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="the features file to write (.npz appended if missing)"
     )
     _precision_arg(p)
+    _missing_arg(p, "the features are made")
     _add_config_args(p)
 
     p = add("search", "rank a gallery for a query triplet")
@@ -215,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("ranklist.png"), help="the rank-list image (and its .json rankings)"
     )
     _precision_arg(p, mismatch=True)
+    _missing_arg(p, "the queries are embedded")
     _add_config_args(p)
 
     p = add("index", "build or extend a FAISS gallery index of features .npz files (extra: deploy)")

@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 
 from mambapro.config import Config
 from mambapro.data import build_test_loader, check_cameras, dataset_from_config
-from mambapro.errors import UserError, short_reason
+from mambapro.errors import ConfigError, UserError, short_reason
 from mambapro.files import atomic_write
 from mambapro.models.precision import apply_precision, autocast_dtype
 from mambapro.options import check_extract_options, check_precision
 from mambapro.retrieval.gallery import LABELS, GalleryLabels
-from mambapro.retrieval.identity import model_identity, stored_identity
+from mambapro.retrieval.identity import model_identity, model_modalities, stored_identity
 from mambapro.runtime import eval_amp
 from mambapro.train.checkpoint import load_model
 from mambapro.train.distributed import (
@@ -194,6 +194,15 @@ def eval_loader(cfg: Config, samples: list, dataset_name: str, missing: str = "f
     )
 
 
+def missing_setting(model: nn.Module, missing: str) -> str:
+    """The canonical setting of ``--missing`` (extract, search) for ``model``'s modalities, or a
+    one-line :class:`~mambapro.errors.ConfigError` naming the option and the choices."""
+    try:
+        return model_modalities(model).parse_setting(missing)
+    except ConfigError as err:
+        raise ConfigError(f"--missing: {err}") from None
+
+
 def check_model_cameras(model: nn.Module, samples: list, what: str) -> None:
     """Name the first sample whose camera id has no row in the model's camera embedding; none is
     refused when the backbone gives cameras it never saw the mean of its learned rows
@@ -244,10 +253,13 @@ def run_extract(
     overrides: list[str] | None = None,
     quiet: bool = False,
     precision: str = "fp32",
+    missing: str = "full",
 ) -> FeatureSet | None:
     """The ``mambapro extract`` command: features of one split to an .npz file (``out`` gets the
     ``.npz`` suffix when it lacks it, as NumPy would add it), computed at ``precision``
-    (:mod:`mambapro.models.precision`; the file records it).
+    (:mod:`mambapro.models.precision`; the file records it), with the ``missing`` modalities
+    zeroed as ``test --missing`` zeroes them (one setting; the file records the modalities
+    present: a gallery without thermal images, a night gallery without RGB).
 
     Under torchrun the ranks share the split (:func:`shard_rows`) and rank 0 writes the file
     that one process would write, byte for byte where the device computes deterministically
@@ -255,7 +267,7 @@ def run_extract(
     ranks, which write nothing. Every rank must name the same ``out`` (resolved): otherwise every
     rank refuses before any work.
     """
-    out = check_extract_options(checkpoint, out)
+    out = check_extract_options(checkpoint, out, missing)
     check_precision(precision)
     info = init_distributed()
     try:
@@ -263,7 +275,7 @@ def run_extract(
             str(out.resolve()), info, "--out", "give every rank the same file (rank 0 alone writes it)"
         )
         quiet = quiet or not info.is_main
-        return _extract(checkpoint, data_root, split, out, config, overrides, quiet, info, precision)
+        return _extract(checkpoint, data_root, split, out, config, overrides, quiet, info, precision, missing)
     finally:
         cleanup(info)
 
@@ -278,11 +290,13 @@ def _extract(
     quiet: bool,
     info: DistInfo,
     precision: str,
+    missing: str,
 ) -> FeatureSet | None:
     model, cfg, _ = load_model(
         checkpoint, config, overrides, extra={"data": {"root": str(data_root)}}, device=rank_device(info)
     )
-    identity = model_identity(model, cfg.img_size(), checkpoint, precision=precision)
+    missing = missing_setting(model, missing)
+    identity = model_identity(model, cfg.img_size(), checkpoint, missing=missing, precision=precision)
     model = apply_precision(model, precision)
     device = next(model.parameters()).device
     ds = dataset_from_config(cfg.data, generate=False)
@@ -291,7 +305,7 @@ def _extract(
     rows = shard_rows(len(samples), cfg.test.batch_size, info.rank, info.world_size)
     shard: Shard = (rows, None)
     if rows:
-        loader = eval_loader(cfg, [samples[i] for i in rows], ds.spec)
+        loader = eval_loader(cfg, [samples[i] for i in rows], ds.spec, missing)
         amp = autocast_dtype(model, eval_amp(cfg, device))
         mine = extract_features(model, loader, device, amp, quiet, split)
         shard = (rows, (mine.feats, mine.pids, mine.camids, mine.sceneids, mine.paths))
@@ -302,5 +316,8 @@ def _extract(
     feats.identity = identity
     feats.save(out)
     at = "" if precision == "fp32" else f" at {precision}"
+    if missing != "full":
+        zeroed = "+".join(model_modalities(model).missing(missing))
+        at += f" from {identity['modalities']} ({zeroed} zeroed)"
     print(f"{len(feats.paths)} {split} features of dimension {feats.feats.shape[1]}{at} written to {out}")
     return feats

@@ -32,7 +32,13 @@ from mambapro.files import RANK_LIST_TAG, atomic_write, check_output
 from mambapro.modalities import RGB_NI_TI, ModalitySet
 from mambapro.models.precision import apply_precision, autocast_dtype
 from mambapro.options import check_precision, check_search_options
-from mambapro.retrieval.features import FeatureSet, check_model_cameras, eval_loader, extract_features
+from mambapro.retrieval.features import (
+    FeatureSet,
+    check_model_cameras,
+    eval_loader,
+    extract_features,
+    missing_setting,
+)
 from mambapro.retrieval.gallery import Match
 from mambapro.retrieval.identity import PRECISION_REMEDY, check_same_model, model_identity, model_modalities
 from mambapro.retrieval.index import GalleryIndex
@@ -44,6 +50,8 @@ __all__ = ["rank_index", "Match", "rank_gallery", "draw_rank_list", "run_search"
 _THUMB_HEIGHT = 96
 _BORDER = 4
 _COLOURS = {"query": (40, 90, 220), "match": (20, 170, 60), "other": (220, 40, 40)}
+#: A query modality left out (``--missing``): its thumbnail faded towards this grey and crossed.
+_NOT_USED, _CROSS = (200, 200, 200), (90, 90, 90)
 
 
 def rank_gallery(distances: np.ndarray, query_path: str, query_pid: int, gallery: Any, k: int) -> list[Match]:
@@ -98,9 +106,12 @@ def draw_rank_list(
     dataset_name: str,
     out: str | Path,
     modalities: ModalitySet | None = None,
+    query_missing: tuple[str, ...] = (),
 ) -> Path:
     """Save a rank-list image: one row per modality (RGB/NI/TI), columns query + matches,
-    coloured borders. ``modalities``: the rows (default: the dataset's modalities)."""
+    coloured borders. ``modalities``: the rows (default: the dataset's modalities);
+    ``query_missing``: the keys of the modalities the query was embedded without, whose query
+    cells are greyed and crossed out."""
     modalities = modalities or _dataset_modalities(dataset_name)
     columns = [(query_path, "query", _COLOURS["query"])]
     for m in matches:
@@ -122,6 +133,8 @@ def draw_rank_list(
         for r, thumb in enumerate(col):
             y = label_h + gap + r * (cell_h + gap)
             draw.rectangle([x, y, x + thumb.width + 2 * _BORDER - 1, y + cell_h - 1], fill=colour)
+            if c == 0 and modalities.keys[r] in query_missing:
+                thumb = _crossed_out(thumb)
             canvas.paste(thumb, (x + _BORDER, y + _BORDER))
     out = Path(out)
     info = PngImagePlugin.PngInfo()
@@ -129,6 +142,16 @@ def draw_rank_list(
     with atomic_write(out) as fh:
         canvas.save(fh, format="PNG", pnginfo=info)
     return out
+
+
+def _crossed_out(thumb: Image.Image) -> Image.Image:
+    """A query thumbnail of a modality the query was embedded without: faded to grey, crossed."""
+    grey = Image.blend(thumb.convert("L").convert("RGB"), Image.new("RGB", thumb.size, _NOT_USED), 0.7)
+    draw = ImageDraw.Draw(grey)
+    w, h = grey.size
+    draw.line([(0, 0), (w - 1, h - 1)], fill=_CROSS, width=2)
+    draw.line([(0, h - 1), (w - 1, 0)], fill=_CROSS, width=2)
+    return grey
 
 
 def _warn_tiny_queries(samples: list, dataset_name: str, size: tuple[int, int], panels: int) -> None:
@@ -180,13 +203,17 @@ def run_search(
     index: str | Path | None = None,
     precision: str = "fp32",
     allow_precision_mismatch: bool = False,
+    missing: str = "full",
 ) -> dict[str, list[Match]]:
     """The ``search`` command: queries against a ``gallery`` (a split folder or features
     ``.npz``) or a FAISS ``index`` (``mambapro index build``); returns ``{query path: matches}``.
 
     The queries (and a gallery folder) are embedded at ``precision``; a features file or index
-    made at another precision is refused unless ``allow_precision_mismatch``."""
-    inputs = check_search_options(checkpoint, query, gallery, index, k, out)
+    made at another precision is refused unless ``allow_precision_mismatch``. The queries'
+    ``missing`` modalities (one setting, as ``test --missing``) are zeroed, whatever the
+    gallery holds (any-to-any retrieval: a thermal-only query against a full gallery); the
+    rank list shows them crossed out."""
+    inputs = check_search_options(checkpoint, query, gallery, index, k, out, missing)
     check_precision(precision)
     out = Path(out)
     gallery_index = gallery_feats = None
@@ -200,7 +227,8 @@ def run_search(
     if not Path(query).exists():
         raise UserError(f"--query {query} does not exist: give a triplet's file or a split folder")
     model, cfg, _ = load_model(checkpoint, config, overrides)
-    identity = model_identity(model, cfg.img_size(), checkpoint, precision=precision)
+    missing = missing_setting(model, missing)
+    identity = model_identity(model, cfg.img_size(), checkpoint, missing=missing, precision=precision)
     stored = gallery_index.identity if gallery_index is not None else getattr(gallery_feats, "identity", None)
     check_same_model(
         stored,
@@ -225,7 +253,7 @@ def run_search(
             check_output(image, "--out (a rank list)", "rank list", inputs)
     modalities = model_modalities(model)
     _warn_tiny_queries(q_samples, name, cfg.img_size(), len(modalities))
-    qf = extract_features(model, eval_loader(cfg, q_samples, name), device, amp, quiet, "query")
+    qf = extract_features(model, eval_loader(cfg, q_samples, name, missing), device, amp, quiet, "query")
     if gallery_index is not None:
         ranked = rank_index(gallery_index, qf, k, metric=cfg.test.distance)
     else:
@@ -245,13 +273,14 @@ def run_search(
         for m in matches:
             verdict = "same id" if m.same_identity else "other id"
             print(f"  rank {m.rank:>3}  distance {m.distance:.4g}  id {m.pid:>6}  {verdict:<8}  {m.path}")
-        draw_rank_list(qpath, matches, name, images[i], modalities)
+        draw_rank_list(qpath, matches, name, images[i], modalities, modalities.missing(missing))
     ranks_json = out.with_suffix(".json")
     with atomic_write(ranks_json) as fh:
         record = {
             "checkpoint": str(checkpoint),
             "gallery": str(index if index is not None else gallery),
             "distance": cfg.test.distance,
+            "query_modalities": identity["modalities"],
             "queries": {q: [m.__dict__ for m in ms] for q, ms in results.items()},
         }
         fh.write(json.dumps(record, indent=1).encode())
