@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from fnmatch import fnmatch
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from mambapro.config import load_config
 from mambapro.data import build_dataset
 from mambapro.data.synth import generate
 from mambapro.evaluation import compute_distmat, evaluate
+from mambapro.files import OUTPUT_MARKER
 from mambapro.modalities import MODALITIES, ModalitySet
+from mambapro.options import ANALYSIS_OUTPUTS, RUN_OUTPUTS
 from mambapro.reports.analysis import (
     PAIRS,
     AnalysisFeatures,
@@ -313,6 +316,16 @@ def test_per_query_ap_averages_to_the_map(ma_model) -> None:
     ap = per_query_ap(dist, fs, fs, use_scenes=False)
     res = evaluate(dist, fs.pids, fs.pids, fs.camids, fs.camids)
     assert np.nanmean(ap) == pytest.approx(res.mAP, abs=1e-9) and np.isfinite(ap).sum() == res.num_valid
+
+
+def test_analyze_and_train_write_only_what_they_declare(shared) -> None:
+    """The names a folder is checked for before a command writes there cover what it writes."""
+    declared = [*ANALYSIS_OUTPUTS, OUTPUT_MARKER]
+    for folder in (shared / "out", shared / "ma/analysis"):
+        written = [p.name for p in folder.iterdir()]
+        assert "report.html" in written
+        assert all(any(fnmatch(name, d) for d in declared) for name in written), (folder, written)
+    assert {p.name for p in (shared / "ma").iterdir()} <= {*RUN_OUTPUTS, OUTPUT_MARKER}
 
 
 def test_missing_modality_table(shared, tmp_path) -> None:

@@ -61,7 +61,7 @@ DINOV2 = [*TRAIN, "model.backbone=dinov2_vitb14", "data.img_size=[56,28]"]
 
 # (id, argv with {s} = shared inputs, {w} = the row's own folder, {q} = a query file;
 #  pattern the error line must match; setup of the row's folder: None, or "run" to copy the
-#  finished run there, or a name to create as a folder)
+#  finished run there, "file:PATH" to write a user's file at PATH, or a name to create as a folder)
 ROWS: list[tuple[str, list[str], str, str | None]] = [
     # 1. data that must never be replaced
     (
@@ -1171,6 +1171,27 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         r"test.\* settings at int8 \(--precision\): .* or pass --allow-precision-mismatch",
         None,
     ),
+    # folder outputs never replace files their command did not write there
+    (
+        "train-output-beside-own-config",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/project"],
+        r"run folder \(train.output, --output\) {w}/project holds config.yaml, which `mambapro train` "
+        r"writes there, and is not the output of an earlier `mambapro train`: refusing to replace it",
+        "file:project/config.yaml",
+    ),
+    (
+        "test-output-into-run-folder",
+        ["test", "-q", "--checkpoint", "{w}/run/last.ckpt", "--output", "{w}/run"],
+        r"--output {w}/run holds cmc.png \(and 2 more: report.txt, results.json\), which `mambapro test` "
+        r"writes there",
+        "run",
+    ),
+    (
+        "analyze-output-onto-own-report",
+        ["analyze", "-q", "--checkpoint", CKPT, "--output", "{w}/pages"],
+        r"--output {w}/pages holds report.html, which `mambapro analyze` writes there",
+        "file:pages/report.html",
+    ),
     # one missing-modality setting for extract and search (docs/deploy.md, Missing modalities)
     (
         "extract-missing-all",
@@ -1437,6 +1458,10 @@ def _run_row(shared: Path, ref: Reference, base: Path, row: tuple, run: Runner) 
     work.mkdir()
     if setup == "run":
         shutil.copytree(shared / "run", work / "run")
+    elif setup is not None and setup.startswith("file:"):  # a user's own file, in its folder
+        own = work / setup.removeprefix("file:")
+        own.parent.mkdir(parents=True)
+        own.write_text("# the user's own file\n")
     elif setup is not None:
         (work / setup).mkdir()
     query = sorted((shared / "tree/RGBNT201/test/RGB").iterdir())[0]

@@ -18,7 +18,16 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from mambapro.errors import UserError
-from mambapro.files import RANK_LIST_TAG, artefact_kind, atomic_write, check_output, deferred_signals
+from mambapro.files import (
+    OUTPUT_MARKER,
+    RANK_LIST_TAG,
+    artefact_kind,
+    atomic_write,
+    check_output,
+    check_output_folder,
+    claim_output_folder,
+    deferred_signals,
+)
 from mambapro.retrieval.features import FeatureSet
 
 
@@ -184,3 +193,42 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
             raise RuntimeError("disk trouble")
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+# ------------------------------------------------------------------ folder outputs
+
+
+def test_a_folder_output_may_be_new_unrelated_or_the_same_command_s(tmp_path: Path) -> None:
+    names = ("results.json", "report.txt", "gradcam-*.png")
+    assert check_output_folder(tmp_path / "new", "--output", "test", names) == tmp_path / "new"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("mine")
+    check_output_folder(mine, "--output", "test", names)  # nothing of the command's there
+    (mine / "report.txt").write_text("my report")
+    with pytest.raises(UserError, match=r"^--output .*/mine holds report.txt, which `mambapro test` writes"):
+        check_output_folder(mine, "--output", "test", names)
+    (mine / "gradcam-a.png").write_bytes(b"")
+    with pytest.raises(UserError, match=r"holds gradcam-a.png \(and 1 more: report.txt\)"):
+        check_output_folder(mine, "--output", "test", names)
+    # An earlier output of the same command is written again; another command's is not.
+    claim_output_folder(mine, "test")
+    assert json.loads((mine / OUTPUT_MARKER).read_text()) == {"command": "test"}
+    check_output_folder(mine, "--output", "test", names)
+    with pytest.raises(UserError, match="which `mambapro analyze` writes there, and is not the output of"):
+        check_output_folder(mine, "--output", "analyze", names)
+    assert (mine / "notes.md").read_text() == "mine" and (mine / "report.txt").read_text() == "my report"
+
+
+def test_claiming_creates_the_folder_and_keeps_a_marker_of_the_same_command(tmp_path: Path) -> None:
+    folder = claim_output_folder(tmp_path / "a" / "b", "train")
+    marker = folder / OUTPUT_MARKER
+    assert folder.is_dir() and json.loads(marker.read_text()) == {"command": "train"}
+    mtime = marker.stat().st_mtime_ns
+    claim_output_folder(folder, "train")
+    assert marker.stat().st_mtime_ns == mtime
+    marker.write_text("not json")  # a damaged marker marks nothing
+    (folder / "x.txt").write_text("")
+    with pytest.raises(UserError, match="holds x.txt"):
+        check_output_folder(folder, "--output", "train", ["x.txt"])

@@ -16,6 +16,7 @@ from mambapro.data import build_dataset, build_test_transform, read_triplet
 from mambapro.data.synth import generate
 from mambapro.errors import ConfigError
 from mambapro.evaluation import compute_distmat
+from mambapro.files import OUTPUT_MARKER
 from mambapro.modalities import (
     MISSING_SETTINGS,
     MODALITIES,
@@ -26,6 +27,7 @@ from mambapro.modalities import (
     present_label,
 )
 from mambapro.models import build_model
+from mambapro.options import TEST_OUTPUTS
 from mambapro.retrieval.testing import cross_missing_matrix, evaluate_model
 from mambapro.train.checkpoint import load_model, save_checkpoint
 from reference.eval import reference_evaluate
@@ -209,6 +211,7 @@ def test_two_modalities_missing_all_has_three_rows(two, capsys: pytest.CaptureFi
     assert saved["modalities"] == RGB_NI.to_dict() and list(saved["results"]) == ["full"]
     # Zeroing a modality changes the features: the rows differ.
     assert len({r["mAP"] for r in rows["results"].values()}) > 1
+    assert {p.name for p in out.iterdir()} <= {*TEST_OUTPUTS, OUTPUT_MARKER}  # what test declares
 
 
 def test_two_modalities_cross_matrix_is_three_by_three(two, capsys: pytest.CaptureFixture[str]) -> None:
@@ -223,6 +226,8 @@ def test_two_modalities_cross_matrix_is_three_by_three(two, capsys: pytest.Captu
     assert (out / "missing_cross.png").stat().st_size > 0
     text = (out / "missing_cross.txt").read_text()
     assert text.splitlines()[2].split()[4:] == ["RGB+NI", "NI", "RGB"]
+    # test writes only what it declares (the names a folder is checked for before it writes).
+    assert {p.name for p in out.iterdir()} <= {*TEST_OUTPUTS, OUTPUT_MARKER}
     # One pair, by the modalities present: the matrix's cell (row NI, column RGB).
     pair = root / "pair"
     assert main(["test", "-q", "--checkpoint", str(ckpt), "--missing", "NI:RGB", "--output", str(pair)]) == 0

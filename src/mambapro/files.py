@@ -29,14 +29,17 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mambapro.errors import UserError, check_output_file
+from mambapro.errors import UserError, check_output_dir, check_output_file
 
 __all__ = [
     "KIND_NAMES",
+    "OUTPUT_MARKER",
     "RANK_LIST_TAG",
     "artefact_kind",
     "atomic_write",
     "check_output",
+    "check_output_folder",
+    "claim_output_folder",
     "deferred_signals",
     "npz_path",
 ]
@@ -264,3 +267,49 @@ def npz_path(path: str | Path) -> Path:
     """``path`` with ``.npz`` appended unless it ends so: the name NumPy would give the file."""
     path = Path(path)
     return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+#: The file a folder-output command (train, test, analyze) writes into its folder before anything
+#: else: the folder is then that command's output, which the same command may write again.
+OUTPUT_MARKER = ".mambapro-output.json"
+
+
+def _written_by(folder: Path) -> str | None:
+    """The command whose output ``folder`` is (its marker), or None."""
+    try:
+        data = json.loads((folder / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("command") if isinstance(data, dict) else None
+
+
+def check_output_folder(folder: str | Path, what: str, command: str, names: Iterable[str]) -> Path:
+    """Refuse, before any computation, an output ``folder`` (named ``what`` in messages) that
+    ``mambapro <command>`` could not write into without destroying files it did not write.
+
+    The folder may be new, or hold none of ``names`` (the files and folders the command writes
+    there; ``*`` patterns allowed), or be an earlier output of the same command (its
+    :data:`OUTPUT_MARKER` says so); and it must be writable
+    (:func:`mambapro.errors.check_output_dir`).
+    """
+    p = check_output_dir(folder, what)
+    if not p.is_dir() or _written_by(p) == command:
+        return p
+    clash = sorted({hit.name for name in names for hit in p.glob(name)})
+    if clash:
+        more = f" (and {len(clash) - 1} more: {', '.join(clash[1:4])}{', ...' if len(clash) > 4 else ''})"
+        raise UserError(
+            f"{what} {p} holds {clash[0]}{more if len(clash) > 1 else ''}, which `mambapro {command}` "
+            f"writes there, and is not the output of an earlier `mambapro {command}`: refusing to replace "
+            "it; choose another folder (a new one is created) or move those files away"
+        )
+    return p
+
+
+def claim_output_folder(folder: str | Path, command: str) -> Path:
+    """Create ``folder`` (and its parents) and mark it as the output of ``mambapro <command>``."""
+    p = Path(folder)
+    p.mkdir(parents=True, exist_ok=True)
+    if _written_by(p) != command:
+        (p / OUTPUT_MARKER).write_text(json.dumps({"command": command}) + "\n", encoding="utf-8")
+    return p

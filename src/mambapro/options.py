@@ -14,8 +14,8 @@ from mambapro.config import check_dataset
 from mambapro.data.spec_file import is_spec_file
 from mambapro.data.spec_type import DatasetSpec
 from mambapro.data.specs import dataset_spec
-from mambapro.errors import UserError, check_output_dir
-from mambapro.files import check_output, npz_path
+from mambapro.errors import UserError
+from mambapro.files import check_output, check_output_folder, npz_path
 from mambapro.machine import cpu_info
 
 __all__ = [
@@ -113,7 +113,7 @@ def check_analyze_options(
     if ids is not None and ids < 2:
         raise UserError(f"--ids {ids}: t-SNE needs at least 2 identities")
     folder = Path(out) if out is not None else Path(checkpoint).parent / "analysis"
-    return check_output_dir(folder, "--output")
+    return check_output_folder(folder, "--output", "analyze", ANALYSIS_OUTPUTS)
 
 
 def check_search_options(
@@ -259,7 +259,7 @@ def check_test_options(
         if missing is not None:
             spec.modalities.parse_request(missing)
     folder = Path(output) if output is not None else Path(checkpoint).parent / "test"
-    return check_output_dir(folder, "--output")
+    return check_output_folder(folder, "--output", "test", TEST_OUTPUTS)
 
 
 def check_sweep_seeds(seeds: int | None) -> int | None:
@@ -271,6 +271,33 @@ def check_sweep_seeds(seeds: int | None) -> int | None:
 
 #: The files every run folder holds from its start (:mod:`mambapro.train.runlog`).
 RUN_FILES = ("config.yaml", "meta.json")
+
+#: What each folder-output command writes into its folder (files, folders, ``*`` patterns): a
+#: folder that holds one of them and is not that command's earlier output is refused
+#: (:func:`mambapro.files.check_output_folder`).
+TEST_OUTPUTS = (
+    "results.json",
+    "cmc.png",
+    "report.txt",
+    "missing_modality.txt",
+    "missing_modality.json",
+    "missing_cross.txt",
+    "missing_cross.png",
+)
+#: A run folder: the run record, checkpoints, TensorBoard, the final test's files, the analysis.
+RUN_OUTPUTS = (*RUN_FILES, "metrics.jsonl", "tb", "last.ckpt", "best.ckpt", "analysis", *TEST_OUTPUTS)
+ANALYSIS_OUTPUTS = (
+    "report.html",
+    "analysis.json",
+    "metrics.txt",
+    "cmc.png",
+    "tsne.png",
+    "tsne-*.npz",
+    "alignment.png",
+    "missing_modality.txt",
+    "gradcam-*.png",
+    "ranklist-*.png",
+)
 
 
 def check_compare_options(run_a: str | Path, run_b: str | Path) -> tuple[Path, Path]:

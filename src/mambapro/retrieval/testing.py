@@ -30,6 +30,7 @@ from mambapro.evaluation import (
     plot_heatmap,
     save_results_json,
 )
+from mambapro.files import claim_output_folder
 from mambapro.modalities import RGB_NI_TI, ModalitySet
 from mambapro.models.precision import apply_precision, autocast_dtype, check_precision_supported
 from mambapro.options import check_precision, check_test_options
@@ -264,6 +265,7 @@ def run_test(
         label = modalities.missing_label(setting)
         res = evaluate_setting(setting)
     check = _with_precision_note(check, res, dataset_info)
+    claim_output_folder(out, "test")
     table = write_report(out, {label: res}, title=f"{scope}{reranked}", extra=dataset_info, notes=check)
     print(table)
     result: dict[str, Any] = {"result": res, "table": table, **dataset_info}
@@ -358,6 +360,7 @@ def _run_cross(
     matrix = cross_missing_matrix(model, cfg, ds.spec, ds.query, ds.gallery, device, amp, quiet)
     full = matrix[("full", "full")]
     check = _with_precision_note(check, full, dataset)
+    claim_output_folder(out, "test")
     table = write_report(out, {"full": full}, title=f"{scope}{reranked}", notes=check)
     settings = list(modalities.settings)
     labels = [modalities.present_label(s) for s in settings]

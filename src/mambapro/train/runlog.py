@@ -18,7 +18,9 @@ from typing import Any
 
 from mambapro.config import Config, config_diff, config_to_dict, dump_config
 from mambapro.errors import TrainingError, check_output_dir
+from mambapro.files import check_output_folder, claim_output_folder
 from mambapro.machine import machine_info
+from mambapro.options import RUN_OUTPUTS
 
 __all__ = ["RunLogger", "check_run_folder", "package_versions"]
 
@@ -54,12 +56,17 @@ def changed_settings(recorded: dict[str, Any], cfg: Config) -> str | None:
 def check_run_folder(cfg: Config, resume: bool) -> Path:
     """Refuse an output folder that cannot hold this run; the checkpoint path of the run.
 
-    Without ``resume`` the folder must hold no run yet; with it, it must hold ``last.ckpt``. With
+    Without ``resume`` the folder must hold no run yet, nor any file a run writes that an earlier
+    run did not (``--output .`` beside one's own ``config.yaml``); with it, it must hold
+    ``last.ckpt``. With
     ``data.cache=disk`` an explicit ``data.cache_dir`` must be a folder that can be written.
     Torch-free, so the CLI refuses before importing torch.
     """
     out = Path(cfg.train.output)
-    check_output_dir(out, "run folder (train.output, --output)")
+    what = "run folder (train.output, --output)"
+    check_output_dir(out, what)
+    if not resume:  # a resumed run writes where it wrote before
+        check_output_folder(out, what, "train", RUN_OUTPUTS)
     if cfg.data.cache == "disk" and cfg.data.cache_dir:
         # Else the cache build fails only after the run folder exists, with mkdir's "File exists".
         check_output_dir(cfg.data.cache_dir, "data.cache_dir")
@@ -93,7 +100,7 @@ class RunLogger:
         self._tb = None
         if not enabled:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
+        claim_output_folder(self.out, "train")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -15,6 +15,7 @@ import numpy as np
 from mambapro.data import dataset_from_config
 from mambapro.errors import UserError
 from mambapro.evaluation import compute_distmat, evaluate_features, format_table
+from mambapro.files import claim_output_folder
 from mambapro.options import check_analyze_options
 from mambapro.reports.analysis.alignment import alignment_section
 from mambapro.reports.analysis.cmc import cmc_section
@@ -96,7 +97,7 @@ def run_analyze(
     identities = select_identities(pids, ids, seed)
     for r in runs:
         check_model_cameras(r.model, samples, f"{ds.name} test set ({r.path})")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out, "analyze")
 
     ctx = Context(out=out, ds=ds, runs=runs, quiet=quiet)
     _extract_and_evaluate(ctx, samples)
