@@ -1187,6 +1187,20 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
         "run",
     ),
     (
+        "sweep-output-onto-own-table",
+        [*SWEEP, "--output", "{w}/sw", "--set", "model.ma_d_state=4,8"],
+        r"--output {w}/sw holds sweep.csv, which `mambapro sweep` writes there, and is not the output of "
+        r"an earlier `mambapro sweep`",
+        "file:sw/sweep.csv",
+    ),
+    (
+        "sweep-point-folder-holds-own-config",
+        [*SWEEP, "--output", "{w}/sw", "--set", "model.ma_d_state=4,8"],
+        r"point model.ma_d_state=8 {w}/sw/model.ma_d_state=8 holds config.yaml, which `mambapro train` "
+        r"writes there",
+        "file:sw/model.ma_d_state=8/config.yaml",
+    ),
+    (
         "analyze-output-onto-own-report",
         ["analyze", "-q", "--checkpoint", CKPT, "--output", "{w}/pages"],
         r"--output {w}/pages holds report.html, which `mambapro analyze` writes there",

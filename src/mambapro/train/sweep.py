@@ -19,6 +19,7 @@ import time
 
 from mambapro import train
 from mambapro.errors import UserError
+from mambapro.files import claim_output_folder
 from mambapro.train.sweep_grid import parse_sets, point_name
 from mambapro.train.sweep_plan import SweepPlan, SweepPoint, plan_sweep, run_state
 from mambapro.train.sweep_tables import (
@@ -39,6 +40,7 @@ __all__ = ["SweepPlan", "SweepPoint", "parse_sets", "plan_sweep", "point_name", 
 def run_sweep(plan: SweepPlan, quiet: bool = False) -> SweepPlan:
     """Train (or skip, or resume) every point in order; write sweep.csv and sweep.png."""
     total = len(plan.points)
+    claim_output_folder(plan.output, "sweep")
     plan.rows = []
     shown_data = False
     start = time.perf_counter()

@@ -24,15 +24,33 @@ import yaml
 from mambapro import data
 from mambapro.config import Config, load_config, parse_override
 from mambapro.data import build_dataset, synth
-from mambapro.errors import ConfigError, DatasetError, UserError, check_output_dir
-from mambapro.options import check_sweep_seeds
+from mambapro.errors import ConfigError, DatasetError, UserError
+from mambapro.files import check_output_folder
+from mambapro.options import RUN_OUTPUTS, check_sweep_seeds
 from mambapro.train.runlog import changed_settings
 from mambapro.train.sweep_grid import parse_sets, point_name, value_text
 
-__all__ = ["SEED_KEY", "SweepPlan", "SweepPoint", "final_record", "plan_sweep", "read_records", "run_state"]
+__all__ = [
+    "CSV_NAME",
+    "PLOT_NAME",
+    "SEED_KEY",
+    "SUMMARY_NAME",
+    "SWEEP_OUTPUTS",
+    "SweepPlan",
+    "SweepPoint",
+    "final_record",
+    "plan_sweep",
+    "read_records",
+    "run_state",
+]
 
 #: The repetition axis: points that differ only in it are one configuration run with other seeds.
 SEED_KEY = "train.seed"
+
+#: The tables and the plot a sweep writes into its folder (``sweep_tables.py``), beside the
+#: points' run folders: a folder holding one of them that an earlier sweep did not write is refused.
+CSV_NAME, PLOT_NAME, SUMMARY_NAME = "sweep.csv", "sweep.png", "sweep_summary.csv"
+SWEEP_OUTPUTS = (CSV_NAME, PLOT_NAME, SUMMARY_NAME)
 
 #: The sweep command's flags that set a config key (its ``extra``), for naming them in errors.
 _FLAGS = {"data.root": "--data-root", "model.weights": "--clip-weights"}
@@ -225,7 +243,7 @@ def plan_sweep(
     """
     overrides = list(overrides or [])
     sets = list(sets or [])
-    out = check_output_dir(output, "--output")
+    out = check_output_folder(output, "--output", "sweep", SWEEP_OUTPUTS)
     check_sweep_seeds(seeds)
     if seeds is not None:
         if any(text.split("=", 1)[0].strip() == SEED_KEY for text in sets):
@@ -283,9 +301,13 @@ def plan_sweep(
             )
         names[point.name] = point
         point.folder = out / point.name
-        check_output_dir(point.folder, f"point {point.name}")
         point.cfg.train.output = str(point.folder)
         point.state = run_state(point.folder)
+        # A new point is a new run: its folder takes no file a run writes (train refuses it too,
+        # but only when the points before it have trained).
+        check_output_folder(
+            point.folder, f"point {point.name}", "train", RUN_OUTPUTS if point.state == "new" else ()
+        )
         if point.state != "new":
             _check_same_settings(point)
     _check_data(points)

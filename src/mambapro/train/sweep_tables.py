@@ -30,7 +30,16 @@ from mambapro import reports
 from mambapro.errors import UserError
 from mambapro.files import atomic_write
 from mambapro.train.sweep_grid import value_text
-from mambapro.train.sweep_plan import SEED_KEY, SweepPlan, SweepPoint, final_record, read_records
+from mambapro.train.sweep_plan import (
+    CSV_NAME,
+    PLOT_NAME,
+    SEED_KEY,
+    SUMMARY_NAME,
+    SweepPlan,
+    SweepPoint,
+    final_record,
+    read_records,
+)
 
 __all__ = [
     "CSV_NAME",
@@ -44,10 +53,6 @@ __all__ = [
     "write_csv",
     "write_seed_summary",
 ]
-
-CSV_NAME = "sweep.csv"
-PLOT_NAME = "sweep.png"
-SUMMARY_NAME = "sweep_summary.csv"
 
 #: The metrics summarised over seeds (sweep.csv's columns, in percent).
 METRICS = ("mAP", "R1", "mINP")
