@@ -137,6 +137,40 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(
                 assert rb[k] == pytest.approx(ra[k], rel=1e-6, abs=1e-7), k
 
 
+def test_auto_resume_starts_the_run_then_continues_it(
+    data_root: Path, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One command line for a relaunched job: --auto-resume starts the run when the folder has no
+    last.ckpt and continues it when it has one; the metrics are those of an uninterrupted run."""
+    out = tmp_path / "auto"
+    argv = ["train", "-q", "--config", "demo", "--auto-resume", "--output", str(out), *SMALL,
+            f"data.root={data_root}"]  # fmt: skip
+    calls = {"n": 0}
+    original = trainer_mod.ReIDLoss.forward
+
+    def interrupting(self, outputs, labels):  # the job dies in the middle of epoch 2
+        calls["n"] += 1
+        if calls["n"] == ITERS + 2:
+            raise KeyboardInterrupt
+        return original(self, outputs, labels)
+
+    monkeypatch.setattr(trainer_mod.ReIDLoss, "forward", interrupting)
+    assert main(argv) == 130  # no last.ckpt yet: a new run, interrupted (a resumable checkpoint)
+    assert json.loads((out / "meta.json").read_text())["resumed_from_epoch"] is None
+    monkeypatch.setattr(trainer_mod.ReIDLoss, "forward", original)
+    assert main(argv) == 0  # the same command line again: continued from last.ckpt
+    assert json.loads((out / "meta.json").read_text())["resumed_from_epoch"] == 1
+    a, b = _records(trained_run), _records(out)
+    assert [r.get("epoch") for r in a] == [r.get("epoch") for r in b]
+    for ra, rb in zip(a, b):
+        for k in ("loss", "acc", "test_mAP", "test_Rank-1"):
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-6, abs=1e-7), k
+    with pytest.raises(SystemExit) as refused:  # one or the other
+        main([*argv[:4], "--resume", *argv[4:]])
+    assert refused.value.code == 2
+
+
 def test_same_metrics_whatever_the_number_of_loader_workers(
     data_root: Path, trained_run: Path, tmp_path: Path
 ) -> None:

@@ -107,8 +107,11 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    check_run_folder(cfg, args.resume)
-    done = _forward("mambapro.train.trainer:run_training", args, cfg=cfg)
+    # --auto-resume: the same command line starts the run or continues it (a relaunch after a
+    # failure, torchrun --max-restarts); every rank sees the same folder, so all decide alike.
+    resume = args.resume or (args.auto_resume and (Path(cfg.train.output) / "last.ckpt").is_file())
+    check_run_folder(cfg, resume)
+    done = _forward("mambapro.train.trainer:run_training", args, cfg=cfg, resume=resume)
     if done:  # rank 0 of a distributed run, or the only process
         print(f"{done['summary']}\nreport: {Path(cfg.train.output) / 'report.txt'}")
         if done["analysis"] is not None:

@@ -105,7 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     _data_root_arg(p)
     p.add_argument("--clip-weights", type=Path, default=None, help="local OpenAI CLIP ViT-B-16.pt")
     p.add_argument("--output", "-o", type=Path, default=None, help="run folder (default: train.output)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.ckpt")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.ckpt")
+    resume.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue from OUTPUT/last.ckpt if it exists, else start the run (relaunches, "
+        "torchrun --max-restarts)",
+    )
     _add_config_args(p)
 
     p = add(
