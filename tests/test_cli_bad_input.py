@@ -490,6 +490,12 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
     ("train-unknown-option", ["train", "--bogus"], r"unrecognized arguments: --bogus", None),
     # 5. runs refused before their folder exists (and refused resumes add nothing)
     (
+        "train-val-ids-all-training-identities",
+        [*TRAIN, "--data-root", "{s}/tree", "--output", "{w}/run", "train.select_best=val", "data.val_ids=4"],
+        r"'data.val_ids' = 4 must be in 1..3: the training set has 4 identities and keeps at least one",
+        None,
+    ),
+    (
         "train-empty-image",
         [*TRAIN, "--data-root", "{s}/broken", "--output", "{w}/run"],
         r"1 broken triplet.*cannot read image {s}/broken/RGBNT201/train_171/NI/",

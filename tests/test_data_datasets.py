@@ -328,7 +328,7 @@ def test_split_validation() -> None:
     assert len(q_cams[15]) == 2  # a third query would leave only its own camera in the gallery
     assert len(q_cams[11]) == len(q_cams[14]) == 1
     assert split_validation(samples, 5, seed=0) == (train, query, gallery)
-    with pytest.raises(ValueError, match="val_ids = 6 must be in 1..5"):
+    with pytest.raises(ConfigError, match=r"^'data.val_ids' = 6 must be in 1..5: the training set has 6"):
         split_validation(samples, 6, seed=0)
 
 

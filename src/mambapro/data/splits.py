@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+from ..errors import ConfigError
 from .io import Sample
 
 __all__ = ["relabel", "split_validation"]
@@ -33,8 +34,9 @@ def split_validation(
         by_pid[s.pid].append(s)
     pids = sorted(by_pid)
     if not 0 < val_ids < len(pids):
-        raise ValueError(
-            f"val_ids = {val_ids} must be in 1..{len(pids) - 1} (the training set has {len(pids)} ids)"
+        raise ConfigError(
+            f"'data.val_ids' = {val_ids} must be in 1..{len(pids) - 1}: the training set has {len(pids)} "
+            "identities and keeps at least one"
         )
     rng = random.Random(seed)
     multi = [p for p in pids if len({s.camid for s in by_pid[p]}) >= 2]
