@@ -89,7 +89,11 @@ def test_search_missing_embeds_the_queries_without_them(tiny_run: TinyRun, tmp_p
     assert len(full) == len(thermal) == 4
     # A thermal-only query against the full gallery is another embedding: other distances.
     assert [m["distance"] for m in full] != [m["distance"] for m in thermal]
-    # The rank list crosses out the query's unused RGB and NI images, not its thermal one.
+    # The rank list names the query's modalities and crosses out its unused RGB and NI images,
+    # not its thermal one.
+    label = np.asarray(Image.open(tmp_path / "RN.png").convert("L"))[:12]
+    plain = np.asarray(Image.open(tmp_path / "full.png").convert("L"))[:12]
+    assert (label < 128).sum() > (plain < 128).sum()  # "query: TI" is longer than "query"
     for row, used in ((0, False), (1, False), (2, True)):
         drawn, plain = _cell(tmp_path / "RN.png", row), _cell(tmp_path / "full.png", row)
         assert np.array_equal(drawn, plain) == used, row

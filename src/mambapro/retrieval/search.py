@@ -17,6 +17,7 @@ from the file names of the dataset layout, or from the ``.npz``).
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,8 @@ def draw_rank_list(
     ``query_missing``: the keys of the modalities the query was embedded without, whose query
     cells are greyed and crossed out."""
     modalities = modalities or _dataset_modalities(dataset_name)
-    columns = [(query_path, "query", _COLOURS["query"])]
+    used = "+".join(k for k in modalities.keys if k not in query_missing)
+    columns = [(query_path, f"query: {used}" if query_missing else "query", _COLOURS["query"])]
     for m in matches:
         colour = _COLOURS["match"] if m.same_identity else _COLOURS["other"]
         columns.append((m.path, f"{m.rank}: {m.distance:.3g}", colour))
@@ -121,14 +123,18 @@ def draw_rank_list(
     cell_w = max(t.width for col in thumbs for t in col) + 2 * _BORDER
     cell_h = _THUMB_HEIGHT + 2 * _BORDER
     label_h, gap = 14, 6
-    width = len(columns) * (cell_w + gap) + gap + 28
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    # A column is as wide as its cells, or its label where that is longer ("query: NI+TI").
+    widths = [max(cell_w, math.ceil(measure.textlength(label)) + 2) for _, label, _ in columns]
+    lefts = [28 + gap + sum(w + gap for w in widths[:c]) for c in range(len(columns))]
+    width = lefts[-1] + widths[-1] + gap
     height = label_h + len(modalities) * (cell_h + gap) + gap
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for r, name in enumerate(modalities):
         draw.text((2, label_h + gap + r * (cell_h + gap) + cell_h // 2 - 5), name, fill=(0, 0, 0))
     for c, ((_, label, colour), col) in enumerate(zip(columns, thumbs)):
-        x = 28 + gap + c * (cell_w + gap)
+        x = lefts[c]
         draw.text((x, 1), label, fill=(0, 0, 0))
         for r, thumb in enumerate(col):
             y = label_h + gap + r * (cell_h + gap)
