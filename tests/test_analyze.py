@@ -42,6 +42,7 @@ from mambapro.reports.analysis import (
 )
 from mambapro.reports.analysis.alignment import plot_alignment
 from mambapro.retrieval.features import eval_loader, extract_features
+from mambapro.retrieval.testing import evaluate_model
 from mambapro.train.checkpoint import load_checkpoint, load_model, save_checkpoint
 from mambapro.train.trainer import run_training
 
@@ -343,6 +344,28 @@ def test_missing_modality_table(shared, tmp_path) -> None:
     assert f"{100 * rows['-RT']['mAP']:.1f}" in text
     page = (out / "report.html").read_text()
     assert "Missing modalities" in page and "Grad-CAM" not in page
+
+
+def test_any_to_any_heat_map(shared, tmp_path) -> None:
+    out = tmp_path / "cross"
+    ckpt = shared / "none/last.ckpt"
+    argv = ["analyze", "-q", "--checkpoint", str(ckpt), "--ids", "2", "--queries", "1", "--missing", "cross"]
+    assert main([*argv, "--output", str(out)]) == 0
+    report = json.loads((out / "analysis.json").read_text())
+    (label,) = report["missing_cross"]
+    cells = report["missing_cross"][label]
+    assert cells["subsets"] == ["RGB+NI+TI", "NI+TI", "RGB+TI", "RGB+NI", "TI", "NI", "RGB"]
+    m = np.asarray(cells["mAP"])
+    assert m.shape == (7, 7) and m[0, 0] == pytest.approx(report["metrics"][label]["mAP"], abs=1e-12)
+    # A diagonal cell is the missing-modality evaluation of that setting (query and gallery alike).
+    model, cfg, _ = load_model(ckpt, extra={"data": {"root": str(shared / "tree")}})
+    ds = build_dataset("RGBNT201", shared / "tree")
+    rt = evaluate_model(model, cfg, ds.spec, ds.query, ds.gallery, torch.device("cpu"), None, True, "RT")
+    assert m[5, 5] == pytest.approx(rt.mAP, abs=1e-9)  # NI only: RGB and TI missing
+    assert len({round(v, 9) for v in m.flatten()}) > 7  # the subsets give different rankings
+    figure = f"missing_cross-{label}.png"
+    assert (out / figure).stat().st_size > 0 and figure in (out / "report.html").read_text()
+    assert "NI+TI" in (out / "missing_cross.txt").read_text()
 
 
 class _Links(HTMLParser):

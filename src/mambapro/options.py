@@ -106,8 +106,11 @@ def check_analyze_options(
     require_file(checkpoint, "--checkpoint")
     for c in compare:
         require_file(c, "--compare")
-    if missing not in (None, "all"):
-        raise UserError(f"--missing {missing}: analyze supports only 'all' (the missing-modality table)")
+    if missing not in (None, "all", "cross"):
+        raise UserError(
+            f"--missing {missing}: analyze supports 'all' (the missing-modality table) and 'cross' "
+            "(the any-to-any matrix)"
+        )
     if queries < 0:
         raise UserError(f"--queries {queries}: must be >= 0")
     if ids is not None and ids < 2:
@@ -295,6 +298,8 @@ ANALYSIS_OUTPUTS = (
     "tsne-*.npz",
     "alignment.png",
     "missing_modality.txt",
+    "missing_cross.txt",
+    "missing_cross-*.png",
     "gradcam-*.png",
     "ranklist-*.png",
 )

@@ -206,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="test identities in the t-SNE, the same in every panel (default: 20, or all if fewer)",
     )
     p.add_argument("--queries", type=int, default=8, help="queries for Grad-CAM: the best- and worst-AP ones")
-    p.add_argument("--missing", choices=["all"], default=None, help="also the missing-modality table")
+    p.add_argument(
+        "--missing",
+        choices=["all", "cross"],
+        default=None,
+        help="also the missing-modality table (all) or the any-to-any heat map (cross)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the identity choice and of t-SNE")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (test.* keys)")
 

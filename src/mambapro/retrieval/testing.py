@@ -127,6 +127,31 @@ def cross_missing_matrix(
     return {(q, g): _metrics(cfg, spec, qfs[q], gfs[g], None) for q in settings for g in settings}
 
 
+def cross_cells(matrix: dict[tuple[str, str], EvalResult], modalities: ModalitySet) -> dict[str, Any]:
+    """The matrix as results.json and analysis.json store it: ``subsets`` (named by the present
+    modalities), and ``mAP`` / ``Rank-1`` as rows (query subsets) of columns (gallery subsets)."""
+    settings = list(dict.fromkeys(q for q, _ in matrix))
+    return {
+        "subsets": [modalities.present_label(s) for s in settings],
+        "mAP": [[matrix[(q, g)].mAP for g in settings] for q in settings],
+        "Rank-1": [[matrix[(q, g)].rank(1) for g in settings] for q in settings],
+    }
+
+
+def plot_cross_cells(path: Path, cells: dict[str, Any], title: str) -> None:
+    """The mAP heat map of :func:`cross_cells` (rows: query modalities, columns: gallery)."""
+    labels = cells["subsets"]
+    plot_heatmap(
+        path,
+        cells["mAP"],
+        labels,
+        labels,
+        title=title,
+        xlabel="gallery modalities",
+        ylabel="query modalities",
+    )
+
+
 def format_cross_matrix(
     matrix: dict[tuple[str, str], EvalResult], metric: str = "mAP", modalities: ModalitySet = RGB_NI_TI
 ) -> str:
@@ -362,8 +387,6 @@ def _run_cross(
     check = _with_precision_note(check, full, dataset)
     claim_output_folder(out, "test")
     table = write_report(out, {"full": full}, title=f"{scope}{reranked}", notes=check)
-    settings = list(modalities.settings)
-    labels = [modalities.present_label(s) for s in settings]
     text = "\n\n".join(
         [
             f"{scope}, any-to-any retrieval (rows: query modalities, columns: gallery){reranked}",
@@ -374,20 +397,12 @@ def _run_cross(
     print(table)
     print(text)
     (out / "missing_cross.txt").write_text(text + "\n")
-    cells = {
-        "subsets": labels,
-        "mAP": [[matrix[(q, g)].mAP for g in settings] for q in settings],
-        "Rank-1": [[matrix[(q, g)].rank(1) for g in settings] for q in settings],
-    }
+    cells = cross_cells(matrix, modalities)
     save_results_json(out / "results.json", {"full": full}, extra={"missing_cross": cells, **dataset})
-    plot_heatmap(
+    plot_cross_cells(
         out / "missing_cross.png",
-        cells["mAP"],
-        labels,
-        labels,
-        title=f"{heading}: mAP (%), query modalities vs gallery modalities{reranked}",
-        xlabel="gallery modalities",
-        ylabel="query modalities",
+        cells,
+        f"{heading}: mAP (%), query modalities vs gallery modalities{reranked}",
     )
     print(f"results written to {out} (missing_cross.txt, missing_cross.png, results.json)")
     return {"result": full, "table": table, "cross": matrix}

@@ -22,7 +22,7 @@ from mambapro.reports.analysis.cmc import cmc_section
 from mambapro.reports.analysis.context import Checkpoint, Context
 from mambapro.reports.analysis.features import extract_analysis_features
 from mambapro.reports.analysis.gradcam import grad_cam_section
-from mambapro.reports.analysis.missing import missing_section
+from mambapro.reports.analysis.missing import cross_section, missing_section
 from mambapro.reports.analysis.queries import per_query_ap, pick_queries
 from mambapro.reports.analysis.ranklists import rank_list_section
 from mambapro.reports.analysis.tsne import DEFAULT_IDS, select_identities, tsne_section
@@ -136,7 +136,7 @@ def run_analyze(
     }
     grad_cam_section(ctx, best, worst)
     rank_list_section(ctx, worst, rank_k)
-    tables = missing_section(ctx) if missing == "all" else []
+    tables = {"all": missing_section, "cross": cross_section}[missing](ctx) if missing else []
 
     table = format_table({r.label: r.result for r in runs}, title=f"{ds.name} test set (analyze)")
     (out / "metrics.txt").write_text(table + "\n")
