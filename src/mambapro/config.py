@@ -376,12 +376,13 @@ def check_dataset(name: str, field: str = "data.dataset") -> str:
     if is_spec_file(name):
         dataset_spec(name)  # a bad spec file: a ConfigError naming the file and the field
         return str(Path(name).expanduser().resolve())
-    if str(name).lower() not in [n.lower() for n in dataset_names()]:
+    try:
+        return dataset_spec(name).name
+    except ConfigError:  # an unknown name: said with the config key (or option) that gave it
         raise ConfigError(
             f"'{field}' = {name!r} is not one of: {', '.join(dataset_names())} "
             "(or a dataset spec file ending in .yaml or .yml)"
-        )
-    return dataset_spec(name).name
+        ) from None
 
 
 def _check(cfg: Config) -> None:

@@ -125,43 +125,38 @@ def tiny(img_size: tuple[int, int], weights: str | Path | None = None) -> Vision
     return _clip_vit("tiny", img_size, weights, width=192, heads=3, output_dim=128)
 
 
-def _dinov2(
-    name: str, img_size: tuple[int, int], weights: str | Path | None, **options: object
+def _dino(
+    name: str,
+    img_size: tuple[int, int],
+    weights: str | Path | None,
+    make: Callable[..., VisionTransformer],
+    load: Callable[..., dict[str, Tensor]],
+    **options: object,
 ) -> VisionTransformer:
+    """A DINO encoder ``make`` builds (``dinov2_vit``, ``dinov3_vit``) at the registered depth and
+    patch of ``name``, its weights read by ``load``."""
     info = BACKBONES.info(name)
     return _build(
         name,
-        lambda: dinov2_vit(img_size, layers=info.layers, patch_size=info.patch_size, **options),
+        lambda: make(img_size, layers=info.layers, patch_size=info.patch_size, **options),
         weights,
-        load_dinov2_state_dict,
-    )
-
-
-def _dinov3(
-    name: str, img_size: tuple[int, int], weights: str | Path | None, **options: object
-) -> VisionTransformer:
-    info = BACKBONES.info(name)
-    return _build(
-        name,
-        lambda: dinov3_vit(img_size, layers=info.layers, patch_size=info.patch_size, **options),
-        weights,
-        load_dinov3_state_dict,
+        load,
     )
 
 
 def dinov2_vitb14(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
     """DINOv2 ViT-B/14 (timm's ``vit_base_patch14_dinov2``, Meta's ``dinov2_vitb14``); C = D = 768."""
-    return _dinov2("dinov2_vitb14", img_size, weights)
+    return _dino("dinov2_vitb14", img_size, weights, dinov2_vit, load_dinov2_state_dict)
 
 
 def dinov2_vitb14_reg4(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
     """DINOv2 ViT-B/14 with 4 registers (timm's ``vit_base_patch14_reg4_dinov2``); C = D = 768."""
-    return _dinov2("dinov2_vitb14_reg4", img_size, weights, registers=4)
+    return _dino("dinov2_vitb14_reg4", img_size, weights, dinov2_vit, load_dinov2_state_dict, registers=4)
 
 
 def dinov3_vitb16(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
     """DINOv3 ViT-B/16 (timm's ``vit_base_patch16_dinov3``, Meta's ``dinov3_vitb16``); C = D = 768."""
-    return _dinov3("dinov3_vitb16", img_size, weights)
+    return _dino("dinov3_vitb16", img_size, weights, dinov3_vit, load_dinov3_state_dict)
 
 
 # The tiny DINO encoders train from scratch in demos and tests: LayerScale starts at 1 rather
@@ -171,13 +166,13 @@ _TINY = {"width": 192, "heads": 3, "layer_scale": 1.0}
 
 def tiny_dinov2(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
     """DINOv2-style tiny encoder for CPU demos and tests: D = C = 192, 4 layers, 3 heads, patch 14."""
-    return _dinov2("tiny_dinov2", img_size, weights, **_TINY)
+    return _dino("tiny_dinov2", img_size, weights, dinov2_vit, load_dinov2_state_dict, **_TINY)
 
 
 def tiny_dinov3(img_size: tuple[int, int], weights: str | Path | None = None) -> VisionTransformer:
     """DINOv3-style tiny encoder for CPU demos and tests: D = C = 192, 4 layers, 3 heads, patch
     16, 4 storage tokens, rotary position embedding."""
-    return _dinov3("tiny_dinov3", img_size, weights, **_TINY)
+    return _dino("tiny_dinov3", img_size, weights, dinov3_vit, load_dinov3_state_dict, **_TINY)
 
 
 def _announce_random_init(name: str) -> None:

@@ -340,6 +340,31 @@ def load_clip_state_dict(path: str | Path, grid: tuple[int, int] | None = None) 
     return sd
 
 
+def _square_positions(
+    sd: Mapping[str, Tensor], grid: tuple[int, int], path: str | Path
+) -> tuple[Tensor, int]:
+    """``sd['positional_embedding']`` ``(1 + N, D)`` and the side of its square grid of N
+    positions, or 0 when it already has the input ``grid``'s rows*cols positions; a missing or
+    malformed table is a :class:`WeightsError` naming ``path``."""
+    key = "positional_embedding"
+    if key not in sd:
+        raise WeightsError(f"{path}: missing '{key}'")
+    pos = sd[key]
+    rows, cols = grid
+    if pos.ndim != 2:
+        raise WeightsError(f"{path}: '{key}' has shape {tuple(pos.shape)}, expected (1 + N, D)")
+    if pos.shape[0] == 1 + rows * cols:
+        return pos, 0
+    n = pos.shape[0] - 1
+    side = math.isqrt(n)
+    if side * side != n:
+        raise WeightsError(
+            f"{path}: '{key}' holds {n} grid positions, which is neither a square grid nor the "
+            f"input grid {rows}x{cols}"
+        )
+    return pos, side
+
+
 def resize_pos_embed(
     sd: Mapping[str, Tensor], grid: tuple[int, int], path: str | Path = "<state dict>"
 ) -> Tensor:
@@ -349,22 +374,10 @@ def resize_pos_embed(
     interpolation (``align_corners=False``, no antialias) as the authors' release does. A table that
     already has ``rows*cols`` grid positions is returned unchanged (it is taken to be of that grid).
     """
-    key = "positional_embedding"
-    if key not in sd:
-        raise WeightsError(f"{path}: missing '{key}'")
-    pos = sd[key]
-    rows, cols = grid
-    if pos.ndim != 2:
-        raise WeightsError(f"{path}: '{key}' has shape {tuple(pos.shape)}, expected (1 + N, D)")
-    if pos.shape[0] == 1 + rows * cols:
+    pos, side = _square_positions(sd, grid, path)
+    if not side:
         return pos
-    n = pos.shape[0] - 1
-    side = math.isqrt(n)
-    if side * side != n:
-        raise WeightsError(
-            f"{path}: '{key}' holds {n} grid positions, which is neither a square grid nor the "
-            f"input grid {rows}x{cols}"
-        )
+    rows, cols = grid
     g = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
     g = F.interpolate(g.float(), size=(rows, cols), mode="bilinear", align_corners=False, antialias=False)
     g = g.permute(0, 2, 3, 1).reshape(rows * cols, -1).to(pos.dtype)
@@ -378,22 +391,10 @@ def resample_pos_embed_bicubic(
     ``resample_abs_pos_embed`` with its defaults (bicubic, antialiased, the cls row kept): what timm
     does to DINOv2's pre-trained table when a model is made at another image size. A table that
     already has ``rows*cols`` grid positions is returned unchanged (taken to be of that grid)."""
-    key = "positional_embedding"
-    if key not in sd:
-        raise WeightsError(f"{path}: missing '{key}'")
-    pos = sd[key]
-    rows, cols = grid
-    if pos.ndim != 2:
-        raise WeightsError(f"{path}: '{key}' has shape {tuple(pos.shape)}, expected (1 + N, D)")
-    if pos.shape[0] == 1 + rows * cols:
+    pos, side = _square_positions(sd, grid, path)
+    if not side:
         return pos
-    n = pos.shape[0] - 1
-    side = math.isqrt(n)
-    if side * side != n:
-        raise WeightsError(
-            f"{path}: '{key}' holds {n} grid positions, which is neither a square grid nor the "
-            f"input grid {rows}x{cols}"
-        )
+    rows, cols = grid
     out = resample_abs_pos_embed(pos[None], new_size=[rows, cols], old_size=[side, side], num_prefix_tokens=1)
     return out[0]
 

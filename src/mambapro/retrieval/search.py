@@ -70,7 +70,7 @@ def _dataset_modalities(dataset_name: str) -> ModalitySet:
     captures are drawn as placeholders anyway)."""
     try:
         return dataset_spec(dataset_name).modalities
-    except (KeyError, OSError, ValueError, DatasetError):
+    except (OSError, ValueError):  # ConfigError (an unknown name, a bad spec file) is a ValueError
         return RGB_NI_TI
 
 

@@ -58,15 +58,13 @@ def check_run_folder(cfg: Config, resume: bool) -> Path:
 
     Without ``resume`` the folder must hold no run yet, nor any file a run writes that an earlier
     run did not (``--output .`` beside one's own ``config.yaml``); with it, it must hold
-    ``last.ckpt``. With
-    ``data.cache=disk`` an explicit ``data.cache_dir`` must be a folder that can be written.
+    ``last.ckpt``. With ``data.cache=disk`` an explicit ``data.cache_dir`` must be a folder that
+    can be written.
     Torch-free, so the CLI refuses before importing torch.
     """
     out = Path(cfg.train.output)
-    what = "run folder (train.output, --output)"
-    check_output_dir(out, what)
-    if not resume:  # a resumed run writes where it wrote before
-        check_output_folder(out, what, "train", RUN_OUTPUTS)
+    # A resumed run writes where it wrote before: only a new one is checked for files in its way.
+    check_output_folder(out, "run folder (train.output, --output)", "train", () if resume else RUN_OUTPUTS)
     if cfg.data.cache == "disk" and cfg.data.cache_dir:
         # Else the cache build fails only after the run folder exists, with mkdir's "File exists".
         check_output_dir(cfg.data.cache_dir, "data.cache_dir")
